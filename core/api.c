@@ -1,0 +1,751 @@
+/* api.c: request semantics (ARCHITECTURE "Request semantics"), the write order, key
+ * locks, and the mapping of every error to a status code.
+ *
+ * Write order, PUT: key lock -> record marked DELETED with its target volumes (so a
+ * crash leaves a soft-deleted record, never a live key without bytes) -> body streamed
+ * to every replica -> record made live (synced) -> 201. A failure anywhere deletes the
+ * copies that were written, then the record, and only then releases the lock.
+ * DELETE: record marked DELETED (synced) -> files removed -> record removed -> 204.
+ * UNLINK: record marked DELETED (synced) -> 204. */
+#include "mkv/api.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "mkv/fanout.h"
+#include "mkv/hash.h"
+#include "mkv/index.h"
+#include "mkv/keylock.h"
+#include "mkv/log.h"
+#include "mkv/lua_vm.h"
+#include "mkv/text.h"
+
+#define MAX_PROBES 64
+
+typedef struct api_s {
+  mkv_req_t *req;
+  int locked, client_gone, body_complete;
+  mkv_buf_t recbuf;
+  mkv_record_t rec;
+  mkv_buf_t placement; /* PUT: where it goes, record form */
+  int nrep;
+  mkv_buf_t path;
+
+  /* PUT */
+  mkv_fanout_t *fo;
+  int fo_done, fo_err, mark_err, final_started;
+  int index_pending, finishing, released;
+  mkv_index_write_t w_mark, w_final;
+  int has_client_md5;
+  unsigned char client_md5[MKV_MD5_LEN];
+  int fail_status;
+
+  /* DELETE of files (a DELETE request, or the cleanup of a failed PUT) */
+  mkv_upreq_t *dels;
+  int ndels, dels_pending, dels_failed;
+  void (*dels_done)(struct api_s *a);
+
+  /* GET/HEAD probes */
+  mkv_upreq_t probe;
+  const char *probe_items[MAX_PROBES];
+  size_t probe_lens[MAX_PROBES];
+  int nprobes, next_probe, probing;
+  int balanced;
+} api_t;
+
+/* ---- helpers ---- */
+
+static api_t *api_of(mkv_req_t *req) {
+  if (req->api == NULL) {
+    api_t *a = mkv_calloc(1, sizeof(*a));
+    a->req = req;
+    mkv_buf_init(&a->recbuf);
+    mkv_buf_init(&a->placement);
+    mkv_buf_init(&a->path);
+    mkv_index_write_init(&a->w_mark);
+    mkv_index_write_init(&a->w_final);
+    mkv_upreq_init(&a->probe);
+    a->w_mark.data = a;
+    a->w_final.data = a;
+    req->api = a;
+  }
+  return req->api;
+}
+
+void mkv_api_free(mkv_req_t *req) {
+  api_t *a = req->api;
+  mkv__listing_free(req);
+  if (a == NULL) return;
+  if (a->locked) { /* every path releases it first; this is the last line of defence */
+    mkv_error("bug: key lock still held when its request was freed");
+    mkv_keylock_release(req->key.data, req->key.len);
+  }
+  if (a->fo) mkv_fanout_free(a->fo);
+  for (int i = 0; i < a->ndels; i++) mkv_upreq_free(&a->dels[i]);
+  free(a->dels);
+  mkv_upreq_free(&a->probe);
+  mkv_buf_free(&a->recbuf);
+  mkv_buf_free(&a->placement);
+  mkv_buf_free(&a->path);
+  mkv_index_write_free(&a->w_mark);
+  mkv_index_write_free(&a->w_final);
+  free(a);
+  req->api = NULL;
+}
+
+/* Status for a failure talking to volumes or the index: 503 when retrying later may
+ * work (a volume unreachable or too slow, the index read-only), 500 otherwise. */
+static int status_for(int err) {
+  switch (err) {
+  case MKV_EINDEX:
+  case UV_ECONNREFUSED:
+  case UV_ETIMEDOUT:
+  case UV_ECONNRESET:
+  case UV_EHOSTUNREACH:
+  case UV_ENETUNREACH:
+  case UV_EPIPE:
+  case UV_ECONNABORTED:
+  case UV_EAI_NONAME:
+  case UV_EAI_AGAIN:
+    return 503;
+  default:
+    return 500;
+  }
+}
+
+static void respond_text(mkv_req_t *req, int status, const char *text) {
+  if (req->responded) return;
+  mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  mkv_buf_adds(&b, text);
+  mkv_buf_addc(&b, '\n');
+  mkv_req_respond(req, status, &h, 1, b.data, b.len);
+  mkv_buf_free(&b);
+}
+
+static void respond_empty(mkv_req_t *req, int status) {
+  if (!req->responded) mkv_req_respond(req, status, NULL, 0, NULL, 0);
+}
+
+/* A key shown in a log line: at most 100 bytes (the logger masks control bytes). */
+#define KEYFMT "%.*s%s"
+#define KEYARG(req)                                                                      \
+  (int)MKV_MIN((req)->key.len, 100), (req)->key.data, (req)->key.len > 100 ? "..." : ""
+
+static void policy_failed(mkv_req_t *req) {
+  req->worker->stats.policy_errors++;
+  MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": %s", req->method_name, KEYARG(req),
+                      mkv_policy_error(req->worker->policy));
+  respond_text(req, 500, "policy error (see the server log)");
+}
+
+static void unlock(api_t *a) {
+  if (!a->locked) return;
+  a->locked = 0;
+  mkv_keylock_release(a->req->key.data, a->req->key.len);
+}
+
+/* Reads the key's record into a->rec. 0, UV_ENOENT, or an error already answered. */
+static int load_record(api_t *a) {
+  mkv_req_t *req = a->req;
+  int rc = mkv_index_get(req->worker->index, req->key.data, req->key.len, &a->recbuf);
+  if (rc == UV_ENOENT) return rc;
+  if (rc == 0) rc = mkv_record_decode(a->recbuf.data, a->recbuf.len, &a->rec);
+  if (rc != 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": cannot read its record: %s",
+                        req->method_name, KEYARG(req), mkv_strerror(rc));
+    respond_text(req, 500, rc == MKV_ECORRUPT ? "corrupt index record" : "index read failed");
+    return -1;
+  }
+  return 0;
+}
+
+/* The key's file path, checked against what nginx can store. 0, or answered. */
+static int key_path(api_t *a) {
+  mkv_req_t *req = a->req;
+  if (mkv_policy_path(req->worker->policy, req->key.data, req->key.len, &a->path) != 0) {
+    policy_failed(req);
+    return -1;
+  }
+  int rc = mkv_path_check(a->path.data, a->path.len);
+  if (rc == MKV_EKEYLONG) {
+    respond_text(req, 414, "key too long: its file name on a volume would exceed 255 bytes");
+    return -1;
+  }
+  if (rc != 0) {
+    respond_text(req, 400, "key cannot be stored: its file path on a volume would have an "
+                           "empty component (base64 ending in '/' or holding '//')");
+    return -1;
+  }
+  return 0;
+}
+
+/* The API is done with the request: the lock goes now, the reference once no index
+ * write of this request is still queued (the writes live inside the request). */
+static void maybe_release(api_t *a) {
+  if (a->finishing && a->index_pending == 0 && !a->released) {
+    a->released = 1;
+    mkv_req_unref(a->req);
+  }
+}
+
+static void api_done(api_t *a) {
+  unlock(a);
+  a->finishing = 1;
+  maybe_release(a);
+}
+
+/* ---- deleting files (DELETE, and the cleanup of a failed PUT) ---- */
+
+static void on_del_done(mkv_upreq_t *r, int err) {
+  api_t *a = r->data;
+  /* 404 counts as deleted: a failed PUT may have left nothing (the Go original's PR #28). */
+  if (err != 0 || (r->status != 204 && r->status != 404 && r->status != 200)) {
+    a->dels_failed++;
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "DELETE http://%s%s failed: %s", r->host.data,
+                        r->path.data, err ? mkv_strerror(err) : "unexpected status");
+  }
+  if (--a->dels_pending == 0) a->dels_done(a);
+}
+
+/* Sends DELETE for the key's file to each volume of `vols` (record form), in parallel;
+ * calls done when all have answered (a->dels_failed counts the failures). */
+static void delete_files(api_t *a, const char *vols, size_t vlen, void (*done)(api_t *a)) {
+  mkv_req_t *req = a->req;
+  const mkv_config_t *cfg = req->worker->cfg;
+  const char *pos = vols, *end = vols + vlen, *item;
+  size_t ilen;
+  int n = 0;
+  while (vlen && mkv_volumes_next(&pos, end, &item, &ilen)) n++;
+  for (int i = 0; i < a->ndels; i++) mkv_upreq_free(&a->dels[i]);
+  free(a->dels);
+  a->dels = mkv_calloc((size_t)MKV_MAX(n, 1), sizeof(mkv_upreq_t));
+  a->ndels = n;
+  a->dels_pending = 1; /* held until every request is started */
+  a->dels_failed = 0;
+  a->dels_done = done;
+  pos = vols;
+  for (int i = 0; vlen && mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+    mkv_upreq_t *r = &a->dels[i];
+    mkv_upreq_init(r);
+    if (ilen == 0) continue; /* an empty volume in a Go record: nothing there */
+    const char *slash = memchr(item, '/', ilen);
+    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    mkv_buf_set(&r->host, item, hlen);
+    mkv_buf_set(&r->path, item + hlen, ilen - hlen);
+    mkv_buf_add(&r->path, a->path.data, a->path.len);
+    r->method = MKV_UP_DELETE;
+    r->timeout_ms = cfg->limits.volume_timeout_ms;
+    r->done = on_del_done;
+    r->data = a;
+    a->dels_pending++;
+    int rc = mkv_upstream_start(req->worker->up, r);
+    if (rc != 0) {
+      a->dels_pending--;
+      a->dels_failed++;
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "DELETE http://%s%s: %s", r->host.data, r->path.data,
+                          mkv_strerror(rc));
+    }
+  }
+  if (--a->dels_pending == 0) done(a);
+}
+
+/* ---- PUT ---- */
+
+static void on_cleanup_record_removed(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  a->index_pending--;
+  api_done(a);
+}
+
+static void on_cleanup_files_deleted(api_t *a) {
+  mkv_req_t *req = a->req;
+  if (a->dels_failed) {
+    /* Leave the soft-deleted record: it names the copies that may remain, for gc. */
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d replica(s) could not be removed after "
+                        "the failed write; its record stays soft-deleted for mkv gc",
+                        KEYARG(req), a->dels_failed);
+    api_done(a);
+    return;
+  }
+  a->index_pending++;
+  mkv_index_del(req->worker->port, &a->w_final, req->key.data, req->key.len, 0,
+                on_cleanup_record_removed);
+}
+
+/* The write failed: answer (if the client is still there), delete what was written,
+ * then the record. The lock is held until that is done, so no new PUT races the
+ * cleanup's DELETEs. */
+static void put_fail(api_t *a, int status, const char *why) {
+  mkv_req_t *req = a->req;
+  if (!a->client_gone) {
+    if (!req->responded) respond_text(req, status, why);
+  }
+  delete_files(a, a->placement.data, a->placement.len, on_cleanup_files_deleted);
+}
+
+static void on_final_written(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  mkv_req_t *req = a->req;
+  a->index_pending--;
+  if (status != 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(req),
+                        mkv_index_failure(req->worker->index));
+    put_fail(a, 503, "index write failed; the index is read-only until mkv restarts");
+    return;
+  }
+  /* The record is live and on disk: only now does the client hear 201. */
+  respond_empty(req, 201);
+  api_done(a);
+}
+
+static void on_fanout_done(mkv_fanout_t *fo, int err) {
+  api_t *a = mkv_fanout_data(fo);
+  mkv_req_t *req = a->req;
+  const mkv_config_t *cfg = req->worker->cfg;
+  a->fo_done = 1;
+  a->fo_err = err;
+  if (a->mark_err) {
+    put_fail(a, 503, "index write failed; the index is read-only until mkv restarts");
+    return;
+  }
+  if (err == UV_ECANCELED && a->client_gone) {
+    put_fail(a, 500, "client went away");
+    return;
+  }
+  if (err != 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": replica write failed: %s", KEYARG(req),
+                        mkv_fanout_failure(fo));
+    mkv_buf_t b;
+    mkv_buf_init(&b);
+    mkv_buf_addf(&b, "replica write failed: %s", mkv_fanout_failure(fo));
+    put_fail(a, err == MKV_ESTATUS ? 500 : status_for(err), b.data);
+    mkv_buf_free(&b);
+    return;
+  }
+  unsigned char md[MKV_MD5_LEN];
+  char hex[MKV_MD5_HEX_LEN + 1];
+  int have_md5 = cfg->md5sum || a->has_client_md5;
+  if (have_md5) {
+    mkv_fanout_md5(fo, md);
+    mkv_hex(md, MKV_MD5_LEN, hex);
+  }
+  if (a->has_client_md5 && memcmp(md, a->client_md5, MKV_MD5_LEN) != 0) {
+    put_fail(a, 400, "Content-MD5 does not match the body");
+    return;
+  }
+  mkv_buf_t rec;
+  mkv_buf_init(&rec);
+  mkv_record_encode(&rec, 0, cfg->md5sum ? hex : NULL, a->placement.data, a->placement.len);
+  a->index_pending++;
+  a->final_started = 1;
+  mkv_index_put(req->worker->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len,
+                1, on_final_written);
+  mkv_buf_free(&rec);
+}
+
+static void on_fanout_flow(mkv_fanout_t *fo, int pause) {
+  api_t *a = mkv_fanout_data(fo);
+  if (pause)
+    mkv_req_pause_body(a->req);
+  else
+    mkv_req_resume_body(a->req);
+}
+
+static void on_fanout_ready(mkv_fanout_t *fo) {
+  api_t *a = mkv_fanout_data(fo);
+  /* Every volume is connected: now the client may send the body. */
+  mkv_req_continue(a->req);
+}
+
+static void on_mark_written(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  a->index_pending--;
+  if (a->finishing) { /* the write failed and was cleaned up before this mark landed */
+    maybe_release(a);
+    return;
+  }
+  if (status != 0) {
+    a->mark_err = status;
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(a->req),
+                        mkv_index_failure(a->req->worker->index));
+    if (a->fo && !a->fo_done) mkv_fanout_abort(a->fo);
+  }
+}
+
+/* Content-MD5: base64 of the 16 bytes (RFC 1864); the 32 hex digits that mkv (and the Go
+ * original) answer in Content-Md5 are accepted too. */
+static int parse_content_md5(const mkv_buf_t *v, unsigned char out[MKV_MD5_LEN]) {
+  size_t n = 0;
+  unsigned char tmp[18];
+  if (v->len == 24 && mkv_base64_decode(v->data, 24, tmp, &n) == 0 && n == MKV_MD5_LEN) {
+    memcpy(out, tmp, MKV_MD5_LEN);
+    return 0;
+  }
+  if (v->len == 32 && mkv_unhex(v->data, 32, out) == 0) return 0;
+  return -1;
+}
+
+static void put_start(mkv_req_t *req) {
+  api_t *a = api_of(req);
+  mkv_worker_t *w = req->worker;
+  const mkv_config_t *cfg = w->cfg;
+
+  if (!req->has_body && !req->chunked) {
+    respond_empty(req, 411);
+    return;
+  }
+  if (req->has_content_md5) {
+    if (parse_content_md5(&req->content_md5, a->client_md5) != 0) {
+      respond_text(req, 400, "Content-MD5 must be the base64 of 16 bytes (RFC 1864)");
+      return;
+    }
+    a->has_client_md5 = 1;
+  }
+  if (mkv_index_failure(w->index)) {
+    respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    return;
+  }
+  /* Placement and path before the lock: a key that cannot be stored is refused before
+   * anything at all happens. */
+  if (mkv_policy_place(w->policy, req->key.data, req->key.len, &a->placement, &a->nrep) != 0) {
+    policy_failed(req);
+    return;
+  }
+  if (key_path(a) != 0) return;
+  if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
+    respond_empty(req, 409);
+    return;
+  }
+  a->locked = 1;
+  int rc = load_record(a);
+  if (rc == -1) {
+    unlock(a);
+    return;
+  }
+  if (rc == 0 && !a->rec.deleted) {
+    unlock(a);
+    respond_empty(req, 403);
+    return;
+  }
+
+  mkv_req_ref(req); /* held until the write (or its cleanup) has finished */
+  /* 1. The record, soft-deleted, names the target volumes before any byte is written
+   *    there: a crash from here on leaves a record that ?unlinked and gc can see. It
+   *    need not be synced: losing it leaves only orphan files, never a live key. */
+  mkv_buf_t mark;
+  mkv_buf_init(&mark);
+  mkv_record_encode(&mark, 1, NULL, a->placement.data, a->placement.len);
+  a->index_pending++;
+  mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 0,
+                on_mark_written);
+  mkv_buf_free(&mark);
+
+  /* 2. Stream the body to every replica at once. */
+  mkv_fanout_opts_t o = {
+      .volumes = a->placement.data,
+      .volumes_len = a->placement.len,
+      .path = a->path.data,
+      .path_len = a->path.len,
+      .content_length = req->chunked ? -1 : req->content_length,
+      .timeout_ms = cfg->limits.volume_timeout_ms,
+      .high_water = cfg->limits.high_water,
+      .low_water = cfg->limits.low_water,
+      .md5 = cfg->md5sum || a->has_client_md5,
+      .done = on_fanout_done,
+      .flow = on_fanout_flow,
+      .ready = req->expect_continue ? on_fanout_ready : NULL,
+      .data = a,
+  };
+  rc = mkv_fanout_start(w->up, &o, &a->fo);
+  if (rc != 0) {
+    a->fo = NULL;
+    a->fo_done = 1;
+    put_fail(a, 500, "cannot start the replica writes");
+  }
+}
+
+/* ---- DELETE and UNLINK ---- */
+
+static void on_record_removed(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  a->index_pending--;
+  if (status != 0)
+    respond_text(a->req, 503, "index write failed; the index is read-only until mkv restarts");
+  else
+    respond_empty(a->req, 204);
+  api_done(a);
+}
+
+static void on_files_deleted(api_t *a) {
+  mkv_req_t *req = a->req;
+  if (a->dels_failed) {
+    /* The record stays soft-deleted: a later DELETE (or mkv gc) finishes the job. */
+    respond_text(req, 500, "could not delete every replica; the key stays unlinked, retry the "
+                           "DELETE later");
+    api_done(a);
+    return;
+  }
+  a->index_pending++;
+  mkv_index_del(req->worker->port, &a->w_final, req->key.data, req->key.len, 0,
+                on_record_removed);
+}
+
+static void on_delete_marked(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  mkv_req_t *req = a->req;
+  a->index_pending--;
+  if (status != 0) {
+    respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
+    api_done(a);
+    return;
+  }
+  if (req->method == MKV_M_UNLINK) {
+    respond_empty(req, 204); /* the mark is on disk; the files stay */
+    api_done(a);
+    return;
+  }
+  /* The mark is on disk before any file goes. A key nginx could not hold has no file
+   * to delete, and a DELETE of a path ending in '/' would remove a whole directory of
+   * other keys' files: such paths are never sent. */
+  if (mkv_policy_path(req->worker->policy, req->key.data, req->key.len, &a->path) != 0) {
+    policy_failed(req);
+    api_done(a);
+    return;
+  }
+  if (mkv_path_check(a->path.data, a->path.len) != 0) {
+    on_files_deleted(a);
+    return;
+  }
+  delete_files(a, a->rec.volumes, a->rec.volumes_len, on_files_deleted);
+}
+
+static void delete_start(mkv_req_t *req) {
+  api_t *a = api_of(req);
+  mkv_worker_t *w = req->worker;
+  if (mkv_index_failure(w->index)) {
+    respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    return;
+  }
+  if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
+    respond_empty(req, 409);
+    return;
+  }
+  a->locked = 1;
+  int rc = load_record(a);
+  if (rc != 0) {
+    unlock(a);
+    if (rc == UV_ENOENT) respond_empty(req, 404);
+    return;
+  }
+  if (req->method == MKV_M_UNLINK && a->rec.deleted) {
+    unlock(a);
+    respond_empty(req, 404);
+    return;
+  }
+  if (req->method == MKV_M_DELETE && w->cfg->protect && !a->rec.deleted) {
+    unlock(a);
+    respond_text(req, 403, "protected: UNLINK the key before deleting it");
+    return;
+  }
+  mkv_req_ref(req);
+  mkv_buf_t mark;
+  mkv_buf_init(&mark);
+  mkv_record_encode(&mark, 1, a->rec.has_hash ? a->rec.hash : NULL, a->rec.volumes,
+                    a->rec.volumes_len);
+  a->index_pending++;
+  mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 1,
+                on_delete_marked);
+  mkv_buf_free(&mark);
+}
+
+/* ---- GET and HEAD ---- */
+
+static void get_respond(api_t *a, int status, const char *location, size_t loclen) {
+  mkv_req_t *req = a->req;
+  mkv_header_t h[4];
+  int n = 0;
+  if (a->rec.has_hash) h[n++] = (mkv_header_t){"Content-Md5", a->rec.hash, 32};
+  if (a->placement.data) { /* live key */
+    h[n++] = (mkv_header_t){"Key-Balance", a->balanced ? "balanced" : "unbalanced", 0};
+    h[n++] = (mkv_header_t){"Key-Volumes", a->rec.volumes_len ? a->rec.volumes : "",
+                            a->rec.volumes_len};
+  }
+  if (location) h[n++] = (mkv_header_t){"Location", location, loclen};
+  mkv_req_respond(req, status, h, n, NULL, 0);
+}
+
+static void probe_next(api_t *a);
+
+static void on_probe_done(mkv_upreq_t *r, int err) {
+  api_t *a = r->data;
+  mkv_req_t *req = a->req;
+  a->probing = 0;
+  if (a->client_gone) {
+    mkv_req_unref(req);
+    return;
+  }
+  if (err == 0 && r->status == 200) {
+    const char *item = a->probe_items[a->next_probe - 1];
+    size_t ilen = a->probe_lens[a->next_probe - 1];
+    mkv_buf_t loc;
+    mkv_buf_init(&loc);
+    mkv_buf_adds(&loc, "http://");
+    mkv_buf_add(&loc, item, ilen);
+    mkv_buf_add(&loc, a->path.data, a->path.len);
+    get_respond(a, 302, loc.data, loc.len);
+    mkv_buf_free(&loc);
+    mkv_req_unref(req);
+    return;
+  }
+  probe_next(a);
+}
+
+/* HEAD each replica in turn, each within voltimeout; the first 200 wins. */
+static void probe_next(api_t *a) {
+  mkv_req_t *req = a->req;
+  while (a->next_probe < a->nprobes) {
+    const char *item = a->probe_items[a->next_probe];
+    size_t ilen = a->probe_lens[a->next_probe];
+    a->next_probe++;
+    mkv_upreq_t *r = &a->probe;
+    const char *slash = memchr(item, '/', ilen);
+    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    mkv_buf_set(&r->host, item, hlen);
+    mkv_buf_set(&r->path, item + hlen, ilen - hlen);
+    mkv_buf_add(&r->path, a->path.data, a->path.len);
+    r->method = MKV_UP_HEAD;
+    r->timeout_ms = req->worker->cfg->voltimeout_ms;
+    r->done = on_probe_done;
+    r->data = a;
+    if (mkv_upstream_start(req->worker->up, r) == 0) {
+      a->probing = 1;
+      return;
+    }
+  }
+  /* No replica answered: 404, still with the record's headers (as the original). */
+  get_respond(a, 404, NULL, 0);
+  mkv_req_unref(req);
+}
+
+static int volume_ok_for_url(const char *s, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#' || c == '@' || c == '\\') return 0;
+  }
+  return 1;
+}
+
+static void get_start(mkv_req_t *req) {
+  api_t *a = api_of(req);
+  mkv_worker_t *w = req->worker;
+  const mkv_config_t *cfg = w->cfg;
+  if (req->method == MKV_M_GET && req->raw_query.len > 0) {
+    mkv__listing_start(req);
+    return;
+  }
+  int rc = load_record(a);
+  if (rc == -1) return;
+  if (rc == UV_ENOENT || a->rec.deleted) {
+    if (rc == UV_ENOENT) memset(&a->rec, 0, sizeof(a->rec));
+    if (cfg->fallback[0]) {
+      /* Unlike the original, the key is escaped: it may hold bytes a Location cannot. */
+      mkv_buf_t loc;
+      mkv_buf_init(&loc);
+      mkv_buf_addf(&loc, "http://%s", cfg->fallback);
+      mkv_pct_encode_path(&loc, req->key.data, req->key.len);
+      get_respond(a, 302, loc.data, loc.len);
+      mkv_buf_free(&loc);
+    } else {
+      get_respond(a, 404, NULL, 0);
+    }
+    return;
+  }
+  /* Key-Balance: does the record match what placement says now (order included)? */
+  int n;
+  if (mkv_policy_place(w->policy, req->key.data, req->key.len, &a->placement, &n) != 0) {
+    policy_failed(req);
+    return;
+  }
+  a->balanced = a->placement.len == a->rec.volumes_len &&
+                memcmp(a->placement.data, a->rec.volumes, a->rec.volumes_len) == 0;
+  if (mkv_policy_path(w->policy, req->key.data, req->key.len, &a->path) != 0) {
+    policy_failed(req);
+    return;
+  }
+  /* Probe order: random (spreads reads over replicas, as the original's rand.Perm),
+   * then replicas that failed recently last, so a dead volume does not cost voltimeout
+   * on every read. */
+  const char *pos = a->rec.volumes, *end = a->rec.volumes + a->rec.volumes_len, *item;
+  size_t ilen;
+  a->nprobes = 0;
+  while (a->rec.volumes_len && mkv_volumes_next(&pos, end, &item, &ilen) &&
+         a->nprobes < MAX_PROBES) {
+    if (!volume_ok_for_url(item, ilen)) continue;
+    a->probe_items[a->nprobes] = item;
+    a->probe_lens[a->nprobes] = ilen;
+    a->nprobes++;
+  }
+  for (int i = a->nprobes - 1; i > 0; i--) {
+    int j = (int)(mkv_worker_rand(w) % (uint32_t)(i + 1));
+    const char *ti = a->probe_items[i];
+    size_t tl = a->probe_lens[i];
+    a->probe_items[i] = a->probe_items[j], a->probe_lens[i] = a->probe_lens[j];
+    a->probe_items[j] = ti, a->probe_lens[j] = tl;
+  }
+  const char *good[MAX_PROBES], *bad[MAX_PROBES];
+  size_t goodl[MAX_PROBES], badl[MAX_PROBES];
+  int ng = 0, nb = 0;
+  for (int i = 0; i < a->nprobes; i++) {
+    const char *it = a->probe_items[i];
+    const char *slash = memchr(it, '/', a->probe_lens[i]);
+    size_t hl = slash ? (size_t)(slash - it) : a->probe_lens[i];
+    if (mkv_upstream_suspect(w->up, it, hl))
+      bad[nb] = it, badl[nb++] = a->probe_lens[i];
+    else
+      good[ng] = it, goodl[ng++] = a->probe_lens[i];
+  }
+  for (int i = 0; i < ng; i++) a->probe_items[i] = good[i], a->probe_lens[i] = goodl[i];
+  for (int i = 0; i < nb; i++) a->probe_items[ng + i] = bad[i], a->probe_lens[ng + i] = badl[i];
+  mkv_req_ref(req);
+  probe_next(a);
+}
+
+/* ---- entry points ---- */
+
+void mkv_api_headers(mkv_req_t *req) {
+  switch (req->method) {
+  case MKV_M_GET:
+  case MKV_M_HEAD: get_start(req); break;
+  case MKV_M_PUT: put_start(req); break;
+  case MKV_M_DELETE:
+  case MKV_M_UNLINK: delete_start(req); break;
+  default: respond_empty(req, 405); break;
+  }
+}
+
+void mkv_api_body(mkv_req_t *req, const char *at, size_t len) {
+  api_t *a = req->api;
+  if (a && a->fo && !a->fo_done) mkv_fanout_write(a->fo, at, len);
+}
+
+void mkv_api_complete(mkv_req_t *req) {
+  api_t *a = req->api;
+  if (a == NULL) return;
+  a->body_complete = 1;
+  if (a->fo && !a->fo_done) mkv_fanout_end(a->fo);
+}
+
+void mkv_api_abort(mkv_req_t *req) {
+  api_t *a = req->api;
+  mkv__listing_abort(req);
+  if (a == NULL || a->client_gone) return;
+  a->client_gone = 1;
+  /* A PUT whose body did not arrive whole is abandoned (and cleaned up); one that is
+   * already being made live finishes -- the client just never hears the 201. */
+  if (a->fo && !a->fo_done && !a->body_complete) mkv_fanout_abort(a->fo);
+  if (a->probing) mkv_upreq_cancel(&a->probe);
+}

@@ -1,0 +1,219 @@
+/* config.c: runs lua/mkv_config.lua over config.lua and the flags; copies the result
+ * into mkv_config_t. Main thread only, before any worker exists. */
+#include "mkv/config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#include "internal.h"
+#include "mkv/common.h"
+
+const char *const mkv_policy_kind_names[MKV_POLICY_KINDS] = {"placement", "replicas",
+                                                             "listing", "rebalance"};
+
+static const struct {
+  const char *name;
+  int is_bool;
+} known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
+                   {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
+                   {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0}};
+
+int mkv_config_flag_kind(const char *name, int *is_bool) {
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
+    if (strcmp(known_flags[i].name, name) == 0) {
+      *is_bool = known_flags[i].is_bool;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Pushes the module table of lua/mkv_config.lua. */
+static int push_validator(lua_State *L, char **err) {
+  const mkv__embedded_t *e = mkv__embedded_find("lua/mkv_config.lua");
+  if (e == NULL) {
+    *err = mkv_strdup("lua/mkv_config.lua is not compiled into this binary");
+    return -1;
+  }
+  if (luaL_loadbuffer(L, e->src, e->len, "@lua/mkv_config.lua") != 0 ||
+      lua_pcall(L, 0, 1, 0) != 0) {
+    *err = mkv_sprintf("lua/mkv_config.lua: %s", lua_tostring(L, -1));
+    return -1;
+  }
+  return 0;
+}
+
+static char *get_str(lua_State *L, int t, const char *name) {
+  lua_getfield(L, t, name);
+  char *s = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 1);
+  return s;
+}
+
+static double get_num(lua_State *L, int t, const char *name) {
+  lua_getfield(L, t, name);
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int get_bool(lua_State *L, int t, const char *name) {
+  lua_getfield(L, t, name);
+  int v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
+  cfg->listen = get_str(L, t, "listen");
+  cfg->port = (int)get_num(L, t, "port");
+  cfg->db = get_str(L, t, "db");
+  cfg->replicas = (int)get_num(L, t, "replicas");
+  cfg->subvolumes = (int)get_num(L, t, "subvolumes");
+  cfg->protect = get_bool(L, t, "protect");
+  cfg->md5sum = get_bool(L, t, "md5sum");
+  cfg->voltimeout_ms = get_num(L, t, "voltimeout");
+  cfg->fallback = get_str(L, t, "fallback");
+  cfg->verbose = get_bool(L, t, "verbose");
+  cfg->workers = (int)get_num(L, t, "workers");
+  if (cfg->workers == 0) cfg->workers = (int)MKV_MIN(uv_available_parallelism(), 64);
+  cfg->policy_path = get_str(L, t, "policy_path");
+  cfg->policy_timeout_ms = get_num(L, t, "policy_timeout");
+  cfg->policy_memory = (size_t)get_num(L, t, "policy_memory_mb") << 20;
+
+  lua_getfield(L, t, "volumes");
+  cfg->nvolumes = (int)lua_objlen(L, -1);
+  cfg->volumes = mkv_calloc((size_t)cfg->nvolumes + 1, sizeof(char *));
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    cfg->volumes[i] = mkv_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "policies");
+  for (int k = 0; k < MKV_POLICY_KINDS; k++)
+    cfg->policies[k] = get_str(L, lua_gettop(L), mkv_policy_kind_names[k]);
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "limits");
+  int l = lua_gettop(L);
+  cfg->limits.header_bytes = (size_t)get_num(L, l, "header_bytes");
+  cfg->limits.url_bytes = (size_t)get_num(L, l, "url_bytes");
+  cfg->limits.max_connections = (int)get_num(L, l, "max_connections");
+  cfg->limits.idle_timeout_ms = get_num(L, l, "idle_timeout");
+  cfg->limits.header_timeout_ms = get_num(L, l, "header_timeout");
+  cfg->limits.body_timeout_ms = get_num(L, l, "body_timeout");
+  cfg->limits.volume_timeout_ms = get_num(L, l, "volume_timeout");
+  cfg->limits.suspect_time_ms = get_num(L, l, "suspect_time");
+  cfg->limits.drain_timeout_ms = get_num(L, l, "drain_timeout");
+  cfg->limits.high_water = (size_t)get_num(L, l, "high_water_kb") << 10;
+  cfg->limits.low_water = (size_t)get_num(L, l, "low_water_kb") << 10;
+  cfg->limits.list_slice = (int)get_num(L, l, "list_slice");
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "leveldb");
+  l = lua_gettop(L);
+  cfg->leveldb.cache_mb = (size_t)get_num(L, l, "cache_mb");
+  cfg->leveldb.write_buffer_mb = (size_t)get_num(L, l, "write_buffer_mb");
+  cfg->leveldb.max_file_mb = (size_t)get_num(L, l, "max_file_mb");
+  cfg->leveldb.max_open_files = (int)get_num(L, l, "max_open_files");
+  cfg->leveldb.bloom_bits = (int)get_num(L, l, "bloom_bits");
+  lua_pop(L, 1);
+}
+
+/* The directory part of a path ("." when it has none). */
+static char *dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) return mkv_strdup(".");
+  if (slash == path) return mkv_strdup("/");
+  return mkv_memdup(path, (size_t)(slash - path));
+}
+
+int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags,
+                    int nflags, const char *command, char **err) {
+  memset(cfg, 0, sizeof(*cfg));
+  lua_State *L = luaL_newstate();
+  if (L == NULL) mkv_fatal("cannot create a Lua state");
+  luaL_openlibs(L);
+  int rc = -1;
+  if (push_validator(L, err) != 0) goto cleanup;
+  int M = lua_gettop(L);
+
+  /* t = path and M.load_file(path) or {} */
+  if (path != NULL) {
+    lua_getfield(L, M, "load_file");
+    lua_pushstring(L, path);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+      if (lua_istable(L, -1)) lua_getfield(L, -1, "msg");
+      *err = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot load config");
+      goto cleanup;
+    }
+  } else {
+    lua_newtable(L);
+  }
+  int t = lua_gettop(L);
+
+  lua_getfield(L, M, "build");
+  lua_pushvalue(L, t);
+  lua_createtable(L, nflags, 0);
+  for (int i = 0; i < nflags; i++) {
+    lua_createtable(L, 2, 0);
+    lua_pushstring(L, flags[i].name);
+    lua_rawseti(L, -2, 1);
+    lua_pushstring(L, flags[i].value);
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushstring(L, path ? path : "flags");
+  if (lua_pcall(L, 3, 2, 0) != 0 || lua_isnil(L, -2)) {
+    *err = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "invalid config");
+    goto cleanup;
+  }
+  lua_pop(L, 1);
+  int res = lua_gettop(L);
+
+  lua_getfield(L, M, "require_for");
+  lua_pushvalue(L, res);
+  lua_pushstring(L, command);
+  if (lua_pcall(L, 2, 2, 0) != 0 || lua_isnil(L, -2)) {
+    *err = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "invalid config");
+    goto cleanup;
+  }
+  lua_pop(L, 2);
+
+  copy_out(L, res, cfg);
+  cfg->source = path ? mkv_strdup(path) : NULL;
+  cfg->config_dir = path ? dir_of(path) : mkv_strdup(".");
+  if (cfg->policy_path[0] == '\0' && path != NULL) {
+    /* Operators' policies sit next to the config, in policies/; the built-in ones
+     * (policies/default.lua ...) are found after these. */
+    free(cfg->policy_path);
+    cfg->policy_path = mkv_sprintf("%s/policies/?.lua", cfg->config_dir);
+  }
+  rc = 0;
+
+cleanup:
+  lua_close(L);
+  if (rc != 0) mkv_config_free(cfg);
+  return rc;
+}
+
+void mkv_config_free(mkv_config_t *cfg) {
+  free(cfg->source);
+  free(cfg->config_dir);
+  free(cfg->listen);
+  free(cfg->db);
+  if (cfg->volumes)
+    for (int i = 0; i < cfg->nvolumes; i++) free(cfg->volumes[i]);
+  free(cfg->volumes);
+  free(cfg->fallback);
+  for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
+  free(cfg->policy_path);
+  memset(cfg, 0, sizeof(*cfg));
+}

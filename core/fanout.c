@@ -1,0 +1,195 @@
+/* fanout.c: N replica uploads fed from one client body. */
+#include "mkv/fanout.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mkv/index.h"
+#include "mkv/log.h"
+
+struct mkv_fanout_s {
+  void *data;
+  mkv_upstream_t *up;
+  int n, nready, ndone, ended, started_done, freed;
+  int err;
+  int64_t bytes;
+  size_t inflight, high, low;
+  int paused;
+  int chunks_live; /* chunks not yet released: each keeps the fanout alive */
+  mkv_md5_stream_t *md5;
+  unsigned char digest[MKV_MD5_LEN];
+  int digest_done;
+  mkv_fanout_done_cb done;
+  mkv_fanout_flow_cb flow;
+  mkv_fanout_ready_cb ready;
+  mkv_buf_t failure;
+  mkv_upreq_t *reqs;
+};
+
+static void maybe_free(mkv_fanout_t *fo) {
+  if (!fo->freed || fo->chunks_live > 0) return;
+  for (int i = 0; i < fo->n; i++) mkv_upreq_free(&fo->reqs[i]);
+  free(fo->reqs);
+  mkv_md5_stream_free(fo->md5);
+  mkv_buf_free(&fo->failure);
+  free(fo);
+}
+
+static void chunk_released(mkv_chunk_t *ch) {
+  mkv_fanout_t *fo = ch->data;
+  fo->inflight -= ch->len;
+  fo->chunks_live--;
+  if (fo->paused && fo->inflight <= fo->low && !fo->freed && !fo->started_done) {
+    fo->paused = 0;
+    if (fo->flow) fo->flow(fo, 0);
+  }
+  maybe_free(fo);
+}
+
+static void cancel_all(mkv_fanout_t *fo) {
+  for (int i = 0; i < fo->n; i++) mkv_upreq_cancel(&fo->reqs[i]);
+}
+
+static void on_replica_done(mkv_upreq_t *req, int err) {
+  mkv_fanout_t *fo = req->data;
+  int ok = err == 0 && (req->status == 201 || req->status == 204);
+  if (!ok && fo->err == 0) {
+    fo->err = err ? err : MKV_ESTATUS;
+    mkv_buf_reset(&fo->failure);
+    mkv_buf_addf(&fo->failure, "http://%.*s%.*s: ", (int)req->host.len, req->host.data,
+                 (int)req->path.len, req->path.data);
+    if (err)
+      mkv_buf_addf(&fo->failure, "%s", mkv_strerror(err));
+    else
+      mkv_buf_addf(&fo->failure, "volume answered %d", req->status);
+    /* One replica failed: the PUT has failed. Stop the others now rather than finish
+     * uploads that will be deleted. */
+    cancel_all(fo);
+  }
+  if (++fo->ndone < fo->n) return;
+  fo->started_done = 1;
+  fo->done(fo, fo->err);
+}
+
+static void on_replica_ready(mkv_upreq_t *req) {
+  mkv_fanout_t *fo = req->data;
+  if (++fo->nready == fo->n && fo->ready && fo->err == 0) fo->ready(fo);
+}
+
+int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_t **out) {
+  int n = 0;
+  const char *pos = o->volumes, *end = o->volumes + o->volumes_len, *item;
+  size_t ilen;
+  while (mkv_volumes_next(&pos, end, &item, &ilen)) n++;
+  if (n == 0 || o->volumes_len == 0) return UV_EINVAL;
+
+  mkv_fanout_t *fo = mkv_calloc(1, sizeof(*fo));
+  fo->data = o->data;
+  fo->up = up;
+  fo->n = n;
+  fo->high = o->high_water;
+  fo->low = o->low_water;
+  fo->done = o->done;
+  fo->flow = o->flow;
+  fo->ready = o->ready;
+  if (o->md5) fo->md5 = mkv_md5_stream_new();
+  mkv_buf_init(&fo->failure);
+  fo->reqs = mkv_calloc((size_t)n, sizeof(mkv_upreq_t));
+  pos = o->volumes;
+  for (int i = 0; mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+    mkv_upreq_t *r = &fo->reqs[i];
+    mkv_upreq_init(r);
+    r->data = fo;
+    r->method = MKV_UP_PUT;
+    /* "host:port/sv01" -> host "host:port", path "/sv01" + key path */
+    const char *slash = memchr(item, '/', ilen);
+    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    mkv_buf_set(&r->host, item, hlen);
+    mkv_buf_set(&r->path, item + hlen, ilen - hlen);
+    mkv_buf_add(&r->path, o->path, o->path_len);
+    r->content_length = o->content_length;
+    r->timeout_ms = o->timeout_ms;
+    r->done = on_replica_done;
+    r->ready = on_replica_ready;
+  }
+  for (int i = 0; i < n; i++) {
+    int rc = mkv_upstream_start(up, &fo->reqs[i]);
+    if (rc != 0) {
+      /* Started ones must finish before done: count this one as failed and done. */
+      if (fo->err == 0) {
+        fo->err = rc;
+        mkv_buf_addf(&fo->failure, "http://%s%s: %s", fo->reqs[i].host.data,
+                     fo->reqs[i].path.data, mkv_strerror(rc));
+      }
+      if (i == 0) {
+        fo->freed = 1;
+        maybe_free(fo);
+        return rc;
+      }
+      fo->ndone += n - i;
+      cancel_all(fo);
+      break;
+    }
+  }
+  *out = fo;
+  return 0;
+}
+
+void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
+  if (len == 0 || fo->err) return;
+  if (fo->md5) mkv_md5_stream_update(fo->md5, at, len);
+  fo->bytes += (int64_t)len;
+  mkv_chunk_t *ch = mkv_chunk_new(at, len, fo->n, chunk_released, fo);
+  fo->inflight += len;
+  fo->chunks_live++;
+  /* Each write takes one of the n references, also when it fails. */
+  for (int i = 0; i < fo->n; i++) mkv_upreq_write(&fo->reqs[i], ch);
+  if (!fo->paused && fo->inflight > fo->high && !fo->started_done) {
+    fo->paused = 1;
+    if (fo->flow) fo->flow(fo, 1);
+  }
+}
+
+void mkv_fanout_end(mkv_fanout_t *fo) {
+  if (fo->ended) return;
+  fo->ended = 1;
+  if (fo->md5 && !fo->digest_done) {
+    mkv_md5_stream_final(fo->md5, fo->digest);
+    fo->digest_done = 1;
+  }
+  for (int i = 0; i < fo->n; i++) mkv_upreq_end(&fo->reqs[i]);
+}
+
+void mkv_fanout_abort(mkv_fanout_t *fo) {
+  if (fo->err == 0) {
+    fo->err = UV_ECANCELED;
+    mkv_buf_set(&fo->failure, "cancelled", 9);
+  }
+  cancel_all(fo);
+}
+
+void mkv_fanout_free(mkv_fanout_t *fo) {
+  fo->freed = 1;
+  maybe_free(fo);
+}
+
+void *mkv_fanout_data(mkv_fanout_t *fo) {
+  return fo->data;
+}
+
+int64_t mkv_fanout_bytes(mkv_fanout_t *fo) {
+  return fo->bytes;
+}
+
+size_t mkv_fanout_inflight(mkv_fanout_t *fo) {
+  return fo->inflight;
+}
+
+void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]) {
+  memcpy(out, fo->digest, MKV_MD5_LEN);
+}
+
+const char *mkv_fanout_failure(mkv_fanout_t *fo) {
+  return fo->failure.data ? fo->failure.data : "";
+}

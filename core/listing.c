@@ -1,0 +1,240 @@
+/* listing.c: GET /prefix?list and ?unlinked, in bounded slices.
+ *
+ * A listing over a billion keys must not block the worker: each slice examines at most
+ * limits.list_slice records (or about 10 ms), then yields until its bytes have left
+ * for the client; each slice opens a fresh iterator and seeks past the last key, so no
+ * LevelDB version stays pinned for the whole listing. When the whole answer fits in the
+ * first slice it is sent exactly as the Go original sends it, with Content-Length:
+ * {"next":"...","keys":[...]}. A longer one is streamed (chunked) as
+ * {"keys":[...],"next":"..."} -- the same JSON object, with its fields in the other
+ * order since `next` is only known at the end. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "mkv/api.h"
+#include "mkv/index.h"
+#include "mkv/log.h"
+#include "mkv/lua_vm.h"
+#include "mkv/text.h"
+
+#define SLICE_NS (10u * 1000000u)
+
+typedef struct listing_s {
+  mkv_req_t *req;
+  const char *op; /* "list" or "unlinked" */
+  int unlinked;
+  mkv_buf_t resume; /* the key the next slice starts at (inclusive) */
+  long long limit, count;
+  mkv_buf_t out;  /* JSON not yet sent */
+  mkv_buf_t next;
+  int streaming, aborted, finished;
+} listing_t;
+
+static void listing_end(listing_t *l) {
+  if (l->finished) return;
+  l->finished = 1;
+  mkv_req_unref(l->req);
+}
+
+void mkv__listing_free(mkv_req_t *req) {
+  listing_t *l = req->listing;
+  if (l == NULL) return;
+  mkv_buf_free(&l->resume);
+  mkv_buf_free(&l->out);
+  mkv_buf_free(&l->next);
+  free(l);
+  req->listing = NULL;
+}
+
+void mkv__listing_abort(mkv_req_t *req) {
+  listing_t *l = req->listing;
+  if (l) l->aborted = 1;
+}
+
+static void slice(listing_t *l);
+
+static void on_written(mkv_req_t *req, int ok) {
+  listing_t *l = req->listing;
+  if (!ok || l->aborted) {
+    listing_end(l);
+    return;
+  }
+  slice(l);
+}
+
+static void slice(listing_t *l) {
+  mkv_req_t *req = l->req;
+  mkv_worker_t *w = req->worker;
+  const mkv_buf_t *prefix = &req->key;
+  int filter = mkv_policy_has_list_filter(w->policy);
+  int done = 0, examined = 0;
+  uint64_t t0 = mkv_now_ns();
+  char *err = NULL;
+
+  mkv_index_iter_t *it = mkv_index_iter_new(w->index);
+  mkv_index_iter_seek(it, l->resume.data, l->resume.len);
+  for (;;) {
+    if (!mkv_index_iter_valid(it)) {
+      done = 1;
+      break;
+    }
+    size_t klen, vlen;
+    const char *key = mkv_index_iter_key(it, &klen);
+    if (klen < prefix->len || memcmp(key, prefix->data, prefix->len) != 0) {
+      done = 1;
+      break;
+    }
+    if (examined >= w->cfg->limits.list_slice ||
+        ((examined & 63) == 63 && mkv_now_ns() - t0 > SLICE_NS)) {
+      mkv_buf_set(&l->resume, key, klen);
+      break;
+    }
+    examined++;
+    const char *val = mkv_index_iter_value(it, &vlen);
+    mkv_record_t rec;
+    int match;
+    if (mkv_record_decode(val, vlen, &rec) != 0) {
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "listing skipped a corrupt record (key of %zu bytes)", klen);
+      match = 0;
+    } else {
+      match = l->unlinked ? rec.deleted : !rec.deleted;
+    }
+    if (match && filter) {
+      int show = 1;
+      if (mkv_policy_list_show(w->policy, l->op, key, klen, &show) != 0) {
+        MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
+        w->stats.policy_errors++;
+        err = mkv_strdup("policy error (see the server log)");
+        break;
+      }
+      match = show;
+    }
+    if (match) {
+      if (l->count == l->limit) {
+        mkv_buf_set(&l->next, key, klen);
+        done = 1;
+        break;
+      }
+      if (l->count > 0) mkv_buf_addc(&l->out, ',');
+      mkv_json_string(&l->out, key, klen);
+      l->count++;
+    }
+    mkv_index_iter_next(it);
+  }
+  if (err == NULL && mkv_index_iter_error(it, &err) != 0)
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing stopped: index read failed: %s", err);
+  mkv_index_iter_free(it);
+
+  mkv_header_t h = {"Content-Type", "application/json", 0};
+  if (err) {
+    if (!l->streaming) {
+      mkv_header_t th = {"Content-Type", "text/plain; charset=utf-8", 0};
+      mkv_req_respond(req, 500, &th, 1, err, strlen(err));
+    } else {
+      /* Mid-stream there is no status left to send: end the connection without the
+       * closing bytes, so the client sees a truncated body, not a short listing. */
+      mkv_req_abort(req);
+    }
+    free(err);
+    listing_end(l);
+    return;
+  }
+  if (done && !l->streaming) {
+    mkv_buf_t b;
+    mkv_buf_init(&b);
+    mkv_buf_adds(&b, "{\"next\":");
+    mkv_json_string(&b, l->next.data ? l->next.data : "", l->next.len);
+    mkv_buf_adds(&b, ",\"keys\":[");
+    mkv_buf_add(&b, l->out.data ? l->out.data : "", l->out.len);
+    mkv_buf_adds(&b, "]}");
+    mkv_req_respond(req, 200, &h, 1, b.data, b.len);
+    mkv_buf_free(&b);
+    listing_end(l);
+    return;
+  }
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  if (!l->streaming) {
+    mkv_req_stream_start(req, 200, &h, 1);
+    l->streaming = 1;
+    mkv_buf_adds(&b, "{\"keys\":[");
+  }
+  mkv_buf_add(&b, l->out.data ? l->out.data : "", l->out.len);
+  mkv_buf_reset(&l->out); /* later keys bring their own leading comma (count > 0) */
+  if (done) {
+    mkv_buf_adds(&b, "],\"next\":");
+    mkv_json_string(&b, l->next.data ? l->next.data : "", l->next.len);
+    mkv_buf_adds(&b, "}");
+    mkv_req_stream_write(req, b.data, b.len, NULL);
+    mkv_req_stream_end(req);
+    mkv_buf_free(&b);
+    listing_end(l);
+    return;
+  }
+  mkv_req_stream_write(req, b.data, b.len, on_written);
+  mkv_buf_free(&b);
+}
+
+void mkv__listing_start(mkv_req_t *req) {
+  mkv_worker_t *w = req->worker;
+  const char *q = req->raw_query.data;
+  size_t qlen = req->raw_query.len;
+  const char *amp = memchr(q, '&', qlen);
+  size_t oplen = amp ? (size_t)(amp - q) : qlen;
+  const char *op;
+  if (oplen == 4 && memcmp(q, "list", 4) == 0)
+    op = "list";
+  else if (oplen == 8 && memcmp(q, "unlinked", 8) == 0)
+    op = "unlinked";
+  else {
+    /* As the original: any GET with a query is a listing, and an unknown one is 403. */
+    mkv_req_respond(req, 403, NULL, 0, NULL, 0);
+    return;
+  }
+  mkv_buf_t v;
+  mkv_buf_init(&v);
+  long long requested = 0;
+  int rc = mkv_query_get(q, qlen, "limit", &v);
+  if (rc < 0 || (rc == 1 && v.len > 0 && mkv_parse_int(v.data, v.len, &requested) != 0)) {
+    mkv_buf_free(&v);
+    mkv_req_respond(req, 400, NULL, 0, NULL, 0);
+    return;
+  }
+  long long limit;
+  if (mkv_policy_list_limit(w->policy, op, requested > 0 ? requested : 0, &limit) != 0) {
+    mkv_buf_free(&v);
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
+    w->stats.policy_errors++;
+    mkv_header_t th = {"Content-Type", "text/plain; charset=utf-8", 0};
+    const char *msg = "policy error (see the server log)\n";
+    mkv_req_respond(req, 500, &th, 1, msg, strlen(msg));
+    return;
+  }
+  rc = mkv_query_get(q, qlen, "start", &v);
+  if (rc < 0) {
+    mkv_buf_free(&v);
+    mkv_req_respond(req, 400, NULL, 0, NULL, 0);
+    return;
+  }
+  listing_t *l = mkv_calloc(1, sizeof(*l));
+  l->req = req;
+  l->op = op;
+  l->unlinked = op[0] == 'u';
+  l->limit = limit;
+  mkv_buf_init(&l->resume);
+  mkv_buf_init(&l->out);
+  mkv_buf_init(&l->next);
+  /* The lower bound is the prefix, or `start` when it is above it. Unlike the original,
+   * a start below the prefix does not list keys outside the prefix. */
+  mkv_buf_set(&l->resume, req->key.data, req->key.len);
+  if (rc == 1 && v.len > 0) {
+    size_t m = MKV_MIN(v.len, req->key.len);
+    int cmp = memcmp(v.data, req->key.data, m);
+    if (cmp > 0 || (cmp == 0 && v.len > req->key.len)) mkv_buf_set(&l->resume, v.data, v.len);
+  }
+  mkv_buf_free(&v);
+  req->listing = l;
+  mkv_req_ref(req);
+  slice(l);
+}

@@ -1,0 +1,635 @@
+/* lua_vm.c: policy states. One per worker, made at startup, locked, called under a
+ * deadline with a capped allocator; what policies return is checked here. */
+#include "mkv/lua_vm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <luajit.h>
+
+#include "internal.h"
+#include "mkv/hash.h"
+#include "mkv/log.h"
+#include "mkv/lua_api.h"
+
+/* Instructions between two deadline checks: small enough that a runaway loop is caught
+ * within microseconds of its deadline, large enough that the hook costs nothing for a
+ * policy that returns in a few hundred instructions. */
+#define HOOK_COUNT 1000
+/* Loading a module may do more work (tables of weights ...) than one call. */
+#define LOAD_BUDGET_MS 1000.0
+
+enum { REF_PLACE, REF_PATH, REF_REPLICAS, REF_LIST_LIMIT, REF_LIST_SHOW, REF_REBALANCE,
+       REF_VOLUMES, NREFS };
+
+struct mkv_policy_s {
+  lua_State *L;
+  const mkv_config_t *cfg;
+  size_t mem_used, mem_limit;
+  uint64_t deadline_ns;
+  double budget_ms;
+  int in_call, expired;
+  int refs[NREFS];
+  char *sources[MKV_POLICY_KINDS]; /* "name (file)" per kind, for messages */
+  mkv_buf_t err;
+};
+
+/* The policy whose call is running on this thread (a worker runs one at a time). */
+static _Thread_local mkv_policy_t *running;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  mkv_policy_t *p = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    p->mem_used -= old;
+    return NULL;
+  }
+  if (nsize > old && p->mem_used + (nsize - old) > p->mem_limit) return NULL;
+  void *q = realloc(ptr, nsize);
+  if (q == NULL) return NULL;
+  p->mem_used = p->mem_used - old + nsize;
+  return q;
+}
+
+static void deadline_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  mkv_policy_t *p = running;
+  if (p == NULL || !p->in_call) return;
+  if (!p->expired && mkv_now_ns() < p->deadline_ns) return;
+  if (!p->expired) {
+    /* From now on every instruction raises until the call returns to C, so a pcall
+     * inside the policy cannot swallow the error and carry on. */
+    p->expired = 1;
+    lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+  }
+  luaL_error(L, "policy exceeded its time budget of %.0f ms", p->budget_ms);
+}
+
+/* Message handler: keeps the message (which carries source:line) and turns non-string
+ * errors into text. */
+static int msgh(lua_State *L) {
+  if (!lua_isstring(L, 1)) {
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    return 1;
+  }
+  return 1;
+}
+
+/* Calls the function below nargs arguments with the deadline armed. Stack index 1 is
+ * the message handler. Returns 0 or MKV_EPOLICY with p->err set to "<what>: <msg>". */
+static int pcall_budget(mkv_policy_t *p, int nargs, int nres, double budget_ms,
+                        const char *what) {
+  lua_State *L = p->L;
+  p->budget_ms = budget_ms;
+  p->deadline_ns = mkv_now_ns() + (uint64_t)(budget_ms * 1e6);
+  p->expired = 0;
+  p->in_call = 1;
+  running = p;
+  int rc = lua_pcall(L, nargs, nres, 1);
+  p->in_call = 0;
+  running = NULL;
+  if (p->expired) lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  if (rc != 0) {
+    const char *msg = lua_tostring(L, -1);
+    if (rc == LUA_ERRMEM) msg = "not enough memory (policy_memory_mb reached)";
+    mkv_buf_reset(&p->err);
+    mkv_buf_addf(&p->err, "%s: %s", what, msg ? msg : "unknown error");
+    lua_pop(L, 1);
+    return MKV_EPOLICY;
+  }
+  return 0;
+}
+
+static int policy_fail(mkv_policy_t *p, const char *fmt, ...) MKV_PRINTF(2, 3);
+static int policy_fail(mkv_policy_t *p, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  mkv_buf_set(&p->err, msg, strlen(msg));
+  return MKV_EPOLICY;
+}
+
+/* Finds a policy module: each template of policy_path with '?' replaced, then the
+ * built-in policies/<name>.lua. Pushes the loaded chunk, or returns -1 with a message
+ * listing where it looked. */
+static int load_module_chunk(mkv_policy_t *p, const char *name, mkv_buf_t *where) {
+  lua_State *L = p->L;
+  const mkv_config_t *cfg = p->cfg;
+  mkv_buf_t path, tried;
+  mkv_buf_init(&path);
+  mkv_buf_init(&tried);
+  int rc = -1;
+  /* A name with a '/' or ending in .lua is a file, relative to the config's dir. */
+  size_t nlen = strlen(name);
+  if (strchr(name, '/') || (nlen > 4 && strcmp(name + nlen - 4, ".lua") == 0)) {
+    if (name[0] == '/')
+      mkv_buf_adds(&path, name);
+    else
+      mkv_buf_addf(&path, "%s/%s", cfg->config_dir, name);
+    if (luaL_loadfile(L, path.data) == 0) {
+      mkv_buf_set(where, path.data, path.len);
+      rc = 0;
+    } else {
+      mkv_buf_set(where, lua_tostring(L, -1), strlen(lua_tostring(L, -1)));
+      lua_pop(L, 1);
+      rc = -2;
+    }
+    goto cleanup;
+  }
+  const char *t = cfg->policy_path ? cfg->policy_path : "";
+  while (*t) {
+    const char *end = strchr(t, ';');
+    size_t tlen = end ? (size_t)(end - t) : strlen(t);
+    mkv_buf_reset(&path);
+    for (size_t i = 0; i < tlen; i++) {
+      if (t[i] == '?')
+        mkv_buf_adds(&path, name);
+      else
+        mkv_buf_addc(&path, t[i]);
+    }
+    if (tlen) {
+      FILE *f = fopen(path.data, "r");
+      if (f) {
+        fclose(f);
+        if (luaL_loadfile(L, path.data) == 0) {
+          mkv_buf_set(where, path.data, path.len);
+          rc = 0;
+        } else {
+          mkv_buf_set(where, lua_tostring(L, -1), strlen(lua_tostring(L, -1)));
+          lua_pop(L, 1);
+          rc = -2;
+        }
+        goto cleanup;
+      }
+      mkv_buf_addf(&tried, "%s, ", path.data);
+    }
+    t += tlen;
+    if (*t == ';') t++;
+  }
+  mkv_buf_reset(&path);
+  mkv_buf_addf(&path, "policies/%s.lua", name);
+  const mkv__embedded_t *e = mkv__embedded_find(path.data);
+  if (e) {
+    mkv_buf_t chunk;
+    mkv_buf_init(&chunk);
+    mkv_buf_addf(&chunk, "@%s", path.data);
+    int lrc = luaL_loadbuffer(L, e->src, e->len, chunk.data);
+    mkv_buf_free(&chunk);
+    if (lrc == 0) {
+      mkv_buf_addf(&path, " (built in)");
+      mkv_buf_set(where, path.data, path.len);
+      rc = 0;
+    } else {
+      mkv_buf_set(where, lua_tostring(L, -1), strlen(lua_tostring(L, -1)));
+      lua_pop(L, 1);
+      rc = -2;
+    }
+    goto cleanup;
+  }
+  mkv_buf_reset(where);
+  mkv_buf_addf(where, "module '%s' not found (looked in %sand the built-in policies/)", name,
+               tried.data ? tried.data : "");
+cleanup:
+  mkv_buf_free(&path);
+  mkv_buf_free(&tried);
+  return rc;
+}
+
+/* package.loaders entry while modules load: lets policies require each other. */
+static int policy_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  mkv_policy_t *p = running;
+  mkv_buf_t where;
+  mkv_buf_init(&where);
+  int rc = p ? load_module_chunk(p, name, &where) : -1;
+  if (rc != 0) {
+    lua_pushfstring(L, "\n\t%s", where.data ? where.data : "no policy state");
+    mkv_buf_free(&where);
+    return 1;
+  }
+  mkv_buf_free(&where);
+  return 1;
+}
+
+/* Pushes the module table of policy `name`, loading it once (package.loaded caches). */
+static int require_policy(mkv_policy_t *p, const char *name, char **source) {
+  lua_State *L = p->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_getfield(L, -1, name);
+  if (lua_istable(L, -1)) {
+    lua_remove(L, -2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  mkv_buf_t where;
+  mkv_buf_init(&where);
+  int rc = load_module_chunk(p, name, &where);
+  if (rc != 0) {
+    policy_fail(p, "%s", where.data ? where.data : "cannot load");
+    mkv_buf_free(&where);
+    lua_pop(L, 1);
+    return MKV_EPOLICY;
+  }
+  *source = mkv_sprintf("'%s' (%s)", name, where.data);
+  mkv_buf_free(&where);
+  lua_pushstring(L, name);
+  if (pcall_budget(p, 1, 1, MKV_MAX(LOAD_BUDGET_MS, p->cfg->policy_timeout_ms), *source) != 0) {
+    lua_pop(L, 1);
+    return MKV_EPOLICY;
+  }
+  if (!lua_istable(L, -1)) {
+    policy_fail(p, "%s: the module must return a table of functions, it returned %s",
+                *source, luaL_typename(L, -1));
+    lua_pop(L, 2);
+    return MKV_EPOLICY;
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, name);
+  lua_remove(L, -2);
+  return 0;
+}
+
+static int ref_function(mkv_policy_t *p, int kind, const char *fn, int optional, int slot) {
+  lua_State *L = p->L;
+  lua_getfield(L, -1, fn);
+  if (lua_isnil(L, -1) && optional) {
+    lua_pop(L, 1);
+    p->refs[slot] = LUA_NOREF;
+    return 0;
+  }
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return policy_fail(p, "%s policy %s has no function '%s'", mkv_policy_kind_names[kind],
+                       p->sources[kind], fn);
+  }
+  p->refs[slot] = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+static void open_lib(lua_State *L, lua_CFunction f, const char *name) {
+  lua_pushcfunction(L, f);
+  lua_pushstring(L, name);
+  lua_call(L, 1, 0);
+}
+
+/* Builds the state up to the locked globals: libraries, mkv helpers, sandbox. */
+static int build_state(mkv_policy_t *p) {
+  lua_State *L = p->L;
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  open_lib(L, luaopen_base, "");
+  open_lib(L, luaopen_package, LUA_LOADLIBNAME);
+  open_lib(L, luaopen_table, LUA_TABLIBNAME);
+  open_lib(L, luaopen_string, LUA_STRLIBNAME);
+  open_lib(L, luaopen_math, LUA_MATHLIBNAME);
+  open_lib(L, luaopen_bit, LUA_BITLIBNAME);
+  lua_settop(L, 0);
+  lua_pushcfunction(L, msgh); /* stays at index 1 for every call */
+
+  const mkv__embedded_t *e = mkv__embedded_find("lua/mkv_sandbox.lua");
+  if (e == NULL) return policy_fail(p, "lua/mkv_sandbox.lua is not compiled in");
+  if (luaL_loadbuffer(L, e->src, e->len, "@lua/mkv_sandbox.lua") != 0)
+    return policy_fail(p, "%s", lua_tostring(L, -1));
+  lua_getglobal(L, "package");
+  lua_setfield(L, LUA_REGISTRYINDEX, "mkv.package"); /* for set_loaders() */
+  lua_pushvalue(L, LUA_GLOBALSINDEX);
+  lua_getglobal(L, "package");
+  lua_pushcfunction(L, luaopen_mkv);
+  lua_call(L, 0, 1);
+  const mkv_config_t *cfg = p->cfg;
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, cfg->replicas);
+  lua_setfield(L, -2, "replicas");
+  lua_pushinteger(L, cfg->subvolumes);
+  lua_setfield(L, -2, "subvolumes");
+  lua_pushinteger(L, cfg->nvolumes);
+  lua_setfield(L, -2, "nvolumes");
+  lua_pushboolean(L, cfg->md5sum);
+  lua_setfield(L, -2, "md5sum");
+  lua_pushboolean(L, cfg->protect);
+  lua_setfield(L, -2, "protect");
+  if (pcall_budget(p, 4, 1, LOAD_BUDGET_MS, "lua/mkv_sandbox.lua") != 0) return MKV_EPOLICY;
+  lua_replace(L, LUA_GLOBALSINDEX);
+  return 0;
+}
+
+/* Policies find each other with require() while they load; afterwards no module can be
+ * loaded (package.loaders is emptied). */
+static void set_loaders(mkv_policy_t *p, int enabled) {
+  lua_State *L = p->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, "mkv.package");
+  lua_newtable(L);
+  if (enabled) {
+    lua_pushcfunction(L, policy_searcher);
+    lua_rawseti(L, -2, 1);
+  }
+  lua_setfield(L, -2, "loaders");
+  lua_pop(L, 1);
+}
+
+static const char *sample_keys[] = {"/", "/hello", "/wehave", "/tmp/scratch", "/a/b/c d+e=f",
+                                    "/\xe2\x82\xac/\xff\xfe", NULL};
+
+static int check_samples(mkv_policy_t *p, char **err) {
+  mkv_buf_t joined, path;
+  mkv_buf_init(&joined);
+  mkv_buf_init(&path);
+  char longkey[190];
+  longkey[0] = '/';
+  memset(longkey + 1, 'k', sizeof(longkey) - 1);
+  int rc = 0;
+  for (int i = 0; sample_keys[i] || i == (int)MKV_ARRAY_SIZE(sample_keys) - 1; i++) {
+    const char *key = sample_keys[i] ? sample_keys[i] : longkey;
+    size_t klen = sample_keys[i] ? strlen(key) : sizeof(longkey);
+    int n;
+    if ((rc = mkv_policy_place(p, key, klen, &joined, &n)) != 0 ||
+        (rc = mkv_policy_path(p, key, klen, &path)) != 0) {
+      mkv_buf_t shown;
+      mkv_buf_init(&shown);
+      for (size_t j = 0; j < klen && j < 40; j++) {
+        unsigned char c = (unsigned char)key[j];
+        if (c >= 0x20 && c < 0x7f && c != '"')
+          mkv_buf_addc(&shown, (char)c);
+        else
+          mkv_buf_addf(&shown, "\\x%02x", c);
+      }
+      *err = mkv_sprintf("on sample key \"%s%s\": %s", shown.data ? shown.data : "",
+                         klen > 40 ? "..." : "", p->err.data);
+      mkv_buf_free(&shown);
+      break;
+    }
+    if (!sample_keys[i]) break;
+  }
+  mkv_buf_free(&joined);
+  mkv_buf_free(&path);
+  return rc;
+}
+
+int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
+  mkv_policy_t *p = mkv_calloc(1, sizeof(*p));
+  p->cfg = cfg;
+  p->mem_limit = cfg->policy_memory;
+  mkv_buf_init(&p->err);
+  for (int i = 0; i < NREFS; i++) p->refs[i] = LUA_NOREF;
+  p->L = lua_newstate(capped_alloc, p);
+  if (p->L == NULL) {
+    *err = mkv_strdup("cannot create a Lua state (is this LuaJIT built with GC64?)");
+    free(p);
+    return -1;
+  }
+  lua_State *L = p->L;
+  running = p;
+  if (build_state(p) != 0) goto fail;
+
+  static const struct {
+    int kind;
+    const char *fn;
+    int optional;
+    int slot;
+  } wanted[] = {{MKV_POLICY_PLACEMENT, "place", 0, REF_PLACE},
+                {MKV_POLICY_PLACEMENT, "path", 0, REF_PATH},
+                {MKV_POLICY_REPLICAS, "replicas", 0, REF_REPLICAS},
+                {MKV_POLICY_LISTING, "list_limit", 0, REF_LIST_LIMIT},
+                {MKV_POLICY_LISTING, "show", 1, REF_LIST_SHOW},
+                {MKV_POLICY_REBALANCE, "rebalance", 0, REF_REBALANCE}};
+  set_loaders(p, 1);
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(wanted); i++) {
+    int kind = wanted[i].kind;
+    char *source = NULL;
+    if (require_policy(p, cfg->policies[kind], &source) != 0) {
+      free(source);
+      *err = mkv_sprintf("%s policy '%s': %s", mkv_policy_kind_names[kind], cfg->policies[kind],
+                         p->err.data);
+      goto fail;
+    }
+    if (p->sources[kind] == NULL)
+      p->sources[kind] = source;
+    else
+      free(source);
+    int rc = ref_function(p, kind, wanted[i].fn, wanted[i].optional, wanted[i].slot);
+    lua_pop(L, 1);
+    if (rc != 0) {
+      *err = mkv_strdup(p->err.data);
+      goto fail;
+    }
+  }
+  set_loaders(p, 0);
+
+  /* The volume list crosses into Lua once; calls pass this same table. */
+  lua_createtable(L, cfg->nvolumes, 0);
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_pushstring(L, cfg->volumes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  p->refs[REF_VOLUMES] = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  char *serr = NULL;
+  if (check_samples(p, &serr) != 0) {
+    *err = serr;
+    goto fail;
+  }
+  running = NULL;
+  *out = p;
+  return 0;
+
+fail:
+  if (*err == NULL) *err = mkv_strdup(p->err.data ? p->err.data : "policy state failed");
+  running = NULL;
+  mkv_policy_free(p);
+  return -1;
+}
+
+void mkv_policy_free(mkv_policy_t *p) {
+  if (p == NULL) return;
+  if (p->L) lua_close(p->L);
+  for (int k = 0; k < MKV_POLICY_KINDS; k++) free(p->sources[k]);
+  mkv_buf_free(&p->err);
+  free(p);
+}
+
+const char *mkv_policy_error(mkv_policy_t *p) {
+  return p->err.data ? p->err.data : "";
+}
+
+const char *mkv_policy_name(mkv_policy_t *p, int kind) {
+  return p->sources[kind] ? p->sources[kind] : "?";
+}
+
+/* Is s a configured volume, or a configured volume + "/<dir>" (a subvolume)? */
+static int known_volume(const mkv_config_t *cfg, const char *s, size_t n) {
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    size_t vl = strlen(cfg->volumes[i]);
+    if (n < vl || memcmp(s, cfg->volumes[i], vl) != 0) continue;
+    if (n == vl) return 1;
+    if (s[vl] != '/' || n == vl + 1) continue;
+    int ok = 1;
+    for (size_t j = vl + 1; j < n && ok; j++) {
+      char c = s[j];
+      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.' || (c == '/' && s[j - 1] != '/');
+    }
+    if (ok && s[n - 1] != '/') return 1;
+  }
+  return 0;
+}
+
+int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
+                     int *n) {
+  lua_State *L = p->L;
+  const mkv_config_t *cfg = p->cfg;
+  int rc;
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_REPLICAS]);
+  lua_pushlstring(L, key, klen);
+  if ((rc = pcall_budget(p, 1, 1, cfg->policy_timeout_ms, p->sources[MKV_POLICY_REPLICAS])) != 0)
+    return rc;
+  lua_Number r = lua_tonumber(L, -1);
+  int is_num = lua_type(L, -1) == LUA_TNUMBER;
+  lua_pop(L, 1);
+  int max = MKV_MIN(cfg->nvolumes, 255);
+  if (!is_num || r != (lua_Number)(int)r || r < 1 || r > max)
+    return policy_fail(p, "%s: replicas() must return a whole number from 1 to %d",
+                       p->sources[MKV_POLICY_REPLICAS], max);
+  int want = (int)r;
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
+  lua_pushlstring(L, key, klen);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
+  lua_pushinteger(L, want);
+  if ((rc = pcall_budget(p, 3, 1, cfg->policy_timeout_ms, p->sources[MKV_POLICY_PLACEMENT])) != 0)
+    return rc;
+  const char *src = p->sources[MKV_POLICY_PLACEMENT];
+  rc = 0;
+  mkv_buf_reset(joined);
+  if (!lua_istable(L, -1)) {
+    rc = policy_fail(p, "%s: place() returned %s, expected a list of %d volumes", src,
+                     luaL_typename(L, -1), want);
+    goto done;
+  }
+  if ((int)lua_objlen(L, -1) != want) {
+    rc = policy_fail(p, "%s: place() returned %d volumes, expected %d", src,
+                     (int)lua_objlen(L, -1), want);
+    goto done;
+  }
+  size_t starts[256];
+  for (int i = 1; i <= want; i++) {
+    lua_rawgeti(L, -1, i);
+    size_t vl;
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
+    if (v == NULL || !known_volume(cfg, v, vl)) {
+      rc = policy_fail(p, "%s: place() entry %d is %s%s%s, not one of the configured volumes",
+                       src, i, v ? "\"" : "a ", v ? v : luaL_typename(L, -1), v ? "\"" : "");
+      lua_pop(L, 1);
+      goto done;
+    }
+    /* Distinct hosts, not just distinct strings: two subvolumes of one volume are one
+     * machine, and a second copy there protects nothing. */
+    for (int j = 0; j < i - 1; j++) {
+      const char *prev = joined->data + starts[j];
+      size_t plen = (j + 1 < i - 1 ? starts[j + 1] - 1 : joined->len) - starts[j];
+      const char *ps = memchr(prev, '/', plen), *vs = memchr(v, '/', vl);
+      size_t ph = ps ? (size_t)(ps - prev) : plen, vh = vs ? (size_t)(vs - v) : vl;
+      if (ph == vh && memcmp(prev, v, vh) == 0) {
+        rc = policy_fail(p, "%s: place() put two replicas on volume \"%.*s\"", src, (int)vh, v);
+        lua_pop(L, 1);
+        goto done;
+      }
+    }
+    if (i > 1) mkv_buf_addc(joined, ',');
+    starts[i - 1] = joined->len;
+    mkv_buf_add(joined, v, vl);
+    lua_pop(L, 1);
+  }
+  *n = want;
+done:
+  lua_pop(L, 1);
+  if (rc == 0) {
+    /* The volume table is shared by every call: a policy that changed it would skew
+     * every later placement. Check it is still what the config says. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
+    int changed = (int)lua_objlen(L, -1) != cfg->nvolumes;
+    for (int i = 0; i < cfg->nvolumes && !changed; i++) {
+      lua_rawgeti(L, -1, i + 1);
+      changed = !lua_isstring(L, -1) || strcmp(lua_tostring(L, -1), cfg->volumes[i]) != 0;
+      lua_pop(L, 1);
+    }
+    if (changed) {
+      for (int i = 0; i < cfg->nvolumes; i++) {
+        lua_pushstring(L, cfg->volumes[i]);
+        lua_rawseti(L, -2, i + 1);
+      }
+      rc = policy_fail(p, "%s: place() modified the volumes table it was given", src);
+    }
+    lua_pop(L, 1);
+  }
+  return rc;
+}
+
+int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *path) {
+  lua_State *L = p->L;
+  const char *src = p->sources[MKV_POLICY_PLACEMENT];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PATH]);
+  lua_pushlstring(L, key, klen);
+  int rc = pcall_budget(p, 1, 1, p->cfg->policy_timeout_ms, src);
+  if (rc != 0) return rc;
+  size_t n;
+  const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  if (s == NULL) {
+    rc = policy_fail(p, "%s: path() returned %s, expected a string", src, luaL_typename(L, -1));
+  } else if (n == 0 || s[0] != '/' || n > 4096) {
+    rc = policy_fail(p, "%s: path() must return a path starting with '/' (at most 4096 bytes)",
+                     src);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)s[i];
+      if (c <= 0x20 || c == 0x7f || c == '?' || c == '#' || c == '%') {
+        rc = policy_fail(p, "%s: path() returned a path with byte 0x%02x, which URLs cannot hold "
+                         "as is", src, c);
+        break;
+      }
+    }
+    if (rc == 0) mkv_buf_set(path, s, n);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
+int mkv_policy_list_limit(mkv_policy_t *p, const char *op, long long requested,
+                          long long *limit) {
+  lua_State *L = p->L;
+  const char *src = p->sources[MKV_POLICY_LISTING];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_LIST_LIMIT]);
+  lua_pushstring(L, op);
+  lua_pushnumber(L, (lua_Number)(requested < 0 ? 0 : requested));
+  int rc = pcall_budget(p, 2, 1, p->cfg->policy_timeout_ms, src);
+  if (rc != 0) return rc;
+  lua_Number v = lua_tonumber(L, -1);
+  int ok = lua_type(L, -1) == LUA_TNUMBER && v >= 1 && v <= 1e12 && v == (lua_Number)(long long)v;
+  lua_pop(L, 1);
+  if (!ok) return policy_fail(p, "%s: list_limit() must return a whole number >= 1", src);
+  *limit = (long long)v;
+  return 0;
+}
+
+int mkv_policy_has_list_filter(mkv_policy_t *p) {
+  return p->refs[REF_LIST_SHOW] != LUA_NOREF;
+}
+
+int mkv_policy_list_show(mkv_policy_t *p, const char *op, const char *key, size_t klen,
+                         int *show) {
+  lua_State *L = p->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_LIST_SHOW]);
+  lua_pushstring(L, op);
+  lua_pushlstring(L, key, klen);
+  int rc = pcall_budget(p, 2, 1, p->cfg->policy_timeout_ms, p->sources[MKV_POLICY_LISTING]);
+  if (rc != 0) return rc;
+  *show = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return 0;
+}

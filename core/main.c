@@ -1,0 +1,361 @@
+/* main.c: the command line (a config file and the Go original's flags), subcommands,
+ * the listening socket, signals, and the worker threads. */
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "mkv/config.h"
+#include "mkv/hash.h"
+#include "mkv/index.h"
+#include "mkv/log.h"
+#include "mkv/worker.h"
+
+#define MKV_VERSION "0.1.0"
+#define MAX_FLAGS 64
+
+static const char usage_text[] =
+    "Usage: mkv [-c config.lua] [flags] <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  server        serve the HTTP API (the default with -c)\n"
+    "  index-flush   flush the index's journal into its tables, for the Go original\n"
+    "  rebuild       rebuild the index from the volumes\n"
+    "  rebalance     move data to where placement wants it\n"
+    "\n"
+    "Flags (those of the Go minikeyvalue; given with -c they override the file):\n"
+    "  -c FILE           config file (a Lua chunk returning a table)\n"
+    "  -volumes H:P,...  volume servers, comma-separated\n"
+    "  -db DIR           index directory (LevelDB)\n"
+    "  -port N           port to listen on (default 3000)\n"
+    "  -replicas N       copies of each value (default 3)\n"
+    "  -subvolumes N     directories per volume (default 10)\n"
+    "  -protect          DELETE requires a prior UNLINK\n"
+    "  -md5sum=BOOL      store each value's MD5 (default true)\n"
+    "  -voltimeout D     timeout of the volume probe of a GET (default 1s)\n"
+    "  -fallback H:P     redirect missing keys there\n"
+    "  -v                log every request\n"
+    "  -listen ADDR      address to bind (default: every interface)\n"
+    "  -workers N        worker threads (default: one per core)\n";
+
+static void usage(FILE *f) {
+  fputs(usage_text, f);
+}
+
+typedef struct args_s {
+  const char *config;
+  mkv_flag_t flags[MAX_FLAGS];
+  int nflags;
+  const char *command;
+  char **rest;
+  int nrest;
+} args_t;
+
+/* Go's flag package: -flag, --flag, -flag=value, -flag value (not for booleans);
+ * parsing stops at the first non-flag argument or at "--". */
+static int parse_args(int argc, char **argv, args_t *a) {
+  memset(a, 0, sizeof(*a));
+  int i = 1;
+  for (; i < argc; i++) {
+    char *arg = argv[i];
+    if (arg[0] != '-' || arg[1] == '\0') break;
+    if (strcmp(arg, "--") == 0) {
+      i++;
+      break;
+    }
+    char *name = arg + 1;
+    if (*name == '-') name++;
+    char *eq = strchr(name, '=');
+    char namebuf[64];
+    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+    if (nlen == 0 || nlen >= sizeof(namebuf)) {
+      fprintf(stderr, "mkv: bad flag syntax: %s\n", arg);
+      return -1;
+    }
+    memcpy(namebuf, name, nlen);
+    namebuf[nlen] = '\0';
+    if (strcmp(namebuf, "h") == 0 || strcmp(namebuf, "help") == 0) {
+      usage(stdout);
+      exit(0);
+    }
+    if (strcmp(namebuf, "version") == 0) {
+      printf("mkv %s\n", MKV_VERSION);
+      exit(0);
+    }
+    const char *value = NULL;
+    if (strcmp(namebuf, "c") == 0 || strcmp(namebuf, "config") == 0) {
+      if (eq)
+        value = eq + 1;
+      else if (i + 1 < argc)
+        value = argv[++i];
+      else {
+        fprintf(stderr, "mkv: flag needs an argument: -%s\n", namebuf);
+        return -1;
+      }
+      a->config = value;
+      continue;
+    }
+    int is_bool;
+    if (mkv_config_flag_kind(namebuf, &is_bool) != 0) {
+      fprintf(stderr, "mkv: flag provided but not defined: -%s\n", namebuf);
+      return -1;
+    }
+    if (eq)
+      value = eq + 1;
+    else if (is_bool)
+      value = "true";
+    else if (i + 1 < argc)
+      value = argv[++i];
+    else {
+      fprintf(stderr, "mkv: flag needs an argument: -%s\n", namebuf);
+      return -1;
+    }
+    if (a->nflags == MAX_FLAGS) {
+      fprintf(stderr, "mkv: too many flags\n");
+      return -1;
+    }
+    /* The flag's name must outlive this loop: point into argv. */
+    a->flags[a->nflags].name = mkv_memdup(namebuf, nlen);
+    a->flags[a->nflags].value = value;
+    a->nflags++;
+  }
+  if (i < argc) a->command = argv[i++];
+  a->rest = argv + i;
+  a->nrest = argc - i;
+  return 0;
+}
+
+/* ---- the listening socket ---- */
+
+static int bind_listener(const mkv_config_t *cfg, char **err) {
+  char port[16];
+  snprintf(port, sizeof(port), "%d", cfg->port);
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int any = strcmp(cfg->listen, "*") == 0;
+  int rc;
+  if (any) {
+    hints.ai_family = AF_INET6; /* dual-stack "::" first, as Go's ":port" */
+    rc = getaddrinfo(NULL, port, &hints, &res);
+  } else {
+    hints.ai_family = AF_UNSPEC;
+    rc = getaddrinfo(cfg->listen, port, &hints, &res);
+  }
+  if (rc != 0) {
+    *err = mkv_sprintf("cannot resolve listen address %s: %s", cfg->listen, gai_strerror(rc));
+    return -1;
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+  if (fd < 0 && any && (errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT)) {
+    freeaddrinfo(res);
+    hints.ai_family = AF_INET;
+    if (getaddrinfo(NULL, port, &hints, &res) != 0) res = NULL;
+    fd = res ? socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0) : -1;
+  }
+  if (fd < 0) {
+    *err = mkv_sprintf("cannot create a socket: %s", strerror(errno));
+    if (res) freeaddrinfo(res);
+    return -1;
+  }
+  int one = 1, zero = 0;
+  /* SO_REUSEADDR lets a restart bind while old connections sit in TIME_WAIT; it does
+   * not let two listeners share the port on Linux, so a busy port still fails. */
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (res->ai_family == AF_INET6 && any)
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) {
+    int e = errno;
+    *err = e == EADDRINUSE
+               ? mkv_sprintf("port %d is already in use (another mkv or server is running?)",
+                             cfg->port)
+               : mkv_sprintf("cannot bind %s:%d: %s", cfg->listen, cfg->port, strerror(e));
+    close(fd);
+    freeaddrinfo(res);
+    return -1;
+  }
+  freeaddrinfo(res);
+  if (listen(fd, 4096) != 0) {
+    *err = mkv_sprintf("cannot listen on port %d: %s", cfg->port, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* ---- server ---- */
+
+static mkv_worker_t *workers;
+static int nworkers;
+static int stopping;
+
+static void on_signal(uv_signal_t *h, int signum) {
+  if (signum == SIGHUP) {
+    mkv_warn("SIGHUP: reloading the config is not supported by this version; ignored");
+    return;
+  }
+  if (stopping) {
+    mkv_warn("second %s: exiting now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    _exit(1);
+  }
+  stopping = 1;
+  mkv_info("%s: draining in-flight requests, then exiting",
+           signum == SIGINT ? "SIGINT" : "SIGTERM");
+  for (int i = 0; i < nworkers; i++) mkv_worker_stop(&workers[i]);
+  uv_stop(h->loop);
+}
+
+static int run_server(const mkv_config_t *cfg) {
+  char *err = NULL;
+  int rc = 1;
+  mkv_index_t *index = NULL;
+  int lfd = -1;
+
+  nworkers = cfg->workers;
+  workers = mkv_calloc((size_t)nworkers, sizeof(mkv_worker_t));
+  /* Policies first: a broken policy stops startup before the index or the port. */
+  for (int i = 0; i < nworkers; i++) {
+    if (mkv_worker_init(&workers[i], i + 1, cfg, &err) != 0) {
+      fprintf(stderr, "mkv: %s\n", err);
+      for (int j = 0; j < i; j++) mkv_worker_destroy(&workers[j]);
+      free(err);
+      free(workers);
+      return 2;
+    }
+  }
+  if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
+    fprintf(stderr, "mkv: %s\n", err);
+    goto cleanup_workers;
+  }
+  if ((lfd = bind_listener(cfg, &err)) < 0) {
+    fprintf(stderr, "mkv: %s\n", err);
+    goto cleanup_index;
+  }
+
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_t sigint, sigterm, sighup;
+  uv_signal_init(loop, &sigint);
+  uv_signal_init(loop, &sigterm);
+  uv_signal_init(loop, &sighup);
+  uv_signal_start(&sigint, on_signal, SIGINT);
+  uv_signal_start(&sigterm, on_signal, SIGTERM);
+  uv_signal_start(&sighup, on_signal, SIGHUP);
+
+  int started = 0;
+  for (int i = 0; i < nworkers; i++) {
+    int fd = dup(lfd);
+    if (fd < 0 || mkv_worker_start(&workers[i], index, fd, &err) != 0) {
+      fprintf(stderr, "mkv: %s\n", err ? err : strerror(errno));
+      break;
+    }
+    started++;
+  }
+  close(lfd);
+  if (started == nworkers) {
+    mkv_info("mkv %s serving on %s:%d with %d worker(s); volumes:", MKV_VERSION,
+             cfg->listen, cfg->port, nworkers);
+    for (int i = 0; i < cfg->nvolumes; i++) mkv_info("  %s", cfg->volumes[i]);
+    mkv_info("replicas %d, subvolumes %d, md5sum %s, protect %s, index %s", cfg->replicas,
+             cfg->subvolumes, cfg->md5sum ? "on" : "off", cfg->protect ? "on" : "off", cfg->db);
+    uv_run(loop, UV_RUN_DEFAULT);
+    rc = 0;
+  } else {
+    for (int i = 0; i < started; i++) mkv_worker_stop(&workers[i]);
+  }
+  for (int i = 0; i < started; i++) mkv_worker_join(&workers[i]);
+  for (int i = started; i < nworkers; i++) mkv_worker_destroy(&workers[i]);
+  uv_close((uv_handle_t *)&sigint, NULL);
+  uv_close((uv_handle_t *)&sigterm, NULL);
+  uv_close((uv_handle_t *)&sighup, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  uv_loop_close(loop);
+  mkv_index_stats_t st;
+  mkv_index_stats(index, &st);
+  mkv_info("index: %llu writes in %llu batches, %llu fsyncs", st.writes, st.batches, st.syncs);
+  mkv_index_close(index); /* flushes the memtable: the Go original can open it now */
+  mkv_info("stopped cleanly");
+  free(workers);
+  free(err);
+  return rc;
+
+cleanup_index:
+  mkv_index_close(index);
+cleanup_workers:
+  for (int i = 0; i < nworkers; i++) mkv_worker_destroy(&workers[i]);
+  free(workers);
+  free(err);
+  return rc;
+}
+
+static int run_index_flush(const mkv_config_t *cfg) {
+  char *err = NULL;
+  mkv_index_t *index;
+  if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
+    fprintf(stderr, "mkv: %s\n", err);
+    free(err);
+    return 1;
+  }
+  mkv_index_close(index);
+  printf("index %s flushed: the Go minikeyvalue can open it now\n", cfg->db);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  /* A write to a client that reset its connection must fail, not kill the server. */
+  signal(SIGPIPE, SIG_IGN);
+  args_t a;
+  if (parse_args(argc, argv, &a) != 0) {
+    usage(stderr);
+    return 2;
+  }
+  const char *command = a.command;
+  if (command == NULL) {
+    if (a.config == NULL) {
+      usage(stderr);
+      return 2;
+    }
+    command = "server";
+  }
+  int known = strcmp(command, "server") == 0 || strcmp(command, "index-flush") == 0;
+  if (!known && (strcmp(command, "rebuild") == 0 || strcmp(command, "rebalance") == 0 ||
+                 strcmp(command, "verify") == 0 || strcmp(command, "gc") == 0)) {
+    fprintf(stderr, "mkv: '%s' is not available in this version of mkv\n", command);
+    return 2;
+  }
+  if (!known) {
+    fprintf(stderr, "mkv: unknown command '%s'\n", command);
+    usage(stderr);
+    return 2;
+  }
+  if (a.nrest > 0) {
+    fprintf(stderr, "mkv: %s takes no arguments (flags go before the command)\n", command);
+    return 2;
+  }
+  if (mkv_hash_init() != 0) {
+    fprintf(stderr, "mkv: OpenSSL provides no MD5 (FIPS mode?)\n");
+    return 1;
+  }
+  mkv_config_t cfg;
+  char *err = NULL;
+  if (mkv_config_load(&cfg, a.config, a.flags, a.nflags, command, &err) != 0) {
+    fprintf(stderr, "mkv: %s\n", err);
+    free(err);
+    return 2;
+  }
+  if (cfg.verbose) mkv_log_set_level(MKV_LOG_DEBUG);
+  int rc;
+  if (strcmp(command, "index-flush") == 0)
+    rc = run_index_flush(&cfg);
+  else
+    rc = run_server(&cfg);
+  mkv_config_free(&cfg);
+  for (int i = 0; i < a.nflags; i++) free((char *)a.flags[i].name);
+  return rc;
+}

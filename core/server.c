@@ -1,0 +1,805 @@
+/* server.c: accept, parse (llhttp, strict), enforce limits, respond, keep-alive.
+ *
+ * One exchange at a time per connection. The parser pauses in exactly one place,
+ * on_message_complete, which serialises pipelined requests: the unparsed rest of the
+ * read is kept in the connection and replayed once the response is out. Backpressure
+ * on a request body stops the socket (uv_read_stop), never the parser; the read
+ * buffer is one per worker, since parsing consumes it before the next read. */
+#include "mkv/server.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <llhttp.h>
+
+#include "mkv/api.h"
+#include "mkv/log.h"
+#include "mkv/text.h"
+
+enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING };
+
+struct mkv_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  mkv_server_t *server;
+  mkv_conn_t *prev, *next;
+  llhttp_t parser;
+  mkv_req_t *req;
+  int state;
+
+  mkv_buf_t url;
+  mkv_buf_t hfield, hvalue;
+  size_t header_bytes;
+  int value_seen;      /* the current header value already had a span */
+  int carry_lf_ws;     /* the previous read ended with LF + only SP/HT */
+  const char *cur_buf; /* the buffer llhttp is executing (for the obs-fold check) */
+
+  mkv_buf_t tail, feeding; /* pipelined bytes not yet parsed */
+  int in_execute;
+  int stop;          /* a callback answered an error: ignore llhttp's error code */
+  int api_engaged;   /* mkv_api_headers was called for the current request */
+  int msg_complete, response_done, keepalive;
+  int close_after, closing, want_close;
+  int reading, body_paused;
+  int writes_pending, closed_handles;
+  int streaming, stream_chunked, sent_continue;
+};
+
+struct mkv_server_s {
+  mkv_worker_t *w;
+  uv_tcp_t listener;
+  int listening;
+  mkv_conn_t *conns;
+  int nconns;
+  int draining;
+  uv_timer_t drain_timer;
+  void (*drain_done)(mkv_server_t *s);
+  char date[40];
+  time_t date_sec;
+};
+
+typedef struct swrite_s {
+  uv_write_t w;
+  mkv_conn_t *c;
+  mkv_req_t *req;
+  mkv_req_write_cb cb;
+  char *buf;
+} swrite_t;
+
+static llhttp_settings_t req_settings;
+static _Thread_local char worker_readbuf[65536];
+
+static void conn_close(mkv_conn_t *c);
+static void conn_advance(mkv_conn_t *c);
+static void conn_execute(mkv_conn_t *c, const char *data, size_t len);
+
+/* ---- helpers ---- */
+
+static const char *status_text(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 204: return "No Content";
+  case 302: return "Found";
+  case 400: return "Bad Request";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 417: return "Expectation Failed";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+static const char *http_date(mkv_server_t *s) {
+  time_t now = time(NULL);
+  if (now != s->date_sec) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    s->date_sec = now;
+  }
+  return s->date;
+}
+
+static int header_value_ok(const char *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return 0;
+  return 1;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void arm(mkv_conn_t *c, double ms) {
+  uv_timer_start(&c->timer, on_timer, ms < 1 ? 1 : (uint64_t)ms, 0);
+}
+
+static void on_write_done(uv_write_t *w, int status) {
+  swrite_t *sw = (swrite_t *)w;
+  mkv_conn_t *c = sw->c;
+  c->writes_pending--;
+  if (sw->cb) sw->cb(sw->req, status == 0);
+  if (sw->req) mkv_req_unref(sw->req);
+  free(sw->buf);
+  free(sw);
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->want_close && c->writes_pending == 0) conn_close(c);
+}
+
+/* Queues bytes (takes `buf`, a malloc'd block). */
+static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
+                       mkv_req_write_cb cb) {
+  if (c->closing) {
+    if (cb) cb(req, 0);
+    free(buf);
+    return;
+  }
+  swrite_t *sw = mkv_calloc(1, sizeof(*sw));
+  sw->c = c;
+  sw->buf = buf;
+  sw->cb = cb;
+  sw->req = req;
+  if (req) mkv_req_ref(req);
+  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+  c->writes_pending++;
+  c->server->w->stats.bytes_out += len;
+  int rc = uv_write(&sw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
+  if (rc < 0) {
+    c->writes_pending--;
+    if (cb) cb(req, 0);
+    if (req) mkv_req_unref(req);
+    free(buf);
+    free(sw);
+    conn_close(c);
+  }
+}
+
+/* ---- requests ---- */
+
+void mkv_req_ref(mkv_req_t *req) {
+  req->refs++;
+}
+
+void mkv_req_unref(mkv_req_t *req) {
+  if (--req->refs > 0) return;
+  mkv_api_free(req);
+  mkv_buf_free(&req->key);
+  mkv_buf_free(&req->raw_query);
+  mkv_buf_free(&req->content_md5);
+  req->worker->live_reqs--;
+  free(req);
+}
+
+static void count_status(mkv_req_t *req, int status) {
+  mkv_worker_t *w = req->worker;
+  int cls = status / 100;
+  if (cls >= 1 && cls <= 5) w->stats.responses[cls]++;
+}
+
+static void build_head(mkv_buf_t *b, mkv_conn_t *c, mkv_req_t *req, int status,
+                       const mkv_header_t *h, int nh) {
+  mkv_buf_addf(b, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, status_text(status),
+               http_date(c->server));
+  for (int i = 0; i < nh; i++) {
+    size_t vl = h[i].value_len ? h[i].value_len : strlen(h[i].value);
+    if (!header_value_ok(h[i].value, vl)) {
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "dropped response header %s: CR, LF or NUL in its value",
+                          h[i].name);
+      continue;
+    }
+    mkv_buf_adds(b, h[i].name);
+    mkv_buf_adds(b, ": ");
+    mkv_buf_add(b, h[i].value, vl);
+    mkv_buf_adds(b, "\r\n");
+  }
+  if (c->close_after || !c->keepalive || c->server->draining)
+    mkv_buf_adds(b, "Connection: close\r\n");
+  else if (req->http_minor == 0)
+    mkv_buf_adds(b, "Connection: keep-alive\r\n");
+}
+
+void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
+                     const char *body, size_t len) {
+  if (req->responded) {
+    mkv_error("bug: second response (%d) to one request", status);
+    return;
+  }
+  req->responded = 1;
+  req->status = status;
+  count_status(req, status);
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing) return;
+  /* Answered before the body was read: the rest of the body would be parsed as the next
+   * request, so the connection ends here (library-facts §2.3). */
+  if (!c->msg_complete && req->has_body) c->close_after = 1;
+  if (c->server->draining) c->close_after = 1;
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  build_head(&b, c, req, status, h, nh);
+  mkv_buf_addf(&b, "Content-Length: %zu\r\n\r\n", len);
+  if (req->method != MKV_M_HEAD && len) mkv_buf_add(&b, body, len);
+  conn_write(c, b.data, b.len, NULL, NULL);
+  c->response_done = 1;
+  if (c->close_after) {
+    /* Nothing more will be read; stop the body timer and reading. */
+    c->want_close = 1;
+    uv_timer_stop(&c->timer);
+    if (c->reading) {
+      uv_read_stop((uv_stream_t *)&c->tcp);
+      c->reading = 0;
+    }
+  }
+  if (!c->in_execute) conn_advance(c);
+}
+
+void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int nh) {
+  req->responded = 1;
+  req->status = status;
+  count_status(req, status);
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing) return;
+  if (!c->msg_complete && req->has_body) c->close_after = 1;
+  c->streaming = 1;
+  c->stream_chunked = req->http_minor >= 1;
+  if (!c->stream_chunked) c->close_after = 1; /* HTTP/1.0: the end of the body is the close */
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  build_head(&b, c, req, status, h, nh);
+  if (c->stream_chunked) mkv_buf_adds(&b, "Transfer-Encoding: chunked\r\n");
+  mkv_buf_adds(&b, "\r\n");
+  conn_write(c, b.data, b.len, NULL, NULL);
+}
+
+void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb) {
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing || !c->streaming) {
+    if (cb) cb(req, 0);
+    return;
+  }
+  if (len == 0) {
+    if (cb) cb(req, 1);
+    return;
+  }
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  if (c->stream_chunked) mkv_buf_addf(&b, "%zx\r\n", len);
+  mkv_buf_add(&b, p, len);
+  if (c->stream_chunked) mkv_buf_adds(&b, "\r\n");
+  conn_write(c, b.data, b.len, req, cb);
+}
+
+void mkv_req_stream_end(mkv_req_t *req) {
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing || !c->streaming) return;
+  c->streaming = 0;
+  if (c->stream_chunked) conn_write(c, mkv_strdup("0\r\n\r\n"), 5, NULL, NULL);
+  c->response_done = 1;
+  if (c->close_after) c->want_close = 1;
+  if (!c->in_execute) conn_advance(c);
+}
+
+void mkv_req_continue(mkv_req_t *req) {
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing || !req->expect_continue || c->sent_continue || req->responded)
+    return;
+  c->sent_continue = 1;
+  conn_write(c, mkv_strdup("HTTP/1.1 100 Continue\r\n\r\n"), 25, NULL, NULL);
+}
+
+static void start_reading(mkv_conn_t *c);
+
+void mkv_req_pause_body(mkv_req_t *req) {
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing) return;
+  c->body_paused = 1;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  /* Not the client's fault: the volumes are slower. Their own timeouts apply. */
+  if (c->state == S_BODY) uv_timer_stop(&c->timer);
+}
+
+void mkv_req_resume_body(mkv_req_t *req) {
+  mkv_conn_t *c = req->conn;
+  if (c == NULL || c->closing || !c->body_paused) return;
+  c->body_paused = 0;
+  if (c->state == S_BODY) {
+    arm(c, c->server->w->cfg->limits.body_timeout_ms);
+    start_reading(c);
+  }
+}
+
+void mkv_req_abort(mkv_req_t *req) {
+  if (req->conn) conn_close(req->conn);
+}
+
+void mkv_req_close_after(mkv_req_t *req) {
+  if (req->conn) req->conn->close_after = 1;
+}
+
+/* ---- errors the server answers itself ---- */
+
+/* Answers an error for the request being parsed and ends the connection after it. */
+static int conn_reject(mkv_conn_t *c, int status, const char *why) {
+  mkv_req_t *req = c->req;
+  c->stop = 1;
+  c->close_after = 1;
+  MKV_LOG_RATELIMITED(MKV_LOG_INFO, "rejected a request with %d: %s", status, why);
+  if (req == NULL || req->responded) {
+    c->want_close = 1;
+    if (c->writes_pending == 0) conn_close(c);
+    return -1;
+  }
+  char body[256];
+  int n = snprintf(body, sizeof(body), "%s\n", why);
+  mkv_header_t h[2] = {{"Content-Type", "text/plain; charset=utf-8", 0},
+                       {"Allow", "GET, HEAD, PUT, DELETE, UNLINK", 0}};
+  int was = c->in_execute;
+  c->in_execute = 1;
+  mkv_req_respond(req, status, h, status == 405 ? 2 : 1, body, (size_t)n);
+  c->in_execute = was;
+  return -1;
+}
+
+/* ---- llhttp callbacks ---- */
+
+static int on_message_begin(llhttp_t *p) {
+  mkv_conn_t *c = p->data;
+  mkv_server_t *s = c->server;
+  mkv_req_t *req = mkv_calloc(1, sizeof(*req));
+  req->worker = s->w;
+  s->w->live_reqs++;
+  req->conn = c;
+  req->refs = 1;
+  req->content_length = -1;
+  req->start_ns = mkv_now_ns();
+  mkv_buf_init(&req->key);
+  mkv_buf_init(&req->raw_query);
+  mkv_buf_init(&req->content_md5);
+  c->req = req;
+  c->state = S_HEADERS;
+  c->api_engaged = c->msg_complete = c->response_done = 0;
+  c->sent_continue = c->streaming = 0;
+  c->header_bytes = 0;
+  c->value_seen = 0;
+  mkv_buf_reset(&c->url);
+  mkv_buf_reset(&c->hfield);
+  mkv_buf_reset(&c->hvalue);
+  s->w->stats.requests++;
+  /* The whole head must arrive within header_timeout (slowloris). */
+  arm(c, s->w->cfg->limits.header_timeout_ms);
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  mkv_conn_t *c = p->data;
+  if (c->url.len + len > c->server->w->cfg->limits.url_bytes)
+    return conn_reject(c, 414, "request target too long");
+  mkv_buf_add(&c->url, at, len);
+  return 0;
+}
+
+static int count_header_bytes(mkv_conn_t *c, size_t len) {
+  c->header_bytes += len;
+  if (c->header_bytes > c->server->w->cfg->limits.header_bytes)
+    return conn_reject(c, 431, "request headers too large");
+  return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  mkv_conn_t *c = p->data;
+  if (count_header_bytes(c, len + 4)) return -1;
+  if (c->hfield.len < 64) mkv_buf_add(&c->hfield, at, MKV_MIN(len, 64));
+  return 0;
+}
+
+/* obs-fold: llhttp accepts a header line that starts with SP or HT as a continuation
+ * of the previous value, which is how CVE-2024-27982 smuggled a second request. It
+ * shows up as a value span preceded (across whitespace) by a line feed. */
+static int is_fold(mkv_conn_t *c, const char *at) {
+  const char *q = at;
+  while (q > c->cur_buf && (q[-1] == ' ' || q[-1] == '\t')) q--;
+  if (q > c->cur_buf) return q[-1] == '\n';
+  return c->carry_lf_ws;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  mkv_conn_t *c = p->data;
+  if (count_header_bytes(c, len)) return -1;
+  if (is_fold(c, at)) return conn_reject(c, 400, "obs-fold (a header line starting with whitespace)");
+  c->value_seen = 1;
+  if (c->hvalue.len + len <= 256) mkv_buf_add(&c->hvalue, at, len);
+  return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+  mkv_conn_t *c = p->data;
+  mkv_req_t *req = c->req;
+  if (c->hfield.len == 11 && strncasecmp(c->hfield.data, "content-md5", 11) == 0) {
+    mkv_buf_set(&req->content_md5, c->hvalue.data, c->hvalue.len);
+    req->has_content_md5 = 1;
+  } else if (c->hfield.len == 6 && strncasecmp(c->hfield.data, "expect", 6) == 0) {
+    if (c->hvalue.len == 12 && strncasecmp(c->hvalue.data, "100-continue", 12) == 0)
+      req->expect_continue = 1;
+    else
+      return conn_reject(c, 417, "unsupported Expect");
+  }
+  mkv_buf_reset(&c->hfield);
+  mkv_buf_reset(&c->hvalue);
+  c->value_seen = 0;
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  mkv_conn_t *c = p->data;
+  mkv_req_t *req = c->req;
+  const mkv_config_t *cfg = c->server->w->cfg;
+  if (p->http_major != 1 || p->http_minor > 1)
+    return conn_reject(c, p->http_major == 0 ? 400 : 505,
+                       p->http_major == 0 ? "HTTP/0.9 is not supported" : "only HTTP/1.x");
+  req->http_minor = p->http_minor;
+  c->keepalive = llhttp_should_keep_alive(p);
+  switch (p->method) {
+  case HTTP_GET: req->method = MKV_M_GET, req->method_name = "GET"; break;
+  case HTTP_HEAD: req->method = MKV_M_HEAD, req->method_name = "HEAD"; break;
+  case HTTP_PUT: req->method = MKV_M_PUT, req->method_name = "PUT"; break;
+  case HTTP_DELETE: req->method = MKV_M_DELETE, req->method_name = "DELETE"; break;
+  case HTTP_UNLINK: req->method = MKV_M_UNLINK, req->method_name = "UNLINK"; break;
+  default: return conn_reject(c, 405, "method not allowed");
+  }
+  /* Origin-form only: the key is the path, and an absolute-form target would let a
+   * client name another host (testing-reliability §0 finding 4). */
+  if (c->url.len == 0 || c->url.data[0] != '/')
+    return conn_reject(c, 400, "the request target must start with '/'");
+  const char *q = memchr(c->url.data, '?', c->url.len);
+  size_t plen = q ? (size_t)(q - c->url.data) : c->url.len;
+  const char *hash = memchr(c->url.data, '#', plen);
+  if (hash) return conn_reject(c, 400, "fragment in the request target");
+  if (mkv_pct_decode(c->url.data, plen, &req->key) != 0)
+    return conn_reject(c, 400, "malformed percent-escape in the path");
+  if (q) mkv_buf_set(&req->raw_query, q + 1, c->url.len - plen - 1);
+
+  if (p->flags & F_CHUNKED) {
+    req->chunked = 1;
+    req->has_body = 1;
+  } else if (p->flags & F_CONTENT_LENGTH) {
+    req->content_length = (int64_t)p->content_length;
+    req->has_body = req->content_length > 0;
+  }
+  if (cfg->verbose)
+    mkv_info("%s %s %lld", req->method_name, c->url.data,
+             (long long)(req->chunked ? -1 : req->content_length));
+  c->state = req->has_body ? S_BODY : S_WAITING;
+  if (req->has_body)
+    arm(c, cfg->limits.body_timeout_ms);
+  else
+    uv_timer_stop(&c->timer);
+  c->api_engaged = 1;
+  mkv_api_headers(req);
+  if (c->closing) return -1;
+  if (req->responded && req->has_body && c->close_after) {
+    /* Early answer to a bodied request: the body is never read. */
+    c->stop = 1;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  mkv_conn_t *c = p->data;
+  mkv_req_t *req = c->req;
+  c->server->w->stats.bytes_in += len;
+  if (!req->responded || c->streaming) mkv_api_body(req, at, len);
+  return c->closing ? -1 : 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  mkv_conn_t *c = p->data;
+  c->msg_complete = 1;
+  c->state = S_WAITING;
+  uv_timer_stop(&c->timer);
+  mkv_api_complete(c->req);
+  if (c->closing) return -1;
+  /* The one pause: pipelined requests wait until this one is answered. */
+  return HPE_PAUSED;
+}
+
+/* ---- connection lifecycle ---- */
+
+static void on_conn_closed(uv_handle_t *h) {
+  mkv_conn_t *c = h->data;
+  if (++c->closed_handles < 2) return;
+  mkv_server_t *s = c->server;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nconns--;
+  mkv_buf_free(&c->url);
+  mkv_buf_free(&c->hfield);
+  mkv_buf_free(&c->hvalue);
+  mkv_buf_free(&c->tail);
+  mkv_buf_free(&c->feeding);
+  free(c);
+  if (s->draining && s->nconns == 0 && s->drain_done) {
+    uv_timer_stop(&s->drain_timer);
+    void (*done)(mkv_server_t *) = s->drain_done;
+    s->drain_done = NULL;
+    done(s);
+  }
+}
+
+static void conn_close(mkv_conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  mkv_req_t *req = c->req;
+  c->req = NULL;
+  if (req) {
+    req->conn = NULL;
+    /* The client is gone before the exchange ended: the API cleans up on its own. */
+    if (c->api_engaged && !(c->msg_complete && c->response_done)) mkv_api_abort(req);
+    mkv_req_unref(req);
+  }
+  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+  uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+}
+
+static void on_timer(uv_timer_t *t) {
+  mkv_conn_t *c = t->data;
+  if (c->state == S_HEADERS || c->state == S_BODY) {
+    MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: client too slow (%s)",
+                        c->state == S_HEADERS ? "headers" : "body");
+    if (c->req && !c->req->responded && c->state == S_HEADERS) {
+      c->in_execute = 1;
+      conn_reject(c, 408, "request timeout");
+      c->in_execute = 0;
+      if (c->writes_pending == 0) conn_close(c);
+      return;
+    }
+  }
+  conn_close(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  buf->base = worker_readbuf;
+  buf->len = sizeof(worker_readbuf);
+}
+
+/* The obs-fold check looks back across reads: remember whether this one ended with a
+ * line feed followed only by spaces or tabs. */
+static void update_carry(mkv_conn_t *c, const char *data, size_t len) {
+  size_t i = len;
+  while (i > 0 && (data[i - 1] == ' ' || data[i - 1] == '\t')) i--;
+  if (i == 0) return; /* all whitespace: the earlier state stands */
+  c->carry_lf_ws = data[i - 1] == '\n';
+}
+
+static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
+  c->in_execute = 1;
+  c->stop = 0;
+  c->cur_buf = data;
+  llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+  c->in_execute = 0;
+  if (c->closing) return;
+  if (!c->stop) update_carry(c, data, len);
+  if (e == HPE_OK) return;
+  if (e == HPE_PAUSED) {
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    size_t used = (size_t)(pos - data);
+    if (used < len) {
+      update_carry(c, data, used);
+      mkv_buf_set(&c->tail, pos, len - used);
+    }
+    if (c->reading) {
+      uv_read_stop((uv_stream_t *)&c->tcp);
+      c->reading = 0;
+    }
+    return;
+  }
+  if (c->stop) {
+    if (c->want_close && c->writes_pending == 0) conn_close(c);
+    return;
+  }
+  if (e == HPE_PAUSED_UPGRADE) {
+    conn_reject(c, 400, "Upgrade and CONNECT are not supported");
+  } else if (e == HPE_INVALID_METHOD) {
+    if (c->req == NULL) on_message_begin(&c->parser);
+    conn_reject(c, 405, "method not allowed");
+  } else {
+    if (c->req == NULL && c->state != S_BODY) on_message_begin(&c->parser);
+    char why[160];
+    snprintf(why, sizeof(why), "malformed request: %s", llhttp_get_error_reason(&c->parser));
+    if (c->state == S_BODY || (c->req && c->req->responded)) {
+      /* The body broke (bad chunk framing ...): nothing can be answered in band. */
+      MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: %s", why);
+      conn_close(c);
+      return;
+    }
+    conn_reject(c, 400, why);
+  }
+  if (c->want_close && c->writes_pending == 0) conn_close(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  mkv_conn_t *c = s->data;
+  if (nread == 0 || c->closing) return;
+  if (nread < 0) {
+    /* EOF or error. A client that half-closes after sending a whole request still
+     * gets its answer; any other EOF ends the connection. */
+    if (nread == UV_EOF && c->msg_complete && !c->response_done) {
+      c->close_after = 1;
+      uv_read_stop(s);
+      c->reading = 0;
+      return;
+    }
+    conn_close(c);
+    return;
+  }
+  if (c->state == S_BODY && !c->body_paused) arm(c, c->server->w->cfg->limits.body_timeout_ms);
+  conn_execute(c, buf->base, (size_t)nread);
+  if (!c->closing) conn_advance(c);
+}
+
+static void start_reading(mkv_conn_t *c) {
+  if (c->reading || c->closing || c->want_close) return;
+  if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) == 0) c->reading = 1;
+}
+
+/* Ends an exchange whose request is complete and whose response is out, then parses
+ * what the client pipelined behind it. A loop, not recursion: each replayed request
+ * may be answered at once. */
+static void conn_advance(mkv_conn_t *c) {
+  while (!c->closing && c->req && c->msg_complete && c->response_done && !c->in_execute) {
+    if (c->close_after || !c->keepalive || c->server->draining) {
+      c->want_close = 1;
+      if (c->writes_pending == 0) conn_close(c);
+      return;
+    }
+    mkv_req_t *req = c->req;
+    c->req = NULL;
+    req->conn = NULL;
+    mkv_req_unref(req);
+    c->msg_complete = c->response_done = 0;
+    c->state = S_IDLE;
+    llhttp_resume(&c->parser);
+    arm(c, c->server->w->cfg->limits.idle_timeout_ms);
+    if (c->tail.len == 0) break;
+    mkv_buf_t t = c->feeding;
+    c->feeding = c->tail;
+    c->tail = t;
+    mkv_buf_reset(&c->tail);
+    conn_execute(c, c->feeding.data, c->feeding.len);
+  }
+  if (!c->closing && !c->want_close && !c->msg_complete && !c->body_paused) start_reading(c);
+}
+
+static void on_connection(uv_stream_t *ls, int status) {
+  mkv_server_t *s = ls->data;
+  if (status < 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  mkv_conn_t *c = mkv_calloc(1, sizeof(*c));
+  c->server = s;
+  uv_tcp_init(ls->loop, &c->tcp);
+  uv_timer_init(ls->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  const mkv_config_t *cfg = s->w->cfg;
+  int per_worker = MKV_MAX(1, cfg->limits.max_connections / MKV_MAX(1, cfg->workers));
+  if (s->nconns > per_worker || s->draining) {
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "too many connections (%d on this worker): closing new ones",
+                        s->nconns - 1);
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+  c->parser.data = c;
+  c->keepalive = 1;
+  c->state = S_IDLE;
+  arm(c, cfg->limits.idle_timeout_ms);
+  start_reading(c);
+}
+
+/* ---- server ---- */
+
+mkv_server_t *mkv_server_new(mkv_worker_t *w) {
+  if (req_settings.on_message_complete == NULL) {
+    llhttp_settings_init(&req_settings);
+    req_settings.on_message_begin = on_message_begin;
+    req_settings.on_url = on_url;
+    req_settings.on_header_field = on_header_field;
+    req_settings.on_header_value = on_header_value;
+    req_settings.on_header_value_complete = on_header_value_complete;
+    req_settings.on_headers_complete = on_headers_complete;
+    req_settings.on_body = on_body;
+    req_settings.on_message_complete = on_message_complete;
+  }
+  mkv_server_t *s = mkv_calloc(1, sizeof(*s));
+  s->w = w;
+  uv_timer_init(&w->loop, &s->drain_timer);
+  s->drain_timer.data = s;
+  return s;
+}
+
+int mkv_server_listen(mkv_server_t *s) {
+  int rc = uv_tcp_init(&s->w->loop, &s->listener);
+  if (rc) return rc;
+  s->listener.data = s;
+  if ((rc = uv_tcp_open(&s->listener, s->w->listen_fd)) != 0) return rc;
+  if ((rc = uv_listen((uv_stream_t *)&s->listener, 4096, on_connection)) != 0) return rc;
+  s->listening = 1;
+  return 0;
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  mkv_server_t *s = t->data;
+  mkv_warn("drain timeout: closing %d connection(s) with requests still in flight", s->nconns);
+  for (mkv_conn_t *c = s->conns, *next; c; c = next) {
+    next = c->next;
+    conn_close(c);
+  }
+}
+
+void mkv_server_drain(mkv_server_t *s, double drain_ms, void (*done)(mkv_server_t *s)) {
+  s->draining = 1;
+  s->drain_done = done;
+  if (s->listening) {
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    s->listening = 0;
+  }
+  for (mkv_conn_t *c = s->conns, *next; c; c = next) {
+    next = c->next;
+    /* Idle and half-read connections go now; one with a request in progress is closed
+     * when its response is out. */
+    if (c->req == NULL || c->state == S_HEADERS)
+      conn_close(c);
+    else
+      c->close_after = 1;
+  }
+  if (s->nconns == 0) {
+    s->drain_done = NULL;
+    done(s);
+    return;
+  }
+  uv_timer_start(&s->drain_timer, on_drain_timeout, drain_ms < 1 ? 1 : (uint64_t)drain_ms, 0);
+}
+
+static void on_drain_timer_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+void mkv_server_free(mkv_server_t *s) {
+  uv_close((uv_handle_t *)&s->drain_timer, on_drain_timer_closed);
+}
+
+int mkv_server_connections(mkv_server_t *s) {
+  return s->nconns;
+}

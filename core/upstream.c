@@ -1,0 +1,867 @@
+/* upstream.c: keep-alive HTTP/1.1 client for volumes, one per worker loop.
+ *
+ * Life of a connection: CONNECTING -> ACTIVE (one request) -> IDLE (in its pool,
+ * still reading so a close by nginx is seen at once) -> ACTIVE ... -> CLOSING. A
+ * connection is freed only when both its handles (tcp, timer) have closed. */
+#include "mkv/upstream.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <llhttp.h>
+
+#include "mkv/log.h"
+
+#define MAX_ADDRS 8
+#define MAX_IDLE_PER_POOL 64
+#define NBUCKETS 64
+/* nginx closes idle keep-alive connections after 75 s (keepalive_timeout); closing ours
+ * well before avoids reusing one that nginx is closing at that very moment. */
+#define IDLE_TIMEOUT_MS 30000
+/* Re-resolve a host name at most this often after every address failed. */
+#define RERESOLVE_MS 5000
+
+enum { C_CONNECTING, C_ACTIVE, C_DRAINING, C_IDLE, C_CLOSING };
+
+typedef struct pending_chunk_s {
+  struct pending_chunk_s *next;
+  mkv_chunk_t *ch;
+} pending_chunk_t;
+
+typedef struct pool_s {
+  struct pool_s *next;
+  mkv_upstream_t *up;
+  char *host; /* "host:port" */
+  char *name; /* host without brackets */
+  char port[8];
+  int numeric;
+  struct sockaddr_storage addrs[MAX_ADDRS];
+  int naddrs, preferred;
+  int resolving;
+  uv_getaddrinfo_t gai;
+  uint64_t resolved_ns;
+  mkv_upreq_t *wait_head, *wait_tail;
+  upconn_t *idle;
+  int nidle, nactive;
+  uint64_t suspect_until_ns;
+  unsigned long long requests, errors, timeouts, latency_ns_sum;
+} pool_t;
+
+struct upconn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_connect_t creq;
+  pool_t *pool;
+  mkv_upreq_t *req;
+  upconn_t *next_idle;
+  llhttp_t parser;
+  int state;
+  int addr_idx;
+  int reused, got_bytes, complete, keepalive, writes_pending, closed_handles;
+  int pause_wanted, reading;
+};
+
+struct mkv_upstream_s {
+  uv_loop_t *loop;
+  pool_t *buckets[NBUCKETS];
+  uv_timer_t defer_timer;
+  mkv_upreq_t *defer_head, *defer_tail;
+  double suspect_ms;
+  int closing;
+  int live; /* connections + resolutions + the defer timer, until all are closed */
+  char readbuf[65536];
+};
+
+typedef struct upwrite_s {
+  uv_write_t w;
+  upconn_t *c;
+  mkv_chunk_t *ch;
+  char *owned;
+  char frame[24];
+} upwrite_t;
+
+static llhttp_settings_t resp_settings;
+static void conn_fail(upconn_t *c, int err, int from_sync_call);
+static void dispatch(mkv_upreq_t *req, int fresh_only);
+static void maybe_free_upstream(mkv_upstream_t *up);
+
+/* ---- chunks ---- */
+
+mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_release_cb release,
+                           void *data) {
+  mkv_chunk_t *ch = mkv_malloc(sizeof(*ch) + len);
+  ch->refs = refs;
+  ch->len = len;
+  ch->release = release;
+  ch->data = data;
+  if (len) memcpy(ch->bytes, p, len);
+  return ch;
+}
+
+void mkv_chunk_unref(mkv_chunk_t *ch) {
+  if (--ch->refs > 0) return;
+  if (ch->release) ch->release(ch);
+  free(ch);
+}
+
+/* ---- requests ---- */
+
+void mkv_upreq_init(mkv_upreq_t *req) {
+  memset(req, 0, sizeof(*req));
+  mkv_buf_init(&req->host);
+  mkv_buf_init(&req->path);
+  req->resp_length = -1;
+}
+
+void mkv_upreq_free(mkv_upreq_t *req) {
+  mkv_buf_free(&req->host);
+  mkv_buf_free(&req->path);
+}
+
+static void drop_pending(mkv_upreq_t *req) {
+  pending_chunk_t *p = req->pending_head;
+  req->pending_head = req->pending_tail = NULL;
+  while (p) {
+    pending_chunk_t *next = p->next;
+    mkv_chunk_unref(p->ch);
+    free(p);
+    p = next;
+  }
+}
+
+/* The one place a request completes. After req->done the request is the caller's. */
+static void finish(mkv_upreq_t *req, int err) {
+  pool_t *pool = req->pool;
+  req->active = 0;
+  req->conn = NULL;
+  drop_pending(req);
+  req->elapsed_ns = mkv_now_ns() - req->started_ns;
+  if (pool) {
+    pool->requests++;
+    pool->latency_ns_sum += req->elapsed_ns;
+    if (err) pool->errors++;
+    if (err == UV_ETIMEDOUT) pool->timeouts++;
+  }
+  req->done(req, err);
+}
+
+static void defer_timer_cb(uv_timer_t *t) {
+  mkv_upstream_t *up = t->data;
+  mkv_upreq_t *req = up->defer_head;
+  up->defer_head = up->defer_tail = NULL;
+  while (req) {
+    mkv_upreq_t *next = req->next_defer;
+    req->next_defer = NULL;
+    finish(req, req->deferred_err);
+    req = next;
+  }
+}
+
+/* Completes a request on the next loop turn: for failures found inside a call the
+ * caller made (start, write, cancel), whose callback must not run before it returns. */
+static void defer_done(mkv_upreq_t *req, int err) {
+  mkv_upstream_t *up = req->up;
+  req->deferred_err = err;
+  req->next_defer = NULL;
+  req->conn = NULL;
+  if (up->defer_tail)
+    up->defer_tail->next_defer = req;
+  else
+    up->defer_head = req;
+  up->defer_tail = req;
+  uv_timer_start(&up->defer_timer, defer_timer_cb, 0, 0);
+}
+
+static int is_deferred(mkv_upreq_t *req) {
+  for (mkv_upreq_t *r = req->up->defer_head; r; r = r->next_defer)
+    if (r == req) return 1;
+  return 0;
+}
+
+/* ---- pools ---- */
+
+static uint32_t hash_host(const char *s, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+  return h;
+}
+
+static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen) {
+  uint32_t b = hash_host(host, hostlen) % NBUCKETS;
+  for (pool_t *p = up->buckets[b]; p; p = p->next)
+    if (strlen(p->host) == hostlen && memcmp(p->host, host, hostlen) == 0) return p;
+
+  /* host:port, host possibly [v6] */
+  const char *colon = NULL;
+  for (size_t i = hostlen; i > 0; i--)
+    if (host[i - 1] == ':') {
+      colon = host + i - 1;
+      break;
+    }
+  if (colon == NULL || colon == host) return NULL;
+  size_t plen = hostlen - (size_t)(colon - host) - 1;
+  if (plen == 0 || plen >= sizeof(((pool_t *)0)->port)) return NULL;
+  for (size_t i = 0; i < plen; i++)
+    if (colon[1 + i] < '0' || colon[1 + i] > '9') return NULL;
+
+  pool_t *p = mkv_calloc(1, sizeof(*p));
+  p->up = up;
+  p->host = mkv_memdup(host, hostlen);
+  const char *name = host;
+  size_t nlen = (size_t)(colon - host);
+  if (nlen >= 2 && name[0] == '[' && name[nlen - 1] == ']') name++, nlen -= 2;
+  p->name = mkv_memdup(name, nlen);
+  memcpy(p->port, colon + 1, plen);
+  p->port[plen] = '\0';
+  int port = atoi(p->port);
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&p->addrs[0];
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&p->addrs[0];
+  if (uv_ip4_addr(p->name, port, a4) == 0 || uv_ip6_addr(p->name, port, a6) == 0) {
+    p->numeric = 1;
+    p->naddrs = 1;
+  }
+  p->next = up->buckets[b];
+  up->buckets[b] = p;
+  return p;
+}
+
+static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res) {
+  pool_t *p = gai->data;
+  mkv_upstream_t *up = p->up;
+  p->resolving = 0;
+  up->live--;
+  int n = 0;
+  if (status == 0) {
+    for (struct addrinfo *ai = res; ai && n < MAX_ADDRS; ai = ai->ai_next) {
+      if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+      memcpy(&p->addrs[n++], ai->ai_addr, ai->ai_addrlen);
+    }
+    if (n == 0) status = UV_EAI_NONAME;
+  }
+  uv_freeaddrinfo(res);
+  p->naddrs = n;
+  p->preferred = 0;
+  p->resolved_ns = mkv_now_ns();
+  mkv_upreq_t *req = p->wait_head;
+  p->wait_head = p->wait_tail = NULL;
+  if (status != 0 && status != UV_ECANCELED)
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: cannot resolve %s: %s", p->host, p->name,
+                        uv_strerror(status));
+  while (req) {
+    mkv_upreq_t *next = req->next_wait;
+    req->next_wait = NULL;
+    if (status != 0)
+      finish(req, status);
+    else
+      dispatch(req, 0);
+    req = next;
+  }
+  maybe_free_upstream(up);
+}
+
+static int start_resolve(pool_t *p) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  p->gai.data = p;
+  int rc = uv_getaddrinfo(p->up->loop, &p->gai, on_resolved, p->name, p->port, &hints);
+  if (rc == 0) {
+    p->resolving = 1;
+    p->up->live++;
+  }
+  return rc;
+}
+
+int mkv_upstream_suspect(mkv_upstream_t *up, const char *host, size_t hostlen) {
+  pool_t *p = pool_get(up, host, hostlen);
+  return p && p->suspect_until_ns > mkv_now_ns();
+}
+
+static void mark_suspect(pool_t *p) {
+  p->suspect_until_ns = mkv_now_ns() + (uint64_t)(p->up->suspect_ms * 1e6);
+}
+
+/* ---- connections ---- */
+
+static void on_conn_handle_closed(uv_handle_t *h) {
+  upconn_t *c = h->data;
+  if (++c->closed_handles < 2) return;
+  mkv_upstream_t *up = c->pool->up;
+  free(c);
+  up->live--;
+  maybe_free_upstream(up);
+}
+
+static void idle_remove(upconn_t *c) {
+  pool_t *p = c->pool;
+  for (upconn_t **pp = &p->idle; *pp; pp = &(*pp)->next_idle) {
+    if (*pp == c) {
+      *pp = c->next_idle;
+      p->nidle--;
+      break;
+    }
+  }
+  c->next_idle = NULL;
+}
+
+static void conn_close(upconn_t *c) {
+  if (c->state == C_CLOSING) return;
+  if (c->state == C_IDLE)
+    idle_remove(c);
+  else
+    c->pool->nactive--;
+  c->state = C_CLOSING;
+  uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+static upconn_t *conn_new(pool_t *p) {
+  upconn_t *c = mkv_calloc(1, sizeof(*c));
+  c->pool = p;
+  c->state = C_CONNECTING;
+  uv_tcp_init(p->up->loop, &c->tcp);
+  uv_timer_init(p->up->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->creq.data = c;
+  p->nactive++;
+  p->up->live++;
+  return c;
+}
+
+static void on_timer(uv_timer_t *t) {
+  upconn_t *c = t->data;
+  if (c->state == C_IDLE) {
+    conn_close(c);
+    return;
+  }
+  if (c->req) mark_suspect(c->pool);
+  conn_fail(c, UV_ETIMEDOUT, 0);
+}
+
+static void arm_timer(upconn_t *c, double ms) {
+  uv_timer_start(&c->timer, on_timer, ms < 1 ? 1 : (uint64_t)ms, 0);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  upconn_t *c = h->data;
+  buf->base = c->pool->up->readbuf;
+  buf->len = sizeof(c->pool->up->readbuf);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_release(upconn_t *c) {
+  pool_t *p = c->pool;
+  if (p->nidle >= MAX_IDLE_PER_POOL || p->up->closing) {
+    conn_close(c);
+    return;
+  }
+  if (!c->reading) { /* a GET that paused reading ended: watch for EOF again */
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+    c->reading = 1;
+  }
+  p->nactive--;
+  c->state = C_IDLE;
+  c->next_idle = p->idle;
+  p->idle = c;
+  p->nidle++;
+  arm_timer(c, IDLE_TIMEOUT_MS);
+}
+
+static void response_complete(upconn_t *c, int clean) {
+  mkv_upreq_t *req = c->req;
+  c->req = NULL;
+  c->complete = 1;
+  uv_timer_stop(&c->timer);
+  int reusable = clean && c->keepalive;
+  if (req->method == MKV_UP_PUT && !req->body_end_sent) reusable = 0;
+  if (!reusable)
+    conn_close(c);
+  else if (c->writes_pending)
+    c->state = C_DRAINING; /* idle once the last write callback has run */
+  else
+    conn_release(c);
+  finish(req, 0);
+}
+
+/* Fails the connection's request (if any) and closes the connection. A HEAD, GET or
+ * DELETE that broke on a reused connection before any response byte is retried once on
+ * a fresh connection: the volume most likely closed an idle connection under us. */
+static void conn_fail(upconn_t *c, int err, int from_sync_call) {
+  mkv_upreq_t *req = c->req;
+  c->req = NULL;
+  int retry = req && c->reused && !c->got_bytes && req->method != MKV_UP_PUT && !req->retried &&
+              err != UV_ETIMEDOUT && err != UV_ECANCELED;
+  conn_close(c);
+  if (req == NULL) return;
+  req->conn = NULL;
+  if (retry) {
+    req->retried = 1;
+    dispatch(req, 1);
+    return;
+  }
+  if (from_sync_call)
+    defer_done(req, err);
+  else
+    finish(req, err);
+}
+
+static void on_write(uv_write_t *w, int status) {
+  upwrite_t *wr = (upwrite_t *)w;
+  upconn_t *c = wr->c;
+  if (wr->ch) mkv_chunk_unref(wr->ch);
+  free(wr->owned);
+  free(wr);
+  c->writes_pending--;
+  if (c->state == C_CLOSING) return;
+  if (status < 0) {
+    conn_fail(c, status, 0);
+    return;
+  }
+  if (c->state == C_DRAINING) {
+    if (c->writes_pending == 0) conn_release(c);
+    return;
+  }
+  mkv_upreq_t *req = c->req;
+  if (req && req->method == MKV_UP_PUT) {
+    /* Progress: the inactivity timeout starts again. */
+    arm_timer(c, req->timeout_ms);
+    if (!req->is_ready) {
+      req->is_ready = 1;
+      if (req->ready) req->ready(req);
+    }
+  }
+}
+
+static int conn_write(upconn_t *c, uv_buf_t *bufs, unsigned n, mkv_chunk_t *ch, char *owned,
+                      upwrite_t *wr) {
+  if (wr == NULL) wr = mkv_calloc(1, sizeof(*wr));
+  wr->c = c;
+  wr->ch = ch;
+  wr->owned = owned;
+  int rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, bufs, n, on_write);
+  if (rc < 0) {
+    if (ch) mkv_chunk_unref(ch);
+    free(owned);
+    free(wr);
+    return rc;
+  }
+  c->writes_pending++;
+  return 0;
+}
+
+static int write_chunk(upconn_t *c, mkv_upreq_t *req, mkv_chunk_t *ch) {
+  upwrite_t *wr = mkv_calloc(1, sizeof(*wr));
+  uv_buf_t bufs[3];
+  unsigned n = 0;
+  if (req->content_length < 0) {
+    int fl = snprintf(wr->frame, sizeof(wr->frame), "%zx\r\n", ch->len);
+    bufs[n++] = uv_buf_init(wr->frame, (unsigned)fl);
+    bufs[n++] = uv_buf_init(ch->bytes, (unsigned)ch->len);
+    bufs[n++] = uv_buf_init("\r\n", 2);
+  } else {
+    bufs[n++] = uv_buf_init(ch->bytes, (unsigned)ch->len);
+  }
+  return conn_write(c, bufs, n, ch, NULL, wr);
+}
+
+static int send_end(upconn_t *c, mkv_upreq_t *req) {
+  req->body_end_sent = 1;
+  if (req->content_length >= 0) return 0;
+  uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+  return conn_write(c, &b, 1, NULL, NULL, NULL);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  upconn_t *c = s->data;
+  if (nread == 0 || c->state == C_CLOSING) return;
+  if (c->state == C_IDLE || c->state == C_DRAINING) {
+    /* A volume never speaks first: EOF (it closed the idle connection) or stray bytes
+     * both end this connection. */
+    conn_close(c);
+    return;
+  }
+  if (nread < 0) {
+    if (nread == UV_EOF && c->got_bytes && c->req) {
+      /* A response delimited by the connection's end completes here. */
+      llhttp_finish(&c->parser);
+      if (c->complete) {
+        c->keepalive = 0;
+        response_complete(c, 0);
+        return;
+      }
+    }
+    conn_fail(c, nread == UV_EOF ? UV_ECONNRESET : (int)nread, 0);
+    return;
+  }
+  c->got_bytes = 1;
+  mkv_upreq_t *req = c->req;
+  if (req && req->method == MKV_UP_PUT) arm_timer(c, req->timeout_ms);
+  llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
+  if (c->state == C_CLOSING) return;
+  if (e == HPE_PAUSED) {
+    /* on_message_complete paused: a volume sends nothing after its response. */
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    int clean = pos == buf->base + nread;
+    response_complete(c, clean);
+    return;
+  }
+  if (e != HPE_OK) {
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: bad HTTP response: %s", c->pool->host,
+                        llhttp_get_error_reason(&c->parser));
+    conn_fail(c, MKV_EPROTO, 0);
+    return;
+  }
+  if (c->pause_wanted && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+/* Begins req on a connected c. */
+static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
+  pool_t *p = c->pool;
+  if (c->state == C_IDLE) {
+    p->nactive++;
+    c->next_idle = NULL;
+  }
+  c->state = C_ACTIVE;
+  c->req = req;
+  req->conn = c;
+  c->reused = reused;
+  c->got_bytes = c->complete = c->keepalive = c->pause_wanted = 0;
+  llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
+  c->parser.data = c;
+
+  static const char *names[] = {"HEAD", "GET", "PUT", "DELETE"};
+  mkv_buf_t h;
+  mkv_buf_init(&h);
+  mkv_buf_addf(&h, "%s ", names[req->method]);
+  mkv_buf_add(&h, req->path.data, req->path.len);
+  mkv_buf_adds(&h, " HTTP/1.1\r\nHost: ");
+  mkv_buf_add(&h, req->host.data, req->host.len);
+  mkv_buf_adds(&h, "\r\n");
+  if (req->method == MKV_UP_PUT) {
+    if (req->content_length >= 0)
+      mkv_buf_addf(&h, "Content-Length: %lld\r\n", (long long)req->content_length);
+    else
+      mkv_buf_adds(&h, "Transfer-Encoding: chunked\r\n");
+  }
+  mkv_buf_adds(&h, "\r\n");
+  uv_buf_t b = uv_buf_init(h.data, (unsigned)h.len);
+  if (!c->reading) {
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+    c->reading = 1;
+  }
+  /* HEAD, GET and DELETE have one deadline for the whole exchange, connect included;
+   * a PUT's timer measures inactivity and restarts on every bit of progress. */
+  double ms = req->timeout_ms;
+  if (req->method != MKV_UP_PUT) ms -= (double)(mkv_now_ns() - req->started_ns) / 1e6;
+  arm_timer(c, ms);
+  int rc = conn_write(c, &b, 1, NULL, h.data, NULL);
+  if (rc == 0 && req->method == MKV_UP_PUT) {
+    pending_chunk_t *pc = req->pending_head;
+    req->pending_head = req->pending_tail = NULL;
+    while (pc && rc == 0) {
+      pending_chunk_t *next = pc->next;
+      rc = write_chunk(c, req, pc->ch);
+      free(pc);
+      pc = next;
+    }
+    while (pc) { /* only after a failed write */
+      pending_chunk_t *next = pc->next;
+      mkv_chunk_unref(pc->ch);
+      free(pc);
+      pc = next;
+    }
+    if (rc == 0 && req->body_ended) rc = send_end(c, req);
+  }
+  if (rc < 0) conn_fail(c, rc, 1);
+}
+
+static void conn_connect(upconn_t *c, mkv_upreq_t *req, int idx);
+
+static void on_connect(uv_connect_t *cr, int status) {
+  upconn_t *c = cr->data;
+  if (c->state == C_CLOSING) return; /* cancelled */
+  mkv_upreq_t *req = c->req;
+  pool_t *p = c->pool;
+  if (status == 0) {
+    p->preferred = c->addr_idx;
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->req = NULL;
+    conn_begin(c, req, 0);
+    return;
+  }
+  c->req = NULL;
+  conn_close(c);
+  if (req == NULL) return;
+  req->conn = NULL;
+  /* Next address of the name, until each was tried once for this request. */
+  int next = (c->addr_idx + 1) % p->naddrs;
+  if (next != p->preferred) {
+    upconn_t *n = conn_new(p);
+    n->req = req;
+    req->conn = n;
+    conn_connect(n, req, next);
+    return;
+  }
+  mark_suspect(p);
+  if (!p->numeric && mkv_now_ns() - p->resolved_ns > (uint64_t)RERESOLVE_MS * 1000000u)
+    p->naddrs = 0; /* the name may point elsewhere now: resolve again next time */
+  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: cannot connect: %s", p->host,
+                      uv_strerror(status));
+  finish(req, status);
+}
+
+static void conn_connect(upconn_t *c, mkv_upreq_t *req, int idx) {
+  pool_t *p = c->pool;
+  c->addr_idx = idx;
+  c->req = req;
+  arm_timer(c, req->timeout_ms);
+  int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&p->addrs[idx], on_connect);
+  if (rc < 0) {
+    /* Reported like an asynchronous failure, one loop turn later. */
+    c->req = NULL;
+    conn_close(c);
+    req->conn = NULL;
+    defer_done(req, rc);
+  }
+}
+
+/* Is a pooled connection still open? A volume never sends unasked, so readable data or
+ * EOF both mean it is not. */
+static int conn_alive(upconn_t *c) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return 0;
+  char b;
+  ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void dispatch(mkv_upreq_t *req, int fresh_only) {
+  pool_t *p = req->pool;
+  if (p->naddrs == 0) {
+    if (!p->resolving) {
+      int rc = start_resolve(p);
+      if (rc != 0) {
+        defer_done(req, rc);
+        return;
+      }
+    }
+    req->next_wait = NULL;
+    if (p->wait_tail)
+      p->wait_tail->next_wait = req;
+    else
+      p->wait_head = req;
+    p->wait_tail = req;
+    return;
+  }
+  while (!fresh_only && p->idle) {
+    upconn_t *c = p->idle;
+    p->idle = c->next_idle;
+    p->nidle--;
+    uv_timer_stop(&c->timer);
+    if (conn_alive(c)) {
+      conn_begin(c, req, 1);
+      return;
+    }
+    c->state = C_CONNECTING; /* counted active again before closing */
+    p->nactive++;
+    conn_close(c);
+  }
+  upconn_t *c = conn_new(p);
+  req->conn = c;
+  conn_connect(c, req, p->preferred);
+}
+
+int mkv_upstream_start(mkv_upstream_t *up, mkv_upreq_t *req) {
+  if (req->active) return UV_EALREADY;
+  if (up->closing) return UV_ECANCELED;
+  pool_t *p = pool_get(up, req->host.data, req->host.len);
+  if (p == NULL) return UV_EINVAL;
+  req->up = up;
+  req->pool = p;
+  req->active = 1;
+  req->status = 0;
+  req->resp_length = -1;
+  req->retried = req->is_ready = req->body_ended = req->body_end_sent = 0;
+  req->body_queued = 0;
+  req->conn = NULL;
+  req->started_ns = mkv_now_ns();
+  dispatch(req, 0);
+  return 0;
+}
+
+int mkv_upreq_write(mkv_upreq_t *req, mkv_chunk_t *ch) {
+  if (!req->active || is_deferred(req)) {
+    mkv_chunk_unref(ch);
+    return UV_ECANCELED;
+  }
+  if (ch->len == 0) { /* a zero-size chunk would end a chunked body */
+    mkv_chunk_unref(ch);
+    return 0;
+  }
+  req->body_queued += (int64_t)ch->len;
+  upconn_t *c = req->conn;
+  if (c && c->state == C_ACTIVE) {
+    int rc = write_chunk(c, req, ch);
+    if (rc < 0) conn_fail(c, rc, 1);
+    return rc;
+  }
+  pending_chunk_t *pc = mkv_malloc(sizeof(*pc));
+  pc->ch = ch;
+  pc->next = NULL;
+  if (req->pending_tail)
+    req->pending_tail->next = pc;
+  else
+    req->pending_head = pc;
+  req->pending_tail = pc;
+  return 0;
+}
+
+void mkv_upreq_end(mkv_upreq_t *req) {
+  if (!req->active || req->body_ended) return;
+  req->body_ended = 1;
+  upconn_t *c = req->conn;
+  if (c && c->state == C_ACTIVE) {
+    int rc = send_end(c, req);
+    if (rc < 0) conn_fail(c, rc, 1);
+  }
+}
+
+void mkv_upreq_cancel(mkv_upreq_t *req) {
+  if (!req->active || is_deferred(req)) return;
+  pool_t *p = req->pool;
+  for (mkv_upreq_t **pp = &p->wait_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next_wait) {
+    if (*pp == req) {
+      *pp = req->next_wait;
+      if (p->wait_tail == req) p->wait_tail = prev;
+      req->next_wait = NULL;
+      defer_done(req, UV_ECANCELED);
+      return;
+    }
+  }
+  upconn_t *c = req->conn;
+  if (c) {
+    c->req = NULL;
+    conn_close(c);
+  }
+  defer_done(req, UV_ECANCELED);
+}
+
+void mkv_upreq_resume(mkv_upreq_t *req) {
+  upconn_t *c = req->conn;
+  if (c == NULL || c->state != C_ACTIVE) return;
+  c->pause_wanted = 0;
+  if (!c->reading) {
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+    c->reading = 1;
+  }
+}
+
+/* ---- response parser callbacks ---- */
+
+static int on_headers_complete(llhttp_t *p) {
+  upconn_t *c = p->data;
+  mkv_upreq_t *req = c->req;
+  int status = p->status_code;
+  if (status >= 100 && status < 200) return 1; /* skipped; the real response follows */
+  if (req) {
+    req->status = status;
+    req->resp_length = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
+  }
+  /* llhttp cannot know that a HEAD response (or a 204/304) has no body: say so, or the
+   * parser waits for Content-Length bytes that never come (library-facts §2.4). */
+  if ((req && req->method == MKV_UP_HEAD) || status == 204 || status == 304) return 1;
+  return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  upconn_t *c = p->data;
+  mkv_upreq_t *req = c->req;
+  if (req && req->on_body && req->status >= 200 && req->status < 300)
+    if (req->on_body(req, at, len)) c->pause_wanted = 1;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  upconn_t *c = p->data;
+  if (p->status_code >= 100 && p->status_code < 200) return 0;
+  c->keepalive = llhttp_should_keep_alive(p);
+  c->complete = 1;
+  return HPE_PAUSED;
+}
+
+/* ---- lifecycle ---- */
+
+mkv_upstream_t *mkv_upstream_new(uv_loop_t *loop, double suspect_ms) {
+  if (resp_settings.on_message_complete == NULL) {
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_headers_complete = on_headers_complete;
+    resp_settings.on_body = on_body;
+    resp_settings.on_message_complete = on_message_complete;
+  }
+  mkv_upstream_t *up = mkv_calloc(1, sizeof(*up));
+  up->loop = loop;
+  up->suspect_ms = suspect_ms;
+  uv_timer_init(loop, &up->defer_timer);
+  up->defer_timer.data = up;
+  up->live = 1;
+  return up;
+}
+
+static void free_pools(mkv_upstream_t *up) {
+  for (int b = 0; b < NBUCKETS; b++) {
+    pool_t *p = up->buckets[b];
+    while (p) {
+      pool_t *next = p->next;
+      free(p->host);
+      free(p->name);
+      free(p);
+      p = next;
+    }
+  }
+}
+
+static void maybe_free_upstream(mkv_upstream_t *up) {
+  if (!up->closing || up->live > 0) return;
+  free_pools(up);
+  free(up);
+}
+
+static void on_defer_timer_closed(uv_handle_t *h) {
+  mkv_upstream_t *up = h->data;
+  up->live--;
+  maybe_free_upstream(up);
+}
+
+void mkv_upstream_close(mkv_upstream_t *up) {
+  up->closing = 1;
+  for (int b = 0; b < NBUCKETS; b++) {
+    for (pool_t *p = up->buckets[b]; p; p = p->next) {
+      while (p->idle) conn_close(p->idle);
+      if (p->resolving) uv_cancel((uv_req_t *)&p->gai);
+    }
+  }
+  uv_close((uv_handle_t *)&up->defer_timer, on_defer_timer_closed);
+}
+
+void mkv_upstream_foreach_stats(mkv_upstream_t *up,
+                                void (*fn)(const mkv_upstream_stats_t *st, void *arg),
+                                void *arg) {
+  uint64_t now = mkv_now_ns();
+  for (int b = 0; b < NBUCKETS; b++) {
+    for (pool_t *p = up->buckets[b]; p; p = p->next) {
+      mkv_upstream_stats_t st = {p->host, p->requests, p->errors, p->timeouts,
+                                 p->latency_ns_sum, p->nidle, p->nactive,
+                                 p->suspect_until_ns > now};
+      fn(&st, arg);
+    }
+  }
+}

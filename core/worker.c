@@ -1,0 +1,105 @@
+/* worker.c: a worker thread's life: init (policy state), start (loop thread), drain. */
+#include "mkv/worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mkv/log.h"
+#include "mkv/server.h"
+
+uint32_t mkv_worker_rand(mkv_worker_t *w) {
+  uint32_t x = w->rng; /* xorshift32: probe order needs spread, not secrecy */
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  return w->rng = x;
+}
+
+int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, char **err) {
+  memset(w, 0, sizeof(*w));
+  w->id = id;
+  w->cfg = cfg;
+  w->listen_fd = -1;
+  snprintf(w->name, sizeof(w->name), "w%d", id);
+  w->rng = (uint32_t)(mkv_now_ns() ^ ((uint64_t)id * 2654435761u)) | 1u;
+  return mkv_policy_new(cfg, &w->policy, err);
+}
+
+void mkv_worker_destroy(mkv_worker_t *w) {
+  mkv_policy_free(w->policy);
+  w->policy = NULL;
+}
+
+static void close_handles(mkv_worker_t *w) {
+  mkv_server_free(w->server);
+  mkv_upstream_close(w->up);
+  mkv_index_port_close(w->port);
+  uv_close((uv_handle_t *)&w->wakeup, NULL);
+  uv_close((uv_handle_t *)&w->drain_poll, NULL);
+}
+
+/* Connections are closed; requests may live on (a failed PUT deleting its copies, a
+ * final index write): wait for them, each is bounded by a volume or index timeout. */
+static void on_drain_poll(uv_timer_t *t) {
+  mkv_worker_t *w = t->data;
+  if (w->live_reqs > 0 || mkv_index_port_pending(w->port) > 0) {
+    if (++w->drain_ticks % 500 == 0) /* every 5 s */
+      mkv_info("draining: %d request(s) still finishing", w->live_reqs);
+    return;
+  }
+  uv_timer_stop(t);
+  close_handles(w);
+}
+
+static void on_drained(mkv_server_t *s) {
+  (void)s;
+}
+
+static void on_wakeup(uv_async_t *a) {
+  mkv_worker_t *w = a->data;
+  if (!w->stop_requested || w->server == NULL) return;
+  mkv_server_t *s = w->server;
+  mkv_server_drain(s, w->cfg->limits.drain_timeout_ms, on_drained);
+  uv_timer_start(&w->drain_poll, on_drain_poll, 10, 10);
+}
+
+static void worker_main(void *arg) {
+  mkv_worker_t *w = arg;
+  mkv_log_set_thread_name(w->name);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&w->loop);
+  if (rc != 0) mkv_error("worker loop closed with handles still open: %s", uv_strerror(rc));
+  mkv_policy_free(w->policy);
+  w->policy = NULL;
+}
+
+int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **err) {
+  w->index = index;
+  w->listen_fd = listen_fd;
+  int rc = uv_loop_init(&w->loop);
+  if (rc != 0) goto fail;
+  if ((rc = mkv_index_port_new(index, &w->loop, &w->port)) != 0) goto fail;
+  w->up = mkv_upstream_new(&w->loop, w->cfg->limits.suspect_time_ms);
+  w->server = mkv_server_new(w);
+  uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+  w->wakeup.data = w;
+  uv_timer_init(&w->loop, &w->drain_poll);
+  w->drain_poll.data = w;
+  if ((rc = mkv_server_listen(w->server)) != 0) goto fail;
+  if ((rc = uv_thread_create(&w->thread, worker_main, w)) != 0) goto fail;
+  w->started_ok = 1;
+  return 0;
+fail:
+  *err = mkv_sprintf("worker %d: cannot start: %s", w->id, uv_strerror(rc));
+  return -1;
+}
+
+void mkv_worker_stop(mkv_worker_t *w) {
+  w->stop_requested = 1;
+  uv_async_send(&w->wakeup);
+}
+
+void mkv_worker_join(mkv_worker_t *w) {
+  if (w->started_ok) uv_thread_join(&w->thread);
+}

@@ -1,0 +1,65 @@
+/* config.h: the validated configuration as a plain C struct.
+ *
+ * mkv_config_load() runs on the main thread before any worker starts: it loads
+ * config.lua (if any) in a throw-away Lua state, lays the command line's flags over it,
+ * and lets lua/mkv_config.lua check every field. Afterwards the struct is read-only and
+ * shared by all threads. An error is one line (owned, in *err) naming the field or flag. */
+#ifndef MKV_CONFIG_H
+#define MKV_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct mkv_flag_s {
+  const char *name;  /* without dashes: "volumes", "v" */
+  const char *value; /* as given; "true" for a bare boolean flag */
+} mkv_flag_t;
+
+enum { MKV_POLICY_PLACEMENT, MKV_POLICY_REPLICAS, MKV_POLICY_LISTING, MKV_POLICY_REBALANCE,
+       MKV_POLICY_KINDS };
+
+typedef struct mkv_config_s {
+  char *source;     /* the config file's path, or NULL when only flags were given */
+  char *config_dir; /* its directory ("." without a file) */
+  char *listen;     /* "*" = every interface, IPv6 and IPv4, as Go's ":port" */
+  int port;
+  char *db;
+  char **volumes; /* "host:port", in config order (placement depends on the order) */
+  int nvolumes;
+  int replicas;
+  int subvolumes;
+  int protect;
+  int md5sum;
+  double voltimeout_ms;
+  char *fallback; /* "" = none */
+  int verbose;
+  int workers; /* resolved: 0 in the config means one per core */
+  char *policies[MKV_POLICY_KINDS];
+  char *policy_path; /* ";"-separated templates with "?", like package.path */
+  double policy_timeout_ms;
+  size_t policy_memory;
+  struct {
+    size_t header_bytes, url_bytes;
+    int max_connections;
+    double idle_timeout_ms, header_timeout_ms, body_timeout_ms, volume_timeout_ms;
+    double suspect_time_ms, drain_timeout_ms;
+    size_t high_water, low_water;
+    int list_slice;
+  } limits;
+  struct {
+    size_t cache_mb, write_buffer_mb, max_file_mb;
+    int max_open_files, bloom_bits;
+  } leveldb;
+} mkv_config_t;
+
+extern const char *const mkv_policy_kind_names[MKV_POLICY_KINDS];
+
+/* Loads and validates. `path` may be NULL (flags only). `command` ("server",
+ * "index-flush", ...) decides which fields are required. Returns 0, or -1 with *err. */
+int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags,
+                    int nflags, const char *command, char **err);
+void mkv_config_free(mkv_config_t *cfg);
+
+/* Is `name` a known flag, and is it boolean (takes no separate value)? -1 unknown. */
+int mkv_config_flag_kind(const char *name, int *is_bool);
+
+#endif

@@ -1,0 +1,136 @@
+/* index.h: the LevelDB index -- the only unit that includes LevelDB.
+ *
+ * Records: the Go original's format, byte for byte (GO-ORIGINAL.md §2.2): an optional
+ * "DELETED" prefix, an optional "HASH" + 32 lower-case hex MD5, then the volumes joined
+ * by ','. Nothing else is ever written into the index.
+ *
+ * Threads: mkv_index_open/close run on the main thread. Point reads and iterators may
+ * run on any thread (a worker's loop): LevelDB shares one handle between threads, but an
+ * iterator belongs to one thread. Writes never run on a loop: each worker owns a port
+ * (an mkv_index_port_t) and hands writes to the one index-writer thread, which commits
+ * everything queued by every worker in one LevelDB batch -- synced if any entry asks for
+ * it -- and posts completions back through the port's uv_async_t. A write's callback
+ * runs on the port's loop, exactly once, never before mkv_index_put/del returned.
+ *
+ * After a failed LevelDB write (disk full, EIO), LevelDB fails every later write; the
+ * index then turns failed: every write completes with MKV_EINDEX and
+ * mkv_index_failure() says why, until the process is restarted. Reads go on.
+ *
+ * The directory is locked with flock(LOCK_EX|LOCK_NB) on <db>/LOCK (goleveldb's lock; C++
+ * LevelDB's fcntl lock does not exclude it, library-facts §4.2). Close flushes the
+ * memtable, so no journal holds live records that goleveldb would drop (§4.1). */
+#ifndef MKV_INDEX_H
+#define MKV_INDEX_H
+
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "mkv/common.h"
+#include "mkv/config.h"
+
+typedef struct mkv_index_s mkv_index_t;
+typedef struct mkv_index_port_s mkv_index_port_t;
+typedef struct mkv_index_iter_s mkv_index_iter_t;
+typedef struct mkv_index_write_s mkv_index_write_t;
+
+/* ---- records ---- */
+
+typedef struct mkv_record_s {
+  int deleted;            /* "DELETED": unlinked, or a write or delete in progress/failed */
+  int has_hash;
+  char hash[33];          /* lower-case hex when has_hash */
+  const char *volumes;    /* borrows from the decoded bytes: "v1/sv01,v2/sv03" */
+  size_t volumes_len;
+} mkv_record_t;
+
+/* Parses a record as the Go original does. Returns 0 or MKV_ECORRUPT (a "HASH" without
+ * 32 hex digits after it). */
+int mkv_record_decode(const char *v, size_t n, mkv_record_t *r);
+/* Appends the record bytes; hash is NULL or 32 hex chars. */
+void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
+                       size_t volumes_len);
+
+/* Iterates the volumes of a record: *item and *ilen get the next one. Returns 0 at the end. */
+int mkv_volumes_next(const char **pos, const char *end, const char **item, size_t *ilen);
+
+/* ---- the index ---- */
+
+/* Creates `dir` if needed, takes the flock, opens LevelDB with paranoid checks and starts
+ * the writer thread. cfg may be NULL (default LevelDB settings). Returns 0, or -1 with a
+ * one-line *err (owned): in use by another process; corrupt (pointing to mkv rebuild). */
+int mkv_index_open(mkv_index_t **out, const char *dir, const mkv_config_t *cfg, char **err);
+/* Stops the writer once its queue is empty, flushes the memtable, closes, unlocks.
+ * Every port must be closed first. */
+void mkv_index_close(mkv_index_t *idx);
+/* Flushes the memtable to a table file now (what close does). */
+void mkv_index_flush(mkv_index_t *idx);
+
+/* Point read. 0 with *val set (replaced); UV_ENOENT; or MKV_ECORRUPT / UV_EIO with the
+ * reason logged. */
+int mkv_index_get(mkv_index_t *idx, const char *key, size_t klen, mkv_buf_t *val);
+
+/* NULL while writes work; the reason once the index has failed. */
+const char *mkv_index_failure(mkv_index_t *idx);
+
+/* Counters for logs and metrics. */
+typedef struct mkv_index_stats_s {
+  unsigned long long batches, writes, syncs, failed_writes;
+} mkv_index_stats_t;
+void mkv_index_stats(mkv_index_t *idx, mkv_index_stats_t *st);
+/* LevelDB's own statistics text ("leveldb.stats"); returns owned, or NULL. */
+char *mkv_index_property(mkv_index_t *idx, const char *name);
+
+/* ---- iteration (one thread per iterator; fill_cache off) ---- */
+
+mkv_index_iter_t *mkv_index_iter_new(mkv_index_t *idx);
+void mkv_index_iter_seek(mkv_index_iter_t *it, const char *key, size_t klen);
+int mkv_index_iter_valid(mkv_index_iter_t *it);
+const char *mkv_index_iter_key(mkv_index_iter_t *it, size_t *len);     /* borrows */
+const char *mkv_index_iter_value(mkv_index_iter_t *it, size_t *len);   /* borrows */
+void mkv_index_iter_next(mkv_index_iter_t *it);
+/* 0, or -1 with *err (owned) when the iteration stopped on an error. */
+int mkv_index_iter_error(mkv_index_iter_t *it, char **err);
+void mkv_index_iter_free(mkv_index_iter_t *it);
+
+/* ---- writes through the writer thread ---- */
+
+typedef void (*mkv_index_write_cb)(mkv_index_write_t *w, int status);
+
+/* Owned by the caller (usually inside its request); must stay valid until the callback.
+ * Fields are private but for `data`. */
+struct mkv_index_write_s {
+  void *data;
+  mkv_index_port_t *port;
+  mkv_index_write_cb cb;
+  int status;
+  int is_delete;
+  int sync;
+  mkv_buf_t key, val;
+  mkv_index_write_t *next;
+};
+
+void mkv_index_write_init(mkv_index_write_t *w);
+void mkv_index_write_free(mkv_index_write_t *w); /* the buffers; not while in flight */
+
+/* Creates a worker's port on its loop. Loop thread only. */
+int mkv_index_port_new(mkv_index_t *idx, uv_loop_t *loop, mkv_index_port_t **out);
+/* Closes the port's handle; no write may be in flight. */
+void mkv_index_port_close(mkv_index_port_t *port);
+/* How many writes of this port are in flight. */
+int mkv_index_port_pending(mkv_index_port_t *port);
+
+/* Queues a put (val != NULL) or a delete (val == NULL); copies key and value. sync: the
+ * write must reach the disk before the callback (the batch is fsynced). Returns 0 and
+ * calls cb(w, 0 | MKV_EINDEX) later on the port's loop. */
+int mkv_index_put(mkv_index_port_t *port, mkv_index_write_t *w, const char *key, size_t klen,
+                  const char *val, size_t vlen, int sync, mkv_index_write_cb cb);
+int mkv_index_del(mkv_index_port_t *port, mkv_index_write_t *w, const char *key, size_t klen,
+                  int sync, mkv_index_write_cb cb);
+
+/* Synchronous write on the calling thread, for offline commands (index-flush, admin
+ * scripts without a server). Never on a loop thread. */
+int mkv_index_put_sync(mkv_index_t *idx, const char *key, size_t klen, const char *val,
+                       size_t vlen, int sync, char **err);
+
+#endif

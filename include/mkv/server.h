@@ -1,0 +1,98 @@
+/* server.h: client connections of one worker -- accept, llhttp parsing, limits,
+ * keep-alive and pipelining, timeouts, responses.
+ *
+ * Loop thread only. The server never decides policy: for each request it fills an
+ * mkv_req_t (method, decoded key, raw query, the few headers the API reads) and calls
+ * the API (api.h): mkv_api_headers() once the headers are complete, mkv_api_body() for
+ * each body slice (borrowed), mkv_api_complete() when the body is complete, and
+ * mkv_api_abort() if the client goes away first. The API answers with one of the
+ * mkv_req_respond*() calls, at any time.
+ *
+ * What the server rejects by itself, before the API sees anything: malformed requests,
+ * HTTP/0.9 and HTTP/2+, absolute-form and other non-'/' targets, obs-fold, Upgrade and
+ * CONNECT (400, close); a target over limits.url_bytes (414); headers over
+ * limits.header_bytes (431); unknown methods (405). Lenient llhttp flags are never set.
+ *
+ * A request object is reference-counted: the connection holds one reference until the
+ * exchange is over; the API takes one (mkv_req_ref) while it has work in flight and may
+ * outlive the connection (req->conn is then NULL and responses are dropped). */
+#ifndef MKV_SERVER_H
+#define MKV_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mkv/common.h"
+#include "mkv/worker.h"
+
+typedef struct mkv_conn_s mkv_conn_t;
+typedef struct mkv_req_s mkv_req_t;
+
+typedef struct mkv_header_s {
+  const char *name;
+  const char *value;
+  size_t value_len;
+} mkv_header_t;
+
+enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK };
+
+struct mkv_req_s {
+  mkv_worker_t *worker;
+  mkv_conn_t *conn; /* NULL once the client is gone */
+  int refs;
+  int method;             /* MKV_M_* */
+  const char *method_name;
+  mkv_buf_t key;          /* the percent-decoded path: bytes, NUL allowed */
+  mkv_buf_t raw_query;    /* after '?', as sent */
+  mkv_buf_t content_md5;  /* the Content-MD5 header, if any */
+  int has_content_md5;
+  int expect_continue;
+  int has_body;           /* Content-Length > 0, or chunked */
+  int chunked;
+  int64_t content_length; /* -1 when chunked or absent */
+  int http_minor;
+  uint64_t start_ns;
+  int responded;          /* a response was started */
+  int status;             /* the status sent */
+  void *api;              /* the API's state for this request (api.c) */
+  void *listing;          /* a listing's state (listing.c) */
+};
+
+mkv_server_t *mkv_server_new(mkv_worker_t *w);
+/* Starts accepting on w->listen_fd. */
+int mkv_server_listen(mkv_server_t *s);
+/* Stops accepting, closes idle connections now and the others once their exchange is
+ * over; calls done once every connection is closed (or after drain_ms, by closing what
+ * is left). */
+void mkv_server_drain(mkv_server_t *s, double drain_ms, void (*done)(mkv_server_t *s));
+void mkv_server_free(mkv_server_t *s);
+int mkv_server_connections(mkv_server_t *s);
+
+void mkv_req_ref(mkv_req_t *req);
+void mkv_req_unref(mkv_req_t *req);
+
+/* A complete response: status, extra headers, optional body (borrowed; copied). The
+ * server adds Date, Content-Length and Connection. Header values holding CR, LF or NUL
+ * are dropped (and logged), never sent. */
+void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
+                     const char *body, size_t len);
+/* A streamed response (chunked for HTTP/1.1, close-delimited for 1.0). Each write's
+ * bytes are copied; cb (optional) runs once the bytes have left (or failed: ok == 0),
+ * which is how a producer paces itself. */
+void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int nh);
+typedef void (*mkv_req_write_cb)(mkv_req_t *req, int ok);
+void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb);
+void mkv_req_stream_end(mkv_req_t *req);
+/* Sends "100 Continue" (once; only if the client asked for it). */
+void mkv_req_continue(mkv_req_t *req);
+/* Backpressure on the request body: stop / restart reading the client's socket. */
+void mkv_req_pause_body(mkv_req_t *req);
+void mkv_req_resume_body(mkv_req_t *req);
+/* Ends the connection now, whatever was sent: for a streamed response that cannot be
+ * finished, so the client sees a truncated body rather than a short one. */
+void mkv_req_abort(mkv_req_t *req);
+/* The connection will close after this response (an early answer to a bodied request,
+ * or an error that leaves the stream unusable). */
+void mkv_req_close_after(mkv_req_t *req);
+
+#endif

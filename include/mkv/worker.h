@@ -1,0 +1,68 @@
+/* worker.h: one worker thread -- a libuv loop with its own Lua policy state, upstream
+ * pools and index port, serving connections accepted on the shared listening socket.
+ *
+ * main.c binds the listening socket once (so a busy port is an error) and starts N
+ * workers; each adopts a dup() of the socket with uv_tcp_open (libuv 1.44 has no
+ * UV_TCP_REUSEPORT). Everything a worker owns is touched only by its thread; what it
+ * shares (the index, the key locks, the config) is thread-safe or read-only. */
+#ifndef MKV_WORKER_H
+#define MKV_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "mkv/common.h"
+#include "mkv/config.h"
+#include "mkv/index.h"
+#include "mkv/lua_vm.h"
+#include "mkv/upstream.h"
+
+typedef struct mkv_server_s mkv_server_t;
+
+typedef struct mkv_worker_stats_s {
+  unsigned long long requests, responses[6]; /* by status class: [2]=2xx ... */
+  unsigned long long bytes_in, bytes_out;
+  unsigned long long policy_errors;
+} mkv_worker_stats_t;
+
+typedef struct mkv_worker_s {
+  int id;
+  char name[16];
+  const mkv_config_t *cfg;
+  mkv_index_t *index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t wakeup; /* main -> worker: stop */
+  _Atomic int stop_requested;
+  int listen_fd; /* this worker's dup() of the shared listening socket */
+
+  mkv_index_port_t *port;
+  mkv_policy_t *policy;
+  mkv_upstream_t *up;
+  mkv_server_t *server;
+
+  uint32_t rng; /* replica probe order (xorshift), per worker */
+  int live_reqs; /* request objects alive, including detached ones (drain waits) */
+  uv_timer_t drain_poll;
+  int drain_ticks;
+  int started_ok;
+  mkv_worker_stats_t stats;
+} mkv_worker_t;
+
+/* Creates the worker's Lua policy state, on the calling thread, so that a broken policy
+ * stops startup before the index is opened or a socket bound. */
+int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, char **err);
+/* Starts serving: the worker adopts listen_fd (a dup of the shared socket) and runs its
+ * loop on a new thread. */
+int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **err);
+/* Frees a worker that was initialised but never started. */
+void mkv_worker_destroy(mkv_worker_t *w);
+/* Asks the worker to drain and stop (any thread). */
+void mkv_worker_stop(mkv_worker_t *w);
+void mkv_worker_join(mkv_worker_t *w);
+
+uint32_t mkv_worker_rand(mkv_worker_t *w);
+
+#endif

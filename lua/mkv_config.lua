@@ -1,0 +1,302 @@
+-- lua/mkv_config.lua: the config's defaults and its validation.
+--
+-- The C core runs this once at startup, on the main thread, in a throw-away Lua state:
+-- it loads the operator's config.lua (a chunk returning a table), lays the command
+-- line's flags over it, checks every field and returns a normalised table that C copies
+-- into a plain struct. Errors are one line naming the field (or the flag) and what was
+-- wrong; nothing here is called on the request path.
+local M = {}
+
+local function fail(where, fmt, ...)
+  error({ msg = where .. ": " .. string.format(fmt, ...) }, 0)
+end
+
+local function describe(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return type(v) .. " " .. tostring(v)
+end
+
+-- Go duration strings ("1s", "500ms", "1m30s") or a number of seconds -> milliseconds.
+local units = { ns = 1e-6, us = 1e-3, ["\194\181s"] = 1e-3, ["\206\188s"] = 1e-3,
+                ms = 1, s = 1000, m = 60000, h = 3600000 }
+function M.duration_ms(v)
+  if type(v) == "number" then
+    if v ~= v or v < 0 or v == math.huge then return nil end
+    return v * 1000
+  end
+  if type(v) ~= "string" or v == "" then return nil end
+  if v == "0" then return 0 end
+  local total, rest = 0, v
+  while rest ~= "" do
+    local num, unit, tail = rest:match("^(%d*%.?%d*)([^%d%.]+)(.*)$")
+    if not num or num == "" or num == "." then return nil end
+    -- the unit runs up to the next digit
+    local mult = units[unit]
+    if not mult then return nil end
+    total = total + tonumber(num) * mult
+    rest = tail
+  end
+  return total
+end
+
+local function int(where, v, min, max)
+  if type(v) ~= "number" or v ~= math.floor(v) then
+    fail(where, "expected a whole number, got %s", describe(v))
+  end
+  if (min and v < min) or (max and v > max) then
+    fail(where, "%d is out of range (%s..%s)", v, tostring(min or "-inf"), tostring(max or "inf"))
+  end
+  return v
+end
+
+local function bool(where, v)
+  if type(v) ~= "boolean" then fail(where, "expected true or false, got %s", describe(v)) end
+  return v
+end
+
+local function str(where, v, allow_empty)
+  if type(v) ~= "string" then fail(where, "expected a string, got %s", describe(v)) end
+  if not allow_empty and v == "" then fail(where, "must not be empty") end
+  return v
+end
+
+local function dur(where, v, min_ms)
+  local ms = M.duration_ms(v)
+  if not ms then
+    fail(where, "expected a duration such as \"1s\" or \"500ms\" (or seconds as a number), got %s",
+      describe(v))
+  end
+  if min_ms and ms < min_ms then fail(where, "%s is too short (at least %g ms)", describe(v), min_ms) end
+  return ms
+end
+
+-- host:port, host being a name, an IPv4 address or a bracketed IPv6 address. No
+-- commas (records join volumes with them), no slashes, no spaces or control bytes.
+function M.check_hostport(v)
+  if type(v) ~= "string" then return nil, "expected \"host:port\", got " .. describe(v) end
+  local host, port = v:match("^(%[[%x:%.]+%]):(%d+)$")
+  if not host then host, port = v:match("^([%w%.%-_]+):(%d+)$") end
+  if not host then return nil, string.format("%q is not host:port", v) end
+  port = tonumber(port)
+  if port < 1 or port > 65535 then return nil, string.format("%q: port out of range", v) end
+  return v
+end
+
+M.limit_fields = {
+  header_bytes = { 16384, function(w, v) return int(w, v, 1024, 1048576) end },
+  url_bytes = { 8192, function(w, v) return int(w, v, 256, 65536) end },
+  max_connections = { 10000, function(w, v) return int(w, v, 1, 1000000) end },
+  idle_timeout = { "60s", function(w, v) return dur(w, v, 1) end },
+  header_timeout = { "30s", function(w, v) return dur(w, v, 1) end },
+  body_timeout = { "60s", function(w, v) return dur(w, v, 1) end },
+  volume_timeout = { "30s", function(w, v) return dur(w, v, 1) end },
+  suspect_time = { "5s", function(w, v) return dur(w, v, 0) end },
+  drain_timeout = { "30s", function(w, v) return dur(w, v, 0) end },
+  high_water_kb = { 4096, function(w, v) return int(w, v, 64, 1048576) end },
+  low_water_kb = { 1024, function(w, v) return int(w, v, 0, 1048576) end },
+  list_slice = { 1000, function(w, v) return int(w, v, 1, 1000000) end },
+}
+
+M.leveldb_fields = {
+  cache_mb = { 64, function(w, v) return int(w, v, 0, 1048576) end },
+  write_buffer_mb = { 16, function(w, v) return int(w, v, 1, 4096) end },
+  max_open_files = { 1000, function(w, v) return int(w, v, 16, 1000000) end },
+  max_file_mb = { 2, function(w, v) return int(w, v, 1, 4096) end },
+  bloom_bits = { 10, function(w, v) return int(w, v, 0, 64) end },
+}
+
+M.policy_kinds = { "placement", "replicas", "listing", "rebalance" }
+
+local function subtable(where, v, fields)
+  local out = {}
+  if v == nil then v = {} end
+  if type(v) ~= "table" then fail(where, "expected a table, got %s", describe(v)) end
+  for k in pairs(v) do
+    if type(k) ~= "string" or not fields[k] then
+      fail(where, "unknown field %s", describe(k))
+    end
+  end
+  for name, spec in pairs(fields) do
+    local val = v[name]
+    if val == nil then val = spec[1] end
+    out[name] = spec[2](where .. "." .. name, val)
+  end
+  return out
+end
+
+-- Top-level fields: default and checker. `where` is "field 'x'" or "flag -x".
+M.fields = {
+  listen = { "*", function(w, v) return str(w, v) end },
+  port = { 3000, function(w, v) return int(w, v, 1, 65535) end },
+  db = { "", function(w, v) return str(w, v, true) end },
+  volumes = { {}, function(w, v)
+    if type(v) ~= "table" then fail(w, "expected a list of \"host:port\" strings, got %s", describe(v)) end
+    local out, seen = {}, {}
+    for k in pairs(v) do
+      if type(k) ~= "number" or k ~= math.floor(k) or k < 1 or k > #v then
+        fail(w, "expected a list, found key %s", describe(k))
+      end
+    end
+    for i, vol in ipairs(v) do
+      local ok, err = M.check_hostport(vol)
+      if not ok then fail(w .. "[" .. i .. "]", "%s", err) end
+      if seen[vol] then fail(w .. "[" .. i .. "]", "duplicate volume %q (also volumes[%d])", vol, seen[vol]) end
+      seen[vol] = i
+      out[i] = vol
+    end
+    return out
+  end },
+  replicas = { 3, function(w, v) return int(w, v, 1, 255) end },
+  subvolumes = { 10, function(w, v) return int(w, v, 1, 65536) end },
+  protect = { false, bool },
+  md5sum = { true, bool },
+  voltimeout = { "1s", function(w, v) return dur(w, v, 1) end },
+  fallback = { "", function(w, v)
+    str(w, v, true)
+    if v ~= "" then
+      local ok, err = M.check_hostport(v)
+      if not ok then fail(w, "%s", err) end
+    end
+    return v
+  end },
+  verbose = { false, bool },
+  workers = { 0, function(w, v) return int(w, v, 0, 256) end },
+  policies = { {}, function(w, v)
+    if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
+    local out, known = {}, {}
+    for _, k in ipairs(M.policy_kinds) do known[k] = true end
+    for k in pairs(v) do
+      if not known[k] then
+        fail(w, "unknown policy kind %s (expected placement, replicas, listing or rebalance)", describe(k))
+      end
+    end
+    for _, k in ipairs(M.policy_kinds) do
+      local name = v[k]
+      if name == nil then name = "default" end
+      out[k] = str(w .. "." .. k, name)
+    end
+    return out
+  end },
+  policy_path = { "", function(w, v) return str(w, v, true) end },
+  policy_timeout = { "50ms", function(w, v) return dur(w, v, 1) end },
+  policy_memory_mb = { 64, function(w, v) return int(w, v, 4, 4096) end },
+  limits = { {}, function(w, v) return subtable(w, v, M.limit_fields) end },
+  leveldb = { {}, function(w, v) return subtable(w, v, M.leveldb_fields) end },
+}
+
+-- The Go original's flags (GO-ORIGINAL.md §1) plus mkv's own; value kinds for parsing.
+M.flags = {
+  port = { field = "port", kind = "int" },
+  db = { field = "db", kind = "string" },
+  fallback = { field = "fallback", kind = "string" },
+  replicas = { field = "replicas", kind = "int" },
+  subvolumes = { field = "subvolumes", kind = "int" },
+  volumes = { field = "volumes", kind = "list" },
+  protect = { field = "protect", kind = "bool" },
+  v = { field = "verbose", kind = "bool" },
+  md5sum = { field = "md5sum", kind = "bool" },
+  voltimeout = { field = "voltimeout", kind = "string" },
+  listen = { field = "listen", kind = "string" },
+  workers = { field = "workers", kind = "int" },
+}
+
+local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, True = true,
+                ["0"] = false, f = false, F = false, FALSE = false, ["false"] = false, False = false }
+
+-- Converts one flag's text as Go's flag package does. Returns field, value.
+function M.flag_value(name, text)
+  local f = M.flags[name]
+  local where = "flag -" .. name
+  if not f then fail(where, "flag provided but not defined") end
+  if f.kind == "int" then
+    local n = text:match("^[+-]?%d+$") and tonumber(text)
+    if not n then fail(where, "invalid value %q: not a whole number", text) end
+    return f.field, n
+  elseif f.kind == "bool" then
+    local b = bools[text]
+    if b == nil then fail(where, "invalid boolean value %q", text) end
+    return f.field, b
+  elseif f.kind == "list" then
+    local out = {}
+    if text == "" then return f.field, out end
+    for item in (text .. ","):gmatch("([^,]*),") do out[#out + 1] = item end
+    return f.field, out
+  end
+  return f.field, text
+end
+
+-- Loads config.lua: a chunk that returns a table. Its globals live in their own table,
+-- so a stray assignment does not leak into anything else.
+function M.load_file(path)
+  local chunk, err = loadfile(path)
+  if not chunk then
+    error({ msg = (err or path):gsub("^cannot open", "cannot read") }, 0)
+  end
+  local env = setmetatable({}, { __index = _G })
+  setfenv(chunk, env)
+  local ok, t = pcall(chunk)
+  if not ok then error({ msg = path .. ": " .. tostring(t) }, 0) end
+  if type(t) ~= "table" then
+    error({ msg = path .. ": the config must return a table, it returned " .. type(t) }, 0)
+  end
+  return t
+end
+
+-- Validates `t` (the config file's table, or {}), with `flags` (name -> text, in the
+-- order given) laid over it. Returns the normalised config, or nil and a one-line error.
+function M.build(t, flags, source)
+  local ok, res = pcall(function()
+    local where = {}
+    local src = source or "config"
+    for k in pairs(t) do
+      if type(k) ~= "string" or not M.fields[k] then
+        fail(src, "unknown field %s", describe(k))
+      end
+    end
+    local merged = {}
+    for k, v in pairs(t) do
+      merged[k] = v
+      where[k] = src .. ": field '" .. k .. "'"
+    end
+    for _, f in ipairs(flags or {}) do
+      local field, value = M.flag_value(f[1], f[2])
+      merged[field] = value
+      where[field] = "flag -" .. f[1]
+    end
+    local out = {}
+    for name, spec in pairs(M.fields) do
+      local v = merged[name]
+      if v == nil then v = spec[1] end
+      out[name] = spec[2](where[name] or (src .. ": field '" .. name .. "'"), v)
+    end
+    -- Checks across fields.
+    if out.replicas > #out.volumes and #out.volumes > 0 then
+      fail(where.replicas or where.volumes or src,
+        "replicas is %d but there are only %d volumes (need at least as many volumes as replicas)",
+        out.replicas, #out.volumes)
+    end
+    if out.limits.low_water_kb >= out.limits.high_water_kb then
+      fail(src .. ": field 'limits'", "low_water_kb (%d) must be below high_water_kb (%d)",
+        out.limits.low_water_kb, out.limits.high_water_kb)
+    end
+    out.where = where
+    return out
+  end)
+  if ok then return res end
+  if type(res) == "table" then return nil, res.msg end
+  return nil, tostring(res)
+end
+
+-- Checks what only a given command needs (the server needs volumes and a db).
+function M.require_for(cfg, command)
+  if cfg.db == "" then
+    return nil, "no index directory: give -db DIR or db = \"DIR\" in the config"
+  end
+  if (command == "server" or command == "rebuild" or command == "rebalance"
+      or command == "verify" or command == "gc") and #cfg.volumes == 0 then
+    return nil, "no volumes: give -volumes host:port,... or volumes = { ... } in the config"
+  end
+  return cfg
+end
+
+return M
