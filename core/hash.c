@@ -21,10 +21,14 @@ int mkv_hash_init(void) {
   return md5_algo ? 0 : UV_ENOSYS;
 }
 
-/* One context per thread for short hashes; it lives as long as the thread. OpenSSL
- * frees nothing here at thread exit, so a worker keeps it for its whole life: one
- * small allocation per thread, not per hash. */
+/* One context per thread for short hashes, made on first use and kept for the
+ * thread's life: one small allocation per thread, not per hash. */
 static _Thread_local EVP_MD_CTX *tls_ctx;
+
+void mkv_hash_thread_done(void) {
+  EVP_MD_CTX_free(tls_ctx);
+  tls_ctx = NULL;
+}
 
 static EVP_MD_CTX *thread_ctx(void) {
   if (tls_ctx == NULL) {

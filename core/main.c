@@ -69,17 +69,15 @@ static int parse_args(int argc, char **argv, args_t *a) {
       i++;
       break;
     }
-    char *name = arg + 1;
-    if (*name == '-') name++;
-    char *eq = strchr(name, '=');
-    char namebuf[64];
-    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-    if (nlen == 0 || nlen >= sizeof(namebuf)) {
+    char *namebuf = arg + 1;
+    if (*namebuf == '-') namebuf++;
+    /* argv is ours to cut: "-name=value" becomes "name" and "value" in place. */
+    char *eq = strchr(namebuf, '=');
+    if (eq) *eq = '\0';
+    if (*namebuf == '\0') {
       fprintf(stderr, "mkv: bad flag syntax: %s\n", arg);
       return -1;
     }
-    memcpy(namebuf, name, nlen);
-    namebuf[nlen] = '\0';
     if (strcmp(namebuf, "h") == 0 || strcmp(namebuf, "help") == 0) {
       usage(stdout);
       exit(0);
@@ -120,8 +118,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
       fprintf(stderr, "mkv: too many flags\n");
       return -1;
     }
-    /* The flag's name must outlive this loop: point into argv. */
-    a->flags[a->nflags].name = mkv_memdup(namebuf, nlen);
+    a->flags[a->nflags].name = namebuf;
     a->flags[a->nflags].value = value;
     a->nflags++;
   }
@@ -356,6 +353,6 @@ int main(int argc, char **argv) {
   else
     rc = run_server(&cfg);
   mkv_config_free(&cfg);
-  for (int i = 0; i < a.nflags; i++) free((char *)a.flags[i].name);
+  mkv_hash_thread_done();
   return rc;
 }

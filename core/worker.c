@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mkv/hash.h"
 #include "mkv/log.h"
 #include "mkv/server.h"
 
@@ -72,6 +73,7 @@ static void worker_main(void *arg) {
   if (rc != 0) mkv_error("worker loop closed with handles still open: %s", uv_strerror(rc));
   mkv_policy_free(w->policy);
   w->policy = NULL;
+  mkv_hash_thread_done();
 }
 
 int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **err) {

@@ -19,6 +19,10 @@
 /* Returns 0, or MKV_EPOLICY-free UV_ENOSYS when OpenSSL has no MD5 (FIPS). Idempotent. */
 int mkv_hash_init(void);
 
+/* Frees this thread's short-hash context; a thread that hashed calls it before it ends
+ * (worker threads, and main before exit). */
+void mkv_hash_thread_done(void);
+
 void mkv_md5(const void *p, size_t n, unsigned char out[MKV_MD5_LEN]);
 /* md5 of a ‖ b without copying them together (the placement score of key ‖ volume). */
 void mkv_md5_2(const void *a, size_t an, const void *b, size_t bn,
