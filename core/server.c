@@ -451,6 +451,9 @@ static int on_headers_complete(llhttp_t *p) {
   mkv_conn_t *c = p->data;
   mkv_req_t *req = c->req;
   const mkv_config_t *cfg = c->server->w->cfg;
+  /* llhttp reports an upgrade only after the whole message, too late to keep the API
+   * from acting on it: refuse it here, before anything happens. */
+  if (p->upgrade) return conn_reject(c, 400, "Upgrade and CONNECT are not supported");
   if (p->http_major != 1 || p->http_minor > 1)
     return conn_reject(c, p->http_major == 0 ? 400 : 505,
                        p->http_major == 0 ? "HTTP/0.9 is not supported" : "only HTTP/1.x");
@@ -592,6 +595,21 @@ static void update_carry(mkv_conn_t *c, const char *data, size_t len) {
   c->carry_lf_ws = data[i - 1] == '\n';
 }
 
+/* Is the request line a well-formed one with a method llhttp does not know (405), or
+ * not a request line at all (400)? A method is a token followed by one space and a
+ * target. The message starts at the beginning of the buffer llhttp was given (a
+ * pipelined one is replayed from its own buffer), after any empty lines it skips. */
+static int looks_like_method(const char *data, size_t len) {
+  size_t i = 0;
+  while (i < len && (data[i] == '\r' || data[i] == '\n')) i++;
+  size_t start = i;
+  while (i < len && (isalnum((unsigned char)data[i]) || strchr("!#$%&'*+-.^_`|~", data[i])) &&
+         data[i] != '\0')
+    i++;
+  return i > start && i + 1 < len && data[i] == ' ' && data[i + 1] != ' ' &&
+         (unsigned char)data[i + 1] > 0x20 && data[i + 1] != 0x7f;
+}
+
 static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
   c->in_execute = 1;
   c->stop = 0;
@@ -622,7 +640,10 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
     conn_reject(c, 400, "Upgrade and CONNECT are not supported");
   } else if (e == HPE_INVALID_METHOD) {
     if (c->req == NULL) on_message_begin(&c->parser);
-    conn_reject(c, 405, "method not allowed");
+    if (looks_like_method(data, len))
+      conn_reject(c, 405, "method not allowed");
+    else
+      conn_reject(c, 400, "malformed request line");
   } else {
     if (c->req == NULL && c->state != S_BODY) on_message_begin(&c->parser);
     char why[160];
