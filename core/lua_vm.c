@@ -209,7 +209,8 @@ static int policy_searcher(lua_State *L) {
   mkv_buf_init(&where);
   int rc = p ? load_module_chunk(p, name, &where) : -1;
   if (rc != 0) {
-    lua_pushfstring(L, "\n\t%s", where.data ? where.data : "no policy state");
+    /* One line: the message ends up in a startup error that must stay one line. */
+    lua_pushfstring(L, " %s", where.data ? where.data : "no policy state");
     mkv_buf_free(&where);
     return 1;
   }

@@ -44,6 +44,17 @@ static const char usage_text[] =
     "  -listen ADDR      address to bind (default: every interface)\n"
     "  -workers N        worker threads (default: one per core)\n";
 
+/* Prints "mkv: <msg>" on one line: a message built from a config or a policy's error
+ * may hold newlines or tabs (Lua's "module not found" lists do). */
+static void print_error(const char *msg) {
+  fputs("mkv: ", stderr);
+  for (const char *p = msg; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    fputc(c == '\n' || c == '\t' || c == '\r' ? ' ' : (int)c, stderr);
+  }
+  fputc('\n', stderr);
+}
+
 static void usage(FILE *f) {
   fputs(usage_text, f);
 }
@@ -220,7 +231,7 @@ static int run_server(const mkv_config_t *cfg) {
   /* Policies first: a broken policy stops startup before the index or the port. */
   for (int i = 0; i < nworkers; i++) {
     if (mkv_worker_init(&workers[i], i + 1, cfg, &err) != 0) {
-      fprintf(stderr, "mkv: %s\n", err);
+      print_error(err);
       for (int j = 0; j < i; j++) mkv_worker_destroy(&workers[j]);
       free(err);
       free(workers);
@@ -228,11 +239,11 @@ static int run_server(const mkv_config_t *cfg) {
     }
   }
   if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
-    fprintf(stderr, "mkv: %s\n", err);
+    print_error(err);
     goto cleanup_workers;
   }
   if ((lfd = bind_listener(cfg, &err)) < 0) {
-    fprintf(stderr, "mkv: %s\n", err);
+    print_error(err);
     goto cleanup_index;
   }
 
@@ -249,7 +260,7 @@ static int run_server(const mkv_config_t *cfg) {
   for (int i = 0; i < nworkers; i++) {
     int fd = dup(lfd);
     if (fd < 0 || mkv_worker_start(&workers[i], index, fd, &err) != 0) {
-      fprintf(stderr, "mkv: %s\n", err ? err : strerror(errno));
+      print_error(err ? err : strerror(errno));
       break;
     }
     started++;
@@ -295,7 +306,7 @@ static int run_index_flush(const mkv_config_t *cfg) {
   char *err = NULL;
   mkv_index_t *index;
   if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
-    fprintf(stderr, "mkv: %s\n", err);
+    print_error(err);
     free(err);
     return 1;
   }
@@ -342,7 +353,7 @@ int main(int argc, char **argv) {
   mkv_config_t cfg;
   char *err = NULL;
   if (mkv_config_load(&cfg, a.config, a.flags, a.nflags, command, &err) != 0) {
-    fprintf(stderr, "mkv: %s\n", err);
+    print_error(err);
     free(err);
     return 2;
   }

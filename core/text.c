@@ -1,7 +1,6 @@
 /* text.c: percent-coding, query parameters, Go-compatible JSON strings, durations. */
 #include "mkv/text.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,12 +153,16 @@ int mkv_parse_duration(const char *s, double *ms) {
   double total = 0;
   const char *p = s;
   while (*p) {
-    char *end;
-    if (!((*p >= '0' && *p <= '9') || *p == '.')) return -1;
-    errno = 0;
-    double v = strtod(p, &end);
-    if (end == p || errno) return -1;
-    p = end;
+    /* A decimal number as Go reads it: digits, an optional '.', digits; at least one
+     * digit. No exponent, no hex, no sign (strtod would take "1e3" and "0x10"). */
+    double v = 0, scale = 1;
+    int digits = 0;
+    while (*p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0'), digits++;
+    if (*p == '.') {
+      p++;
+      while (*p >= '0' && *p <= '9') scale /= 10, v += (*p++ - '0') * scale, digits++;
+    }
+    if (digits == 0) return -1;
     size_t best = 0;
     double mult = 0;
     for (size_t i = 0; i < MKV_ARRAY_SIZE(units); i++) {
@@ -167,7 +170,6 @@ int mkv_parse_duration(const char *s, double *ms) {
       if (strncmp(p, units[i].unit, ul) == 0 && ul > best) best = ul, mult = units[i].ms;
     }
     if (best == 0) return -1;
-    /* "ms" must not be read as "m" followed by garbage: the longest unit wins above. */
     total += v * mult;
     p += best;
   }

@@ -11,8 +11,18 @@ local function fail(where, fmt, ...)
   error({ msg = where .. ": " .. string.format(fmt, ...) }, 0)
 end
 
+-- Quotes a value for an error message that must stay one line: control bytes, quotes
+-- and backslashes are escaped (string.format("%q") would keep a newline as is).
+local function quote(s)
+  return '"' .. s:gsub('[%c"\\\127]', function(c)
+    local named = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ['"'] = '\\"', ["\\"] = "\\\\" }
+    return named[c] or string.format("\\x%02x", c:byte())
+  end) .. '"'
+end
+M.quote = quote
+
 local function describe(v)
-  if type(v) == "string" then return string.format("%q", v) end
+  if type(v) == "string" then return quote(v) end
   return type(v) .. " " .. tostring(v)
 end
 
@@ -76,9 +86,9 @@ function M.check_hostport(v)
   if type(v) ~= "string" then return nil, "expected \"host:port\", got " .. describe(v) end
   local host, port = v:match("^(%[[%x:%.]+%]):(%d+)$")
   if not host then host, port = v:match("^([%w%.%-_]+):(%d+)$") end
-  if not host then return nil, string.format("%q is not host:port", v) end
+  if not host then return nil, quote(v) .. " is not host:port" end
   port = tonumber(port)
-  if port < 1 or port > 65535 then return nil, string.format("%q: port out of range", v) end
+  if port < 1 or port > 65535 then return nil, quote(v) .. ": port out of range" end
   return v
 end
 
@@ -140,7 +150,7 @@ M.fields = {
     for i, vol in ipairs(v) do
       local ok, err = M.check_hostport(vol)
       if not ok then fail(w .. "[" .. i .. "]", "%s", err) end
-      if seen[vol] then fail(w .. "[" .. i .. "]", "duplicate volume %q (also volumes[%d])", vol, seen[vol]) end
+      if seen[vol] then fail(w .. "[" .. i .. "]", "duplicate volume %s (also volumes[%d])", quote(vol), seen[vol]) end
       seen[vol] = i
       out[i] = vol
     end
@@ -210,11 +220,11 @@ function M.flag_value(name, text)
   if not f then fail(where, "flag provided but not defined") end
   if f.kind == "int" then
     local n = text:match("^[+-]?%d+$") and tonumber(text)
-    if not n then fail(where, "invalid value %q: not a whole number", text) end
+    if not n then fail(where, "invalid value %s: not a whole number", quote(text)) end
     return f.field, n
   elseif f.kind == "bool" then
     local b = bools[text]
-    if b == nil then fail(where, "invalid boolean value %q", text) end
+    if b == nil then fail(where, "invalid boolean value %s", quote(text)) end
     return f.field, b
   elseif f.kind == "list" then
     local out = {}

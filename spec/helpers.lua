@@ -29,12 +29,16 @@ local started = {}
 local preload = os.getenv("LD_PRELOAD")
 local child_asan = os.getenv("MKV_CHILD_ASAN_OPTIONS")
 
+-- Runs a shell command; returns its output (stdout and stderr) and exit code. (Under
+-- LuaJIT, io.popen():close() does not give the exit code: the shell echoes it.)
 function H.sh(cmd)
   if preload then cmd = "unset LD_PRELOAD; " .. cmd end
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen("(" .. cmd .. ") 2>&1; echo \"__mkv_rc=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  return out, code or (ok and 0 or 1)
+  p:close()
+  local code = tonumber(out:match("__mkv_rc=(%d+)%s*$"))
+  out = out:gsub("__mkv_rc=%d+%s*$", "")
+  return out, code
 end
 
 function H.read_file(path)

@@ -112,11 +112,12 @@ local function json_decode(text)
       end
     elseif c == "[" then
       pos = pos + 1
-      local arr = {}
+      local arr, n = {}, 0
       ws()
       if text:sub(pos, pos) == "]" then pos = pos + 1 return arr end
       while true do
-        arr[#arr + 1] = value()
+        n = n + 1 -- counted, so a null leaves a hole instead of shifting what follows
+        arr[n] = value()
         ws()
         local d = text:sub(pos, pos)
         pos = pos + 1
