@@ -283,6 +283,13 @@ static void put_fail(api_t *a, int status, const char *why) {
   if (!a->client_gone) {
     if (!req->responded) respond_text(req, status, why);
   }
+  /* Only replicas whose upload reached a connection can hold a copy; a volume that was
+   * down got nothing, and a DELETE to it would only fail and keep the record. */
+  mkv_buf_t touched;
+  mkv_buf_init(&touched);
+  if (a->fo) mkv_fanout_touched(a->fo, &touched);
+  mkv_buf_set(&a->placement, touched.data ? touched.data : "", touched.len);
+  mkv_buf_free(&touched);
   delete_files(a, a->placement.data, a->placement.len, on_cleanup_files_deleted);
 }
 

@@ -24,6 +24,7 @@ struct mkv_fanout_s {
   mkv_fanout_flow_cb flow;
   mkv_fanout_ready_cb ready;
   mkv_buf_t failure;
+  mkv_buf_t volumes; /* the targets, record form */
   mkv_upreq_t *reqs;
 };
 
@@ -33,6 +34,7 @@ static void maybe_free(mkv_fanout_t *fo) {
   free(fo->reqs);
   mkv_md5_stream_free(fo->md5);
   mkv_buf_free(&fo->failure);
+  mkv_buf_free(&fo->volumes);
   free(fo);
 }
 
@@ -95,6 +97,8 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   fo->ready = o->ready;
   if (o->md5) fo->md5 = mkv_md5_stream_new();
   mkv_buf_init(&fo->failure);
+  mkv_buf_init(&fo->volumes);
+  mkv_buf_set(&fo->volumes, o->volumes, o->volumes_len);
   fo->reqs = mkv_calloc((size_t)n, sizeof(mkv_upreq_t));
   pos = o->volumes;
   for (int i = 0; mkv_volumes_next(&pos, end, &item, &ilen); i++) {
@@ -188,6 +192,17 @@ size_t mkv_fanout_inflight(mkv_fanout_t *fo) {
 
 void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]) {
   memcpy(out, fo->digest, MKV_MD5_LEN);
+}
+
+void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes) {
+  const char *pos = fo->volumes.data, *end = fo->volumes.data + fo->volumes.len, *item;
+  size_t ilen;
+  mkv_buf_reset(volumes);
+  for (int i = 0; i < fo->n && mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+    if (!fo->reqs[i].touched) continue;
+    if (volumes->len) mkv_buf_addc(volumes, ',');
+    mkv_buf_add(volumes, item, ilen);
+  }
 }
 
 const char *mkv_fanout_failure(mkv_fanout_t *fo) {

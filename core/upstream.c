@@ -533,6 +533,7 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
   c->state = C_ACTIVE;
   c->req = req;
   req->conn = c;
+  req->touched = 1;
   c->reused = reused;
   c->got_bytes = c->complete = c->keepalive = c->pause_wanted = 0;
   llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
@@ -690,7 +691,7 @@ int mkv_upstream_start(mkv_upstream_t *up, mkv_upreq_t *req) {
   req->active = 1;
   req->status = 0;
   req->resp_length = -1;
-  req->retried = req->is_ready = req->body_ended = req->body_end_sent = 0;
+  req->retried = req->is_ready = req->body_ended = req->body_end_sent = req->touched = 0;
   req->body_queued = 0;
   req->conn = NULL;
   req->started_ns = mkv_now_ns();

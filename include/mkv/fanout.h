@@ -60,6 +60,9 @@ int64_t mkv_fanout_bytes(mkv_fanout_t *fo);
 size_t mkv_fanout_inflight(mkv_fanout_t *fo);
 /* The body's MD5 (after end; only with opts.md5). */
 void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]);
+/* The volumes (record form) whose upload reached a connection, so may have left a file:
+ * what a failed PUT must clean up. Replicas that never connected wrote nothing. */
+void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes);
 /* Which replica failed first, and how (for the log line): its URL and a reason. */
 const char *mkv_fanout_failure(mkv_fanout_t *fo);
 

@@ -82,6 +82,8 @@ struct mkv_upreq_s {
   /* Results, valid in done. */
   int status;                /* HTTP status, 0 without a response */
   int64_t resp_length;       /* Content-Length of the response, -1 if none */
+  int touched;               /* the request went out on a connection: the volume may
+                                have acted on it (a PUT may have left a file) */
   uint64_t elapsed_ns;
 
   /* Private. */

@@ -163,21 +163,30 @@ static int l_kill(lua_State *L) {
   return 1;
 }
 
+/* A free port below the kernel's ephemeral range (32768-60999 here), so that the local
+ * port of some outgoing connection cannot take it between this check and the bind of
+ * the server it is for. 24100-24199 stay free for the Go fixture's fixed addresses. */
 static int l_free_port(lua_State *L) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-    if (fd >= 0) close(fd);
-    return luaL_error(L, "free_port: %s", strerror(errno));
+  static unsigned next;
+  if (next == 0) next = (unsigned)getpid() * 7919u + (unsigned)time(NULL);
+  for (int tries = 0; tries < 2000; tries++) {
+    int port = 20000 + (int)(next++ * 2654435761u % 12000u);
+    if (port >= 24100 && port < 24200) continue;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return luaL_error(L, "free_port: %s", strerror(errno));
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    if (ok) {
+      lua_pushinteger(L, port);
+      return 1;
+    }
   }
-  close(fd);
-  lua_pushinteger(L, ntohs(a.sin_port));
-  return 1;
+  return luaL_error(L, "free_port: no free port found");
 }
 
 /* connect(port[, host]) -> fd or nil, err */

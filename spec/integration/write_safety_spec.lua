@@ -1,0 +1,250 @@
+-- Writes that fail: a volume down or hung, a client that goes away mid-body, a
+-- Content-MD5 that does not match; the index server's own start/stop failures. After a
+-- failed PUT the key must not be live and mkv must delete what it wrote
+-- (ARCHITECTURE.md "Request semantics").
+local H = require "helpers"
+local A = require "api_support"
+
+local SIGTERM, SIGSTOP, SIGCONT = 15, 19, 18
+
+local function is_5xx(st) return type(st) == "number" and st >= 500 and st <= 599 end
+
+local function listed(c, key, op)
+  local st, _, keys = A.list(c.url, key, op)
+  assert.equal(200, st)
+  return A.contains(keys, key)
+end
+
+-- Not live: GET 404 and not in ?list.
+local function assert_not_live(c, key)
+  local st = H.http("GET", c.url .. H.urlencode_path(key))
+  assert.equal(404, st)
+  assert.is_false(listed(c, key, "list"))
+end
+
+-- Eventually: no file of the key on the given volumes, and no record in ?unlinked.
+local function eventually_cleaned(c, key, volumes, check_unlinked)
+  H.eventually(function()
+    local files = A.find_files(volumes, key)
+    if #files > 0 then return false, "files left: " .. table.concat(files, " ") end
+    if check_unlinked ~= false and listed(c, key, "unlinked") then
+      return false, "still in ?unlinked"
+    end
+    return true
+  end, 10, "cleanup of " .. key)
+end
+
+-- ---------------------------------------------------------------------------------------
+describe("PUT with a volume down", function()
+  local c
+  setup(function() c = H.cluster({ n = 3, replicas = 3 }) end)
+  teardown(H.cleanup)
+
+  it("5xx, nothing live, nothing left on the other volumes, not in ?unlinked", function()
+    local key = "/vd/key"
+    local down = c.volumes[3]
+    down:stop()
+    assert.is_false(H.port_open(down.port))
+    local st = H.http("PUT", c.url .. key, { body = A.bytes(50000, 1) })
+    assert.is_true(is_5xx(st), "PUT answered " .. tostring(st))
+    assert_not_live(c, key)
+    eventually_cleaned(c, key, { c.volumes[1], c.volumes[2] })
+    assert_not_live(c, key)
+    -- the volume comes back: the same key can be written
+    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    c.volumes[3] = v
+    assert.equal(201, (H.http("PUT", c.url .. key, { body = "second try" })))
+    assert.same({ 1, 2, 3 }, A.holders(c.volumes, key))
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+describe("PUT with a volume hung (SIGSTOP)", function()
+  local c
+  setup(function()
+    c = H.cluster({ n = 3, replicas = 3, config = 'return { limits = { volume_timeout = "2s" } }' })
+  end)
+  teardown(H.cleanup)
+
+  it("5xx within limits.volume_timeout, nothing live", function()
+    local key = "/hang/key"
+    local hung = c.volumes[2]
+    assert.is_true(H.T.kill(-hung.pid, SIGSTOP)) -- nginx master and worker
+    local ok, err = pcall(function()
+      local t0 = H.now()
+      local st = H.http("PUT", c.url .. key, { body = A.bytes(100000, 2), timeout = 20 })
+      local took = H.now() - t0
+      assert.is_true(is_5xx(st), "PUT answered " .. tostring(st))
+      assert.truthy(took >= 1.5, string.format("5xx after %.2fs, before the 2s timeout", took))
+      assert.truthy(took <= (2 + 1.5) * H.slow,
+        string.format("5xx after %.2fs; volume_timeout is 2s", took))
+      assert_not_live(c, key)
+    end)
+    H.T.kill(-hung.pid, SIGCONT)
+    if not ok then error(err, 0) end
+    assert_not_live(c, key)
+    -- the healthy volumes' copies are removed
+    eventually_cleaned(c, key, { c.volumes[1], c.volumes[3] }, false)
+    -- and the key's lock is free again
+    H.eventually(function()
+      local st = H.http("PUT", c.url .. key, { body = "after the hang" })
+      return st == 201, "PUT answered " .. tostring(st)
+    end, 10, "a PUT after the hang")
+    local st, _, body = H.http("GET", c.url .. key, { follow = true })
+    assert.equal(200, st)
+    assert.equal("after the hang", body)
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+describe("PUT bodies that go wrong", function()
+  local c
+  setup(function() c = H.cluster({ n = 3, replicas = 3 }) end)
+  teardown(H.cleanup)
+
+  it("the client disconnecting mid-body: not live, partial files gone", function()
+    local key = "/cut/key"
+    local conn = A.connect(c.mkv.port)
+    conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+    conn:send(A.bytes(150000, 3))
+    H.eventually(function() return listed(c, key, "unlinked") end, 5, "the PUT's record")
+    conn:close()
+    eventually_cleaned(c, key, c.volumes)
+    assert_not_live(c, key)
+    -- nothing is half-stored anywhere under the volume roots
+    for _, v in ipairs(c.volumes) do
+      local files = H.sh("find " .. H.shq(v.root) .. " -type f")
+      assert.equal("", files)
+    end
+    assert.equal(201, (H.http("PUT", c.url .. key, { body = "whole" })))
+  end)
+
+  it("Content-MD5 matching (base64 of the md5): 201", function()
+    local body = A.bytes(20000, 4)
+    local md5b64 = A.base64(A.hex_to_bin(H.md5_hex(body)))
+    local st = H.http("PUT", c.url .. "/md5/good", { body = body, headers = { ["Content-MD5"] = md5b64 } })
+    assert.equal(201, st)
+    local _, h = H.http("HEAD", c.url .. "/md5/good")
+    assert.equal(H.md5_hex(body), h["content-md5"])
+    local st2, _, got = H.http("GET", c.url .. "/md5/good", { follow = true })
+    assert.equal(200, st2)
+    assert.equal(body, got)
+  end)
+
+  it("Content-MD5 as 32 hex digits is accepted too: 201", function()
+    local body = "hex digest"
+    local st = H.http("PUT", c.url .. "/md5/hex",
+      { body = body, headers = { ["Content-MD5"] = H.md5_hex(body) } })
+    assert.equal(201, st)
+    assert.equal(302, (H.http("GET", c.url .. "/md5/hex")))
+  end)
+
+  it("Content-MD5 not matching: 400, nothing live, no files", function()
+    local key = "/md5/bad"
+    local body = A.bytes(20000, 5)
+    local wrong = A.base64(A.hex_to_bin(H.md5_hex(body .. "x")))
+    local st = H.http("PUT", c.url .. key, { body = body, headers = { ["Content-MD5"] = wrong } })
+    assert.equal(400, st)
+    assert_not_live(c, key)
+    eventually_cleaned(c, key, c.volumes)
+    -- the hex form, wrong
+    local st2 = H.http("PUT", c.url .. key, { body = body, headers = { ["Content-MD5"] = H.md5_hex("x") } })
+    assert.equal(400, st2)
+    assert_not_live(c, key)
+    eventually_cleaned(c, key, c.volumes)
+    -- the key is free again
+    assert.equal(201, (H.http("PUT", c.url .. key, { body = body })))
+  end)
+
+  it("a malformed Content-MD5: 400, nothing stored", function()
+    for i, bad in ipairs({ "not base64!!", "AAAA", "zz" .. string.rep("0", 30),
+                           A.base64(string.rep("\1", 15)) }) do
+      local key = "/md5/malformed" .. i
+      local st = H.http("PUT", c.url .. key, { body = "abc", headers = { ["Content-MD5"] = bad } })
+      assert.equal(400, st, bad)
+      assert_not_live(c, key)
+      eventually_cleaned(c, key, c.volumes)
+    end
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+describe("the server process", function()
+  local c
+  setup(function() c = H.cluster({ n = 3, replicas = 3 }) end)
+  teardown(H.cleanup)
+
+  it("a busy port: mkv server exits non-zero naming the port", function()
+    local busy = c.volumes[1].port -- nginx listens on 127.0.0.1:busy
+    local code, out = H.run_mkv({ "-volumes", table.concat(c.addrs, ","), "-db",
+                                  H.tmpdir("db2") .. "/index", "-replicas", "3", "-subvolumes",
+                                  "1", "-port", tostring(busy), "-listen", "127.0.0.1", "server" })
+    assert.are_not.equal(0, code)
+    assert.truthy(out:find(tostring(busy), 1, true), out)
+  end)
+
+  it("a second mkv on the same -db exits non-zero: the index is in use", function()
+    local code, out = H.run_mkv({ "-volumes", table.concat(c.addrs, ","), "-db", c.db,
+                                  "-replicas", "3", "-subvolumes", "1", "-port",
+                                  tostring(H.free_port()), "-listen", "127.0.0.1", "server" })
+    assert.are_not.equal(0, code)
+    assert.truthy(out:lower():find("in use", 1, true), out)
+    -- the first one is unharmed
+    assert.equal(201, (H.http("PUT", c.url .. "/proc/still", { body = "ok" })))
+  end)
+
+  it("SIGTERM during a slow PUT: mkv waits for it, answers 201, exits 0; a restart serves the key", function()
+    local key = "/proc/slow"
+    local total = 400000
+    local first, rest = A.bytes(100000, 6), A.bytes(total - 100000, 7)
+    local conn = A.connect(c.mkv.port)
+    conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: " .. total .. "\r\n\r\n")
+    conn:send(first)
+    H.eventually(function() return listed(c, key, "unlinked") end, 5, "the PUT's record")
+    local pid = c.mkv.pid
+    assert.is_true(H.T.kill(pid, SIGTERM))
+    -- mkv must not exit while the PUT is in flight (a timeout under test)
+    local early = H.T.wait(pid, 0.5)
+    if early then c.mkv.status = early end
+    assert.is_nil(early, "mkv exited with a PUT in flight")
+    conn:send(rest)
+    local r, err = conn:response(20)
+    conn:close()
+    assert.truthy(r, err)
+    assert.equal(201, r.status)
+    local st = H.T.wait(pid, 20 * H.slow)
+    assert.truthy(st, "mkv did not exit after the PUT")
+    c.mkv.status = st
+    assert.equal(0, st.code, c.mkv:log())
+    c:restart()
+    local st2, _, body = H.http("GET", c.url .. key, { follow = true })
+    assert.equal(200, st2)
+    assert.equal(H.md5_hex(first .. rest), H.md5_hex(body))
+    local _, h = H.http("HEAD", c.url .. key)
+    assert.equal(H.md5_hex(first .. rest), h["content-md5"])
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+describe("-md5sum=false", function()
+  local c
+  setup(function() c = H.cluster({ n = 1, replicas = 1, flags = { "-md5sum=false" } }) end)
+  teardown(H.cleanup)
+
+  it("no Content-Md5 header on GET, HEAD or the 404 of an unlinked key", function()
+    assert.equal(201, (H.http("PUT", c.url .. "/nomd5", { body = "no sum" })))
+    for _, method in ipairs({ "GET", "HEAD" }) do
+      local st, h = H.http(method, c.url .. "/nomd5")
+      assert.equal(302, st)
+      assert.is_nil(h["content-md5"])
+      assert.equal("balanced", h["key-balance"])
+    end
+    local st, _, body = H.http("GET", c.url .. "/nomd5", { follow = true })
+    assert.equal(200, st)
+    assert.equal("no sum", body)
+    assert.equal(204, (H.http("UNLINK", c.url .. "/nomd5")))
+    local st2, h2 = H.http("GET", c.url .. "/nomd5")
+    assert.equal(404, st2)
+    assert.is_nil(h2["content-md5"])
+  end)
+end)
