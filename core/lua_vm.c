@@ -99,6 +99,9 @@ static int pcall_budget(mkv_policy_t *p, int nargs, int nres, double budget_ms,
     mkv_buf_reset(&p->err);
     mkv_buf_addf(&p->err, "%s: %s", what, msg ? msg : "unknown error");
     lua_pop(L, 1);
+    /* LuaJIT has no emergency collection: what the failed call allocated would keep
+     * the state at its cap, and every later call would fail too. */
+    if (rc == LUA_ERRMEM) lua_gc(L, LUA_GCCOLLECT, 0);
     return MKV_EPOLICY;
   }
   return 0;
@@ -334,6 +337,15 @@ static void set_loaders(mkv_policy_t *p, int enabled) {
   lua_pop(L, 1);
 }
 
+static void push_volumes_table(mkv_policy_t *p) {
+  lua_State *L = p->L;
+  lua_createtable(L, p->cfg->nvolumes, 0);
+  for (int i = 0; i < p->cfg->nvolumes; i++) {
+    lua_pushstring(L, p->cfg->volumes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
 static const char *sample_keys[] = {"/", "/hello", "/wehave", "/tmp/scratch", "/a/b/c d+e=f",
                                     "/\xe2\x82\xac/\xff\xfe", NULL};
 
@@ -423,11 +435,7 @@ int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
   set_loaders(p, 0);
 
   /* The volume list crosses into Lua once; calls pass this same table. */
-  lua_createtable(L, cfg->nvolumes, 0);
-  for (int i = 0; i < cfg->nvolumes; i++) {
-    lua_pushstring(L, cfg->volumes[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
+  push_volumes_table(p);
   p->refs[REF_VOLUMES] = luaL_ref(L, LUA_REGISTRYINDEX);
 
   char *serr = NULL;
@@ -480,6 +488,39 @@ static int known_volume(const mkv_config_t *cfg, const char *s, size_t n) {
   return 0;
 }
 
+
+/* The volume table is shared by every call: a policy that changed it -- even in a
+ * call that then failed -- would skew every later placement. If it is not exactly the
+ * config's list any more, a fresh one replaces it, and a call that had succeeded
+ * fails. */
+static int restore_volumes(mkv_policy_t *p, int rc, const char *src) {
+  lua_State *L = p->L;
+  const mkv_config_t *cfg = p->cfg;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
+  int changed = !lua_istable(L, -1);
+  if (!changed) { /* exactly the config's entries, and no other key */
+    int nkeys = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      lua_pop(L, 1);
+      nkeys++;
+    }
+    changed = nkeys != cfg->nvolumes;
+  }
+  for (int i = 0; i < cfg->nvolumes && !changed; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    changed = lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), cfg->volumes[i]) != 0;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!changed) return rc;
+  luaL_unref(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
+  push_volumes_table(p);
+  p->refs[REF_VOLUMES] = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (rc == 0) rc = policy_fail(p, "%s: place() modified the volumes table it was given", src);
+  return rc;
+}
+
 int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
                      int *n) {
   lua_State *L = p->L;
@@ -503,9 +544,9 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
   lua_pushlstring(L, key, klen);
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
   lua_pushinteger(L, want);
-  if ((rc = pcall_budget(p, 3, 1, cfg->policy_timeout_ms, p->sources[MKV_POLICY_PLACEMENT])) != 0)
-    return rc;
   const char *src = p->sources[MKV_POLICY_PLACEMENT];
+  if ((rc = pcall_budget(p, 3, 1, cfg->policy_timeout_ms, src)) != 0)
+    return restore_volumes(p, rc, src);
   rc = 0;
   mkv_buf_reset(joined);
   if (!lua_istable(L, -1)) {
@@ -550,26 +591,7 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
   *n = want;
 done:
   lua_pop(L, 1);
-  if (rc == 0) {
-    /* The volume table is shared by every call: a policy that changed it would skew
-     * every later placement. Check it is still what the config says. */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
-    int changed = (int)lua_objlen(L, -1) != cfg->nvolumes;
-    for (int i = 0; i < cfg->nvolumes && !changed; i++) {
-      lua_rawgeti(L, -1, i + 1);
-      changed = !lua_isstring(L, -1) || strcmp(lua_tostring(L, -1), cfg->volumes[i]) != 0;
-      lua_pop(L, 1);
-    }
-    if (changed) {
-      for (int i = 0; i < cfg->nvolumes; i++) {
-        lua_pushstring(L, cfg->volumes[i]);
-        lua_rawseti(L, -2, i + 1);
-      }
-      rc = policy_fail(p, "%s: place() modified the volumes table it was given", src);
-    }
-    lua_pop(L, 1);
-  }
-  return rc;
+  return restore_volumes(p, rc, src);
 }
 
 int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *path) {
