@@ -739,6 +739,11 @@ void mkv_api_body(mkv_req_t *req, const char *at, size_t len) {
   if (a && a->fo && !a->fo_done) mkv_fanout_write(a->fo, at, len);
 }
 
+void mkv_api_body_flush(mkv_req_t *req) {
+  api_t *a = req->api;
+  if (a && a->fo && !a->fo_done) mkv_fanout_flush(a->fo);
+}
+
 void mkv_api_complete(mkv_req_t *req) {
   api_t *a = req->api;
   if (a == NULL) return;

@@ -8,6 +8,10 @@
 #include "mkv/index.h"
 #include "mkv/log.h"
 
+/* Bytes gathered into one chunk: one allocation and one write per replica for up to a
+ * read buffer's worth of body, however the client sliced it. */
+#define CHUNK_CAP 65536
+
 struct mkv_fanout_s {
   void *data;
   mkv_upstream_t *up;
@@ -25,11 +29,13 @@ struct mkv_fanout_s {
   mkv_fanout_ready_cb ready;
   mkv_buf_t failure;
   mkv_buf_t volumes; /* the targets, record form */
+  mkv_chunk_t *cur;  /* being filled, not yet sent */
   mkv_upreq_t *reqs;
 };
 
 static void maybe_free(mkv_fanout_t *fo) {
   if (!fo->freed || fo->chunks_live > 0) return;
+  free(fo->cur);
   for (int i = 0; i < fo->n; i++) mkv_upreq_free(&fo->reqs[i]);
   free(fo->reqs);
   mkv_md5_stream_free(fo->md5);
@@ -140,12 +146,15 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   return 0;
 }
 
-void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
-  if (len == 0 || fo->err) return;
-  if (fo->md5) mkv_md5_stream_update(fo->md5, at, len);
-  fo->bytes += (int64_t)len;
-  mkv_chunk_t *ch = mkv_chunk_new(at, len, fo->n, chunk_released, fo);
-  fo->inflight += len;
+void mkv_fanout_flush(mkv_fanout_t *fo) {
+  mkv_chunk_t *ch = fo->cur;
+  if (ch == NULL || ch->len == 0) return;
+  fo->cur = NULL;
+  if (fo->err) {
+    free(ch);
+    return;
+  }
+  fo->inflight += ch->len;
   fo->chunks_live++;
   /* Each write takes one of the n references, also when it fails. */
   for (int i = 0; i < fo->n; i++) mkv_upreq_write(&fo->reqs[i], ch);
@@ -155,8 +164,25 @@ void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
   }
 }
 
+void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
+  if (len == 0 || fo->err) return;
+  if (fo->md5) mkv_md5_stream_update(fo->md5, at, len);
+  fo->bytes += (int64_t)len;
+  while (len > 0) {
+    if (fo->cur == NULL) fo->cur = mkv_chunk_alloc(CHUNK_CAP, fo->n, chunk_released, fo);
+    mkv_chunk_t *ch = fo->cur;
+    size_t n = MKV_MIN(len, CHUNK_CAP - ch->len);
+    memcpy(ch->bytes + ch->len, at, n);
+    ch->len += n;
+    at += n;
+    len -= n;
+    if (ch->len == CHUNK_CAP) mkv_fanout_flush(fo);
+  }
+}
+
 void mkv_fanout_end(mkv_fanout_t *fo) {
   if (fo->ended) return;
+  mkv_fanout_flush(fo);
   fo->ended = 1;
   if (fo->md5 && !fo->digest_done) {
     mkv_md5_stream_final(fo->md5, fo->digest);

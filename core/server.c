@@ -617,6 +617,8 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
   llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
   c->in_execute = 0;
   if (c->closing) return;
+  /* Body bytes of this read that the API gathered go out now, not with the next read. */
+  if (c->req && c->api_engaged) mkv_api_body_flush(c->req);
   if (!c->stop) update_carry(c, data, len);
   if (e == HPE_OK) return;
   if (e == HPE_PAUSED) {

@@ -100,6 +100,15 @@ mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_releas
   return ch;
 }
 
+mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data) {
+  mkv_chunk_t *ch = mkv_malloc(sizeof(*ch) + cap);
+  ch->refs = refs;
+  ch->len = 0;
+  ch->release = release;
+  ch->data = data;
+  return ch;
+}
+
 void mkv_chunk_unref(mkv_chunk_t *ch) {
   if (--ch->refs > 0) return;
   if (ch->release) ch->release(ch);

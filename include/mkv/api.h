@@ -10,6 +10,9 @@
 
 void mkv_api_headers(mkv_req_t *req);
 void mkv_api_body(mkv_req_t *req, const char *at, size_t len);
+/* The server has parsed everything it read this time: body bytes gathered so far go
+ * out now. */
+void mkv_api_body_flush(mkv_req_t *req);
 void mkv_api_complete(mkv_req_t *req);
 /* The client is gone; the API finishes (or cleans up) on its own. */
 void mkv_api_abort(mkv_req_t *req);

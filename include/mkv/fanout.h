@@ -3,8 +3,10 @@
  *
  * Loop thread only (the worker's). The contract (library-facts §7.5):
  * - mkv_fanout_write() borrows the slice: it is copied once into a reference-counted
- *   chunk shared by every replica upload. A chunk's bytes count as in flight until its
- *   last replica has written it, so the slowest replica sets the pace.
+ *   chunk of up to 64 KiB shared by every replica upload; small slices (a chunked body's
+ *   pieces) are gathered into one chunk, sent when it is full or at mkv_fanout_flush()
+ *   (the owner calls it once per read from the client). A chunk's bytes count as in
+ *   flight until its last replica has written it, so the slowest replica sets the pace.
  * - Above the high-water mark of bytes in flight, flow(fo, 1) asks the owner to stop
  *   reading the client (uv_read_stop, never the parser); below the low-water mark,
  *   flow(fo, 0) lets it read again.
@@ -48,6 +50,8 @@ typedef struct mkv_fanout_opts_s {
 /* Starts one upload per volume. Returns 0 (done will run) or < 0 (nothing started). */
 int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *opts, mkv_fanout_t **out);
 void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len);
+/* Sends what mkv_fanout_write() has gathered. */
+void mkv_fanout_flush(mkv_fanout_t *fo);
 /* The body is complete. */
 void mkv_fanout_end(mkv_fanout_t *fo);
 /* Cancels every upload; done runs with UV_ECANCELED unless a failure came first. */

@@ -51,6 +51,8 @@ struct mkv_chunk_s {
 /* Returns owned: a copy of p with `refs` references. */
 mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_release_cb release,
                            void *data);
+/* Returns owned: an empty chunk (len 0) with room for `cap` bytes, to be filled. */
+mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data);
 void mkv_chunk_unref(mkv_chunk_t *ch);
 
 /* ---- requests ---- */

@@ -306,6 +306,7 @@ static void flow_run(size_t n, int until_stuck) {
     }
     size_t k = MKV_MIN(slice, n - off);
     mkv_fanout_write(w.fo, body + off, k);
+    mkv_fanout_flush(w.fo); /* as the server does after each read */
     off += k;
     /* Pausing is immediate: never more than high_water + one slice in flight. */
     ASSERT(mkv_fanout_inflight(w.fo) <= o.high_water + slice);
