@@ -325,8 +325,10 @@ static void port_post(mkv_index_port_t *port, mkv_index_write_t *w) {
   else
     port->head = w;
   port->tail = w;
-  pthread_mutex_unlock(&port->mu);
+  /* Under the lock: once the loop has drained this write it may close and free the
+   * port, and it takes this lock before freeing (port_closed). */
   uv_async_send(&port->async); /* coalesces: the callback drains the whole list */
+  pthread_mutex_unlock(&port->mu);
 }
 
 static void *writer_main(void *arg) {
@@ -418,6 +420,9 @@ int mkv_index_port_new(mkv_index_t *idx, uv_loop_t *loop, mkv_index_port_t **out
 
 static void port_closed(uv_handle_t *h) {
   mkv_index_port_t *port = h->data;
+  /* The writer may still be inside port_post for the last write: wait it out. */
+  pthread_mutex_lock(&port->mu);
+  pthread_mutex_unlock(&port->mu);
   pthread_mutex_destroy(&port->mu);
   free(port);
 }

@@ -19,6 +19,9 @@
 #include "mkv/text.h"
 
 #define SLICE_NS (10u * 1000000u)
+/* A listing whose answer stays below this is gathered whole and sent as the Go original
+ * sends it (with Content-Length); a larger one is streamed. */
+#define GATHER_MAX (64 * 1024)
 
 typedef struct listing_s {
   mkv_req_t *req;
@@ -53,6 +56,15 @@ void mkv__listing_abort(mkv_req_t *req) {
 }
 
 static void slice(listing_t *l);
+
+static void slice_later(void *arg) {
+  listing_t *l = arg;
+  if (l->aborted) {
+    listing_end(l);
+    return;
+  }
+  slice(l);
+}
 
 static void on_written(mkv_req_t *req, int ok) {
   listing_t *l = req->listing;
@@ -151,6 +163,12 @@ static void slice(listing_t *l) {
     mkv_req_respond(req, 200, &h, 1, b.data, b.len);
     mkv_buf_free(&b);
     listing_end(l);
+    return;
+  }
+  /* Not done: let the loop serve others, then go on. Nothing to send yet (a small
+   * answer so far, or a slice that matched nothing) means no write to wait for. */
+  if ((!l->streaming && l->out.len < GATHER_MAX) || (l->streaming && l->out.len == 0)) {
+    mkv_worker_defer(w, slice_later, l);
     return;
   }
   mkv_buf_t b;

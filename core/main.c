@@ -202,22 +202,25 @@ static int bind_listener(const mkv_config_t *cfg, char **err) {
 
 static mkv_worker_t *workers;
 static int nworkers;
-static int stopping;
+static uv_signal_t sigint, sigterm, sighup;
 
 static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
   if (signum == SIGHUP) {
     mkv_warn("SIGHUP: reloading the config is not supported by this version; ignored");
     return;
   }
-  if (stopping) {
-    mkv_warn("second %s: exiting now", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    _exit(1);
-  }
-  stopping = 1;
-  mkv_info("%s: draining in-flight requests, then exiting",
+  mkv_info("%s: draining in-flight requests, then exiting (a second signal stops mkv at "
+           "once)",
            signum == SIGINT ? "SIGINT" : "SIGTERM");
   for (int i = 0; i < nworkers; i++) mkv_worker_stop(&workers[i]);
-  uv_stop(h->loop);
+  /* Closing the watchers restores the default action, so a second SIGINT or SIGTERM
+   * kills the process while it drains; the main loop then has nothing left and
+   * returns, and main joins the workers. */
+  uv_close((uv_handle_t *)&sigint, NULL);
+  uv_close((uv_handle_t *)&sigterm, NULL);
+  uv_close((uv_handle_t *)&sighup, NULL);
+  signal(SIGHUP, SIG_IGN);
 }
 
 static int run_server(const mkv_config_t *cfg) {
@@ -248,7 +251,6 @@ static int run_server(const mkv_config_t *cfg) {
   }
 
   uv_loop_t *loop = uv_default_loop();
-  uv_signal_t sigint, sigterm, sighup;
   uv_signal_init(loop, &sigint);
   uv_signal_init(loop, &sigterm);
   uv_signal_init(loop, &sighup);
@@ -279,9 +281,11 @@ static int run_server(const mkv_config_t *cfg) {
   }
   for (int i = 0; i < started; i++) mkv_worker_join(&workers[i]);
   for (int i = started; i < nworkers; i++) mkv_worker_destroy(&workers[i]);
-  uv_close((uv_handle_t *)&sigint, NULL);
-  uv_close((uv_handle_t *)&sigterm, NULL);
-  uv_close((uv_handle_t *)&sighup, NULL);
+  if (!uv_is_closing((uv_handle_t *)&sigint)) {
+    uv_close((uv_handle_t *)&sigint, NULL);
+    uv_close((uv_handle_t *)&sigterm, NULL);
+    uv_close((uv_handle_t *)&sighup, NULL);
+  }
   uv_run(loop, UV_RUN_NOWAIT);
   uv_loop_close(loop);
   mkv_index_stats_t st;

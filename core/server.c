@@ -21,6 +21,10 @@
 
 enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING };
 
+/* Response bytes libuv may hold for a client that does not read them before mkv stops
+ * parsing its pipelined requests (the kernel's socket buffer comes on top). */
+#define WRITE_BUDGET (256 * 1024)
+
 struct mkv_conn_s {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -43,7 +47,7 @@ struct mkv_conn_s {
   int api_engaged;   /* mkv_api_headers was called for the current request */
   int msg_complete, response_done, keepalive;
   int close_after, closing, want_close;
-  int reading, body_paused;
+  int reading, body_paused, read_done, write_blocked;
   int writes_pending, closed_handles;
   int streaming, stream_chunked, sent_continue;
 };
@@ -135,11 +139,27 @@ static void on_write_done(uv_write_t *w, int status) {
   if (sw->req) mkv_req_unref(sw->req);
   free(sw->buf);
   free(sw);
-  if (status < 0) {
+  if (status < 0 || c->closing) {
     conn_close(c);
     return;
   }
-  if (c->want_close && c->writes_pending == 0) conn_close(c);
+  if (c->want_close && c->writes_pending == 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->state == S_WAITING) {
+    /* A client that stops reading its response must not hold the connection forever:
+     * while bytes wait for it, the send timeout runs and restarts on progress. */
+    if (c->writes_pending > 0)
+      arm(c, c->server->w->cfg->limits.body_timeout_ms);
+    else
+      uv_timer_stop(&c->timer);
+  }
+  if (c->write_blocked &&
+      uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_BUDGET / 2) {
+    c->write_blocked = 0;
+    conn_advance(c);
+  }
 }
 
 /* Queues bytes (takes `buf`, a malloc'd block). */
@@ -159,6 +179,8 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
   c->writes_pending++;
   c->server->w->stats.bytes_out += len;
+  if (c->state == S_WAITING && !uv_is_active((uv_handle_t *)&c->timer))
+    arm(c, c->server->w->cfg->limits.body_timeout_ms);
   int rc = uv_write(&sw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
   if (rc < 0) {
     c->writes_pending--;
@@ -234,17 +256,20 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
   build_head(&b, c, req, status, h, nh);
   mkv_buf_addf(&b, "Content-Length: %zu\r\n\r\n", len);
   if (req->method != MKV_M_HEAD && len) mkv_buf_add(&b, body, len);
-  conn_write(c, b.data, b.len, NULL, NULL);
-  c->response_done = 1;
   if (c->close_after) {
-    /* Nothing more will be read; stop the body timer and reading. */
+    /* Nothing more will be read: the body timer and reading stop; the send timeout
+     * (armed by the write below) bounds the rest. */
     c->want_close = 1;
+    c->read_done = 1;
+    c->state = S_WAITING;
     uv_timer_stop(&c->timer);
     if (c->reading) {
       uv_read_stop((uv_stream_t *)&c->tcp);
       c->reading = 0;
     }
   }
+  conn_write(c, b.data, b.len, NULL, NULL);
+  c->response_done = 1;
   if (!c->in_execute) conn_advance(c);
 }
 
@@ -254,7 +279,14 @@ void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int
   count_status(req, status);
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing) return;
-  if (!c->msg_complete && req->has_body) c->close_after = 1;
+  if (!c->msg_complete && req->has_body) {
+    c->close_after = 1;
+    c->read_done = 1; /* the body will not be read: stop here */
+    if (c->reading) {
+      uv_read_stop((uv_stream_t *)&c->tcp);
+      c->reading = 0;
+    }
+  }
   c->streaming = 1;
   c->stream_chunked = req->http_minor >= 1;
   if (!c->stream_chunked) c->close_after = 1; /* HTTP/1.0: the end of the body is the close */
@@ -377,6 +409,7 @@ static int on_message_begin(llhttp_t *p) {
   c->state = S_HEADERS;
   c->api_engaged = c->msg_complete = c->response_done = 0;
   c->sent_continue = c->streaming = 0;
+  c->body_paused = 0;
   c->header_bytes = 0;
   c->value_seen = 0;
   mkv_buf_reset(&c->url);
@@ -432,6 +465,11 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 static int on_header_value_complete(llhttp_t *p) {
   mkv_conn_t *c = p->data;
   mkv_req_t *req = c->req;
+  if (c->state != S_HEADERS) { /* a chunked body's trailer: counted, never acted on */
+    mkv_buf_reset(&c->hfield);
+    mkv_buf_reset(&c->hvalue);
+    return 0;
+  }
   if (c->hfield.len == 11 && strncasecmp(c->hfield.data, "content-md5", 11) == 0) {
     mkv_buf_set(&req->content_md5, c->hvalue.data, c->hvalue.len);
     req->has_content_md5 = 1;
@@ -567,6 +605,12 @@ static void conn_close(mkv_conn_t *c) {
 
 static void on_timer(uv_timer_t *t) {
   mkv_conn_t *c = t->data;
+  if (c->state == S_WAITING) {
+    if (c->writes_pending == 0) return;
+    MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: client not reading its response");
+    conn_close(c);
+    return;
+  }
   if (c->state == S_HEADERS || c->state == S_BODY) {
     MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: client too slow (%s)",
                         c->state == S_HEADERS ? "headers" : "body");
@@ -682,7 +726,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 }
 
 static void start_reading(mkv_conn_t *c) {
-  if (c->reading || c->closing || c->want_close) return;
+  if (c->reading || c->closing || c->want_close || c->read_done || c->write_blocked) return;
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) == 0) c->reading = 1;
 }
 
@@ -690,20 +734,37 @@ static void start_reading(mkv_conn_t *c) {
  * what the client pipelined behind it. A loop, not recursion: each replayed request
  * may be answered at once. */
 static void conn_advance(mkv_conn_t *c) {
-  while (!c->closing && c->req && c->msg_complete && c->response_done && !c->in_execute) {
-    if (c->close_after || !c->keepalive || c->server->draining) {
-      c->want_close = 1;
-      if (c->writes_pending == 0) conn_close(c);
+  for (;;) {
+    if (c->closing || c->in_execute) return;
+    if (c->req) {
+      if (!(c->msg_complete && c->response_done)) break; /* the exchange goes on */
+      if (c->close_after || !c->keepalive || c->server->draining) {
+        c->want_close = 1;
+        if (c->writes_pending == 0) conn_close(c);
+        return;
+      }
+      mkv_req_t *req = c->req;
+      c->req = NULL;
+      req->conn = NULL;
+      mkv_req_unref(req);
+      c->msg_complete = c->response_done = 0;
+      c->body_paused = 0; /* a resume may never come once the request is over */
+      c->state = S_IDLE;
+      llhttp_resume(&c->parser);
+      arm(c, c->server->w->cfg->limits.idle_timeout_ms);
+      continue;
+    }
+    /* A client that pipelines requests without reading the answers gets no more
+     * answers until it reads: responses would otherwise pile up without bound.
+     * on_write_done calls back here once the queue has drained. */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_BUDGET) {
+      c->write_blocked = 1;
+      if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+      }
       return;
     }
-    mkv_req_t *req = c->req;
-    c->req = NULL;
-    req->conn = NULL;
-    mkv_req_unref(req);
-    c->msg_complete = c->response_done = 0;
-    c->state = S_IDLE;
-    llhttp_resume(&c->parser);
-    arm(c, c->server->w->cfg->limits.idle_timeout_ms);
     if (c->tail.len == 0) break;
     mkv_buf_t t = c->feeding;
     c->feeding = c->tail;

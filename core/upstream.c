@@ -40,6 +40,9 @@ typedef struct pool_s {
   struct sockaddr_storage addrs[MAX_ADDRS];
   int naddrs, preferred;
   int resolving;
+  int stale; /* every address failed a while after resolving: resolve again */
+  uv_timer_t wait_timer; /* bounds how long requests wait for the name to resolve */
+  int wait_timer_init;
   uv_getaddrinfo_t gai;
   uint64_t resolved_ns;
   mkv_upreq_t *wait_head, *wait_tail;
@@ -252,7 +255,9 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
   uv_freeaddrinfo(res);
   p->naddrs = n;
   p->preferred = 0;
+  p->stale = 0;
   p->resolved_ns = mkv_now_ns();
+  if (p->wait_timer_init) uv_timer_stop(&p->wait_timer);
   mkv_upreq_t *req = p->wait_head;
   p->wait_head = p->wait_tail = NULL;
   if (status != 0 && status != UV_ECANCELED)
@@ -355,6 +360,17 @@ static void arm_timer(upconn_t *c, double ms) {
   uv_timer_start(&c->timer, on_timer, ms < 1 ? 1 : (uint64_t)ms, 0);
 }
 
+/* A PUT's timer measures the volume's inactivity, so it runs only while the volume owes
+ * progress: bytes queued for it, or its answer once the body is sent. A client that
+ * pauses its body is the server's business (body_timeout), not the volume's fault. */
+static void put_timer_update(upconn_t *c, mkv_upreq_t *req, int progress) {
+  if (c->writes_pending > 0 || req->body_end_sent) {
+    if (progress || !uv_is_active((uv_handle_t *)&c->timer)) arm_timer(c, req->timeout_ms);
+  } else {
+    uv_timer_stop(&c->timer);
+  }
+}
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   upconn_t *c = h->data;
   buf->base = c->pool->up->readbuf;
@@ -438,8 +454,7 @@ static void on_write(uv_write_t *w, int status) {
   }
   mkv_upreq_t *req = c->req;
   if (req && req->method == MKV_UP_PUT) {
-    /* Progress: the inactivity timeout starts again. */
-    arm_timer(c, req->timeout_ms);
+    put_timer_update(c, req, 1); /* progress: the inactivity timeout starts again */
     if (!req->is_ready) {
       req->is_ready = 1;
       if (req->ready) req->ready(req);
@@ -612,9 +627,10 @@ static void on_connect(uv_connect_t *cr, int status) {
   conn_close(c);
   if (req == NULL) return;
   req->conn = NULL;
-  /* Next address of the name, until each was tried once for this request. */
-  int next = (c->addr_idx + 1) % p->naddrs;
-  if (next != p->preferred) {
+  /* Next address of the name, until each was tried once for this request. (The list
+   * may have been replaced by a new resolution meanwhile, or emptied by a failed one.) */
+  int next = p->naddrs > 0 ? (c->addr_idx + 1) % p->naddrs : 0;
+  if (p->naddrs > 0 && next != p->preferred) {
     upconn_t *n = conn_new(p);
     n->req = req;
     req->conn = n;
@@ -623,7 +639,7 @@ static void on_connect(uv_connect_t *cr, int status) {
   }
   mark_suspect(p);
   if (!p->numeric && mkv_now_ns() - p->resolved_ns > (uint64_t)RERESOLVE_MS * 1000000u)
-    p->naddrs = 0; /* the name may point elsewhere now: resolve again next time */
+    p->stale = 1; /* the name may point elsewhere now: resolve again next time */
   MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: cannot connect: %s", p->host,
                       uv_strerror(status));
   finish(req, status);
@@ -654,9 +670,51 @@ static int conn_alive(upconn_t *c) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+/* Requests waiting for a name to resolve are bounded by their own timeouts too: a
+ * resolver that hangs must not hold a GET past voltimeout. */
+static void on_wait_timer(uv_timer_t *t) {
+  pool_t *p = t->data;
+  uint64_t now = mkv_now_ns();
+  double next_ms = 0;
+  mkv_upreq_t **pp = &p->wait_head, *prev = NULL;
+  while (*pp) {
+    mkv_upreq_t *r = *pp;
+    double left = r->timeout_ms - (double)(now - r->started_ns) / 1e6;
+    if (left <= 0) {
+      *pp = r->next_wait;
+      if (p->wait_tail == r) p->wait_tail = prev;
+      r->next_wait = NULL;
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: name not resolved in time", p->host);
+      finish(r, UV_ETIMEDOUT);
+      continue;
+    }
+    if (next_ms == 0 || left < next_ms) next_ms = left;
+    prev = r;
+    pp = &r->next_wait;
+  }
+  if (next_ms > 0) uv_timer_start(t, on_wait_timer, (uint64_t)next_ms + 1, 0);
+}
+
+static void wait_for_name(pool_t *p, mkv_upreq_t *req) {
+  req->next_wait = NULL;
+  if (p->wait_tail)
+    p->wait_tail->next_wait = req;
+  else
+    p->wait_head = req;
+  p->wait_tail = req;
+  if (!p->wait_timer_init) {
+    uv_timer_init(p->up->loop, &p->wait_timer);
+    p->wait_timer.data = p;
+    p->wait_timer_init = 1;
+    p->up->live++;
+  }
+  if (!uv_is_active((uv_handle_t *)&p->wait_timer))
+    uv_timer_start(&p->wait_timer, on_wait_timer, (uint64_t)MKV_MAX(req->timeout_ms, 1) + 1, 0);
+}
+
 static void dispatch(mkv_upreq_t *req, int fresh_only) {
   pool_t *p = req->pool;
-  if (p->naddrs == 0) {
+  if (p->naddrs == 0 || p->stale) {
     if (!p->resolving) {
       int rc = start_resolve(p);
       if (rc != 0) {
@@ -664,12 +722,7 @@ static void dispatch(mkv_upreq_t *req, int fresh_only) {
         return;
       }
     }
-    req->next_wait = NULL;
-    if (p->wait_tail)
-      p->wait_tail->next_wait = req;
-    else
-      p->wait_head = req;
-    p->wait_tail = req;
+    wait_for_name(p, req);
     return;
   }
   while (!fresh_only && p->idle) {
@@ -721,8 +774,12 @@ int mkv_upreq_write(mkv_upreq_t *req, mkv_chunk_t *ch) {
   upconn_t *c = req->conn;
   if (c && c->state == C_ACTIVE) {
     int rc = write_chunk(c, req, ch);
-    if (rc < 0) conn_fail(c, rc, 1);
-    return rc;
+    if (rc < 0) {
+      conn_fail(c, rc, 1);
+      return rc;
+    }
+    put_timer_update(c, req, 0);
+    return 0;
   }
   pending_chunk_t *pc = mkv_malloc(sizeof(*pc));
   pc->ch = ch;
@@ -741,7 +798,10 @@ void mkv_upreq_end(mkv_upreq_t *req) {
   upconn_t *c = req->conn;
   if (c && c->state == C_ACTIVE) {
     int rc = send_end(c, req);
-    if (rc < 0) conn_fail(c, rc, 1);
+    if (rc < 0)
+      conn_fail(c, rc, 1);
+    else
+      put_timer_update(c, req, 0);
   }
 }
 
@@ -845,6 +905,13 @@ static void maybe_free_upstream(mkv_upstream_t *up) {
   free(up);
 }
 
+static void on_pool_timer_closed(uv_handle_t *h) {
+  pool_t *p = h->data;
+  mkv_upstream_t *up = p->up;
+  up->live--;
+  maybe_free_upstream(up);
+}
+
 static void on_defer_timer_closed(uv_handle_t *h) {
   mkv_upstream_t *up = h->data;
   up->live--;
@@ -857,6 +924,7 @@ void mkv_upstream_close(mkv_upstream_t *up) {
     for (pool_t *p = up->buckets[b]; p; p = p->next) {
       while (p->idle) conn_close(p->idle);
       if (p->resolving) uv_cancel((uv_req_t *)&p->gai);
+      if (p->wait_timer_init) uv_close((uv_handle_t *)&p->wait_timer, on_pool_timer_closed);
     }
   }
   uv_close((uv_handle_t *)&up->defer_timer, on_defer_timer_closed);

@@ -17,6 +17,38 @@ uint32_t mkv_worker_rand(mkv_worker_t *w) {
   return w->rng = x;
 }
 
+typedef struct mkv_deferred_s {
+  struct mkv_deferred_s *next;
+  void (*cb)(void *arg);
+  void *arg;
+} deferred_t;
+
+static void on_defer(uv_timer_t *t) {
+  mkv_worker_t *w = t->data;
+  deferred_t *d = w->defer_head;
+  w->defer_head = w->defer_tail = NULL;
+  while (d) {
+    deferred_t *next = d->next;
+    d->cb(d->arg);
+    free(d);
+    d = next;
+  }
+}
+
+void mkv_worker_defer(mkv_worker_t *w, void (*cb)(void *arg), void *arg) {
+  deferred_t *d = mkv_malloc(sizeof(*d));
+  d->next = NULL;
+  d->cb = cb;
+  d->arg = arg;
+  if (w->defer_tail)
+    w->defer_tail->next = d;
+  else
+    w->defer_head = d;
+  w->defer_tail = d;
+  if (!uv_is_active((uv_handle_t *)&w->defer_timer))
+    uv_timer_start(&w->defer_timer, on_defer, 0, 0);
+}
+
 int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, char **err) {
   memset(w, 0, sizeof(*w));
   w->id = id;
@@ -38,13 +70,16 @@ static void close_handles(mkv_worker_t *w) {
   mkv_index_port_close(w->port);
   uv_close((uv_handle_t *)&w->wakeup, NULL);
   uv_close((uv_handle_t *)&w->drain_poll, NULL);
+  uv_close((uv_handle_t *)&w->defer_timer, NULL);
 }
 
 /* Connections are closed; requests may live on (a failed PUT deleting its copies, a
  * final index write): wait for them, each is bounded by a volume or index timeout. */
 static void on_drain_poll(uv_timer_t *t) {
   mkv_worker_t *w = t->data;
-  if (w->live_reqs > 0 || mkv_index_port_pending(w->port) > 0) {
+  /* Every connection closed too: a closing one still writes into the server. */
+  if (w->live_reqs > 0 || mkv_index_port_pending(w->port) > 0 ||
+      mkv_server_connections(w->server) > 0 || w->defer_head) {
     if (++w->drain_ticks % 500 == 0) /* every 5 s */
       mkv_info("draining: %d request(s) still finishing", w->live_reqs);
     return;
@@ -88,6 +123,8 @@ int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **
   w->wakeup.data = w;
   uv_timer_init(&w->loop, &w->drain_poll);
   w->drain_poll.data = w;
+  uv_timer_init(&w->loop, &w->defer_timer);
+  w->defer_timer.data = w;
   if ((rc = mkv_server_listen(w->server)) != 0) goto fail;
   if ((rc = uv_thread_create(&w->thread, worker_main, w)) != 0) goto fail;
   w->started_ok = 1;

@@ -47,6 +47,8 @@ typedef struct mkv_worker_s {
   int live_reqs; /* request objects alive, including detached ones (drain waits) */
   uv_timer_t drain_poll;
   int drain_ticks;
+  uv_timer_t defer_timer;
+  struct mkv_deferred_s *defer_head, *defer_tail;
   int started_ok;
   mkv_worker_stats_t stats;
 } mkv_worker_t;
@@ -64,5 +66,9 @@ void mkv_worker_stop(mkv_worker_t *w);
 void mkv_worker_join(mkv_worker_t *w);
 
 uint32_t mkv_worker_rand(mkv_worker_t *w);
+
+/* Runs cb(arg) on a later turn of the worker's loop, after other I/O had its turn: how
+ * long work (a listing's slices) yields without recursion. Loop thread only. */
+void mkv_worker_defer(mkv_worker_t *w, void (*cb)(void *arg), void *arg);
 
 #endif

@@ -525,11 +525,35 @@ TEST(put_inactivity_timeout) {
   w.srv.no_answer = 1;
   client_t c;
   client_init(&c, MKV_UP_PUT, w.srv.host, "/p", 200);
-  c.req.content_length = 10; /* and only 3 bytes ever come */
+  c.req.content_length = 3; /* the whole body is sent; the volume never answers */
   ASSERT_EQ(start(w.up, &c), 0);
   ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("abc", 3, 1, count_release, (void *)0)), 0);
+  mkv_upreq_end(&c.req);
   PUMP_UNTIL(&w.pump, c.done_calls > 0, 10);
   ASSERT_EQ(c.err, UV_ETIMEDOUT);
+  ASSERT_EQ(releases[0], 1);
+  ASSERT_EQ(mkv_upstream_suspect(w.up, w.srv.host, strlen(w.srv.host)), 1);
+  client_free(&c);
+  world_finish(&w);
+}
+
+TEST(put_stalled_body_is_not_the_volumes_fault) {
+  /* The client stops sending (3 of 10 bytes): nothing is owed by the volume, so its
+   * inactivity timer does not run; the server's body_timeout handles the client. */
+  world_t w;
+  world_init(&w, 0);
+  w.srv.no_answer = 1;
+  client_t c;
+  client_init(&c, MKV_UP_PUT, w.srv.host, "/p", 100);
+  c.req.content_length = 10;
+  ASSERT_EQ(start(w.up, &c), 0);
+  ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("abc", 3, 1, count_release, (void *)0)), 0);
+  pump_for(&w.pump, 400);
+  ASSERT_EQ(c.done_calls, 0);
+  ASSERT_EQ(mkv_upstream_suspect(w.up, w.srv.host, strlen(w.srv.host)), 0);
+  mkv_upreq_cancel(&c.req);
+  PUMP_UNTIL(&w.pump, c.done_calls > 0, 10);
+  ASSERT_EQ(c.err, UV_ECANCELED);
   ASSERT_EQ(releases[0], 1);
   client_free(&c);
   world_finish(&w);
@@ -817,7 +841,7 @@ TEST_MAIN(T(head_status_and_length), T(head_404_and_no_content_length), T(keepal
           T(get_pause_and_resume), T(get_body_until_close), T(garbage_response_is_eproto),
           T(put_content_length_streams_chunks), T(put_chunked_encoding),
           T(put_connection_reused_after_clean_put), T(put_answered_early_is_not_reused),
-          T(timeout_marks_suspect), T(put_inactivity_timeout), T(connection_refused),
+          T(timeout_marks_suspect), T(put_inactivity_timeout), T(put_stalled_body_is_not_the_volumes_fault), T(connection_refused),
           T(put_on_dropped_reused_connection_is_not_retried), T(suspect_expires),
           T(connect_failing_inside_start_is_deferred), T(name_resolution_tries_every_address),
           T(bad_host_is_refused_synchronously), T(cancel_in_flight), T(cancel_while_connecting),
