@@ -36,7 +36,8 @@ return {
     max_connections = 10000,
     idle_timeout = "60s",  -- keep-alive connection with no request
     header_timeout = "30s",-- whole request head must arrive within this
-    body_timeout = "60s",  -- request body stalled this long: connection closed
+    body_timeout = "60s",  -- request body stalled, or a client not reading its answer,
+                           -- this long: connection closed
     volume_timeout = "30s",-- volume PUT/DELETE making no progress this long: failed
     suspect_time = "5s",   -- a volume that failed is probed last for this long
     drain_timeout = "30s", -- on SIGTERM, how long in-flight requests may take
