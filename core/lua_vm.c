@@ -118,6 +118,19 @@ static int policy_fail(mkv_policy_t *p, const char *fmt, ...) {
   return MKV_EPOLICY;
 }
 
+/* Pushes the chunk of a policy file: 0 with *where = the path, or -2 with *where = the
+ * load error (a syntax error names the file and line). */
+static int load_file_chunk(lua_State *L, const char *path, mkv_buf_t *where) {
+  if (luaL_loadfile(L, path) == 0) {
+    mkv_buf_set(where, path, strlen(path));
+    return 0;
+  }
+  const char *e = lua_tostring(L, -1);
+  mkv_buf_set(where, e, strlen(e));
+  lua_pop(L, 1);
+  return -2;
+}
+
 /* Finds a policy module: each template of policy_path with '?' replaced, then the
  * built-in policies/<name>.lua. Pushes the loaded chunk, or returns -1 with a message
  * listing where it looked. */
@@ -135,14 +148,7 @@ static int load_module_chunk(mkv_policy_t *p, const char *name, mkv_buf_t *where
       mkv_buf_adds(&path, name);
     else
       mkv_buf_addf(&path, "%s/%s", cfg->config_dir, name);
-    if (luaL_loadfile(L, path.data) == 0) {
-      mkv_buf_set(where, path.data, path.len);
-      rc = 0;
-    } else {
-      mkv_buf_set(where, lua_tostring(L, -1), strlen(lua_tostring(L, -1)));
-      lua_pop(L, 1);
-      rc = -2;
-    }
+    rc = load_file_chunk(L, path.data, where);
     goto cleanup;
   }
   const char *t = cfg->policy_path ? cfg->policy_path : "";
@@ -160,14 +166,7 @@ static int load_module_chunk(mkv_policy_t *p, const char *name, mkv_buf_t *where
       FILE *f = fopen(path.data, "r");
       if (f) {
         fclose(f);
-        if (luaL_loadfile(L, path.data) == 0) {
-          mkv_buf_set(where, path.data, path.len);
-          rc = 0;
-        } else {
-          mkv_buf_set(where, lua_tostring(L, -1), strlen(lua_tostring(L, -1)));
-          lua_pop(L, 1);
-          rc = -2;
-        }
+        rc = load_file_chunk(L, path.data, where);
         goto cleanup;
       }
       mkv_buf_addf(&tried, "%s, ", path.data);

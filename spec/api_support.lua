@@ -1,6 +1,6 @@
 -- spec/api_support.lua: small tools shared by the API integration specs
--- (spec/integration/api_spec.lua, write_safety_spec.lua): a JSON decoder just big
--- enough for listings, an independent base64 (to find a key's file on a volume without
+-- (spec/integration/api_spec.lua, write_safety_spec.lua): listing parsing, an
+-- independent base64 (to find a key's file on a volume without
 -- asking mkv), and a raw HTTP/1.1 connection that parses responses one by one, for
 -- keep-alive, pipelining, Expect: 100-continue and slow clients.
 local H = require "helpers"
@@ -8,130 +8,12 @@ local T = H.T
 
 local A = {}
 
--- ---- JSON (objects, arrays, strings, numbers, true/false/null) ----
+-- ---- JSON: spec/json.lua ----
 
-local function utf8_char(cp)
-  if cp < 0x80 then return string.char(cp) end
-  if cp < 0x800 then
-    return string.char(0xC0 + math.floor(cp / 0x40), 0x80 + cp % 0x40)
-  end
-  if cp < 0x10000 then
-    return string.char(0xE0 + math.floor(cp / 0x1000), 0x80 + math.floor(cp / 0x40) % 0x40,
-                       0x80 + cp % 0x40)
-  end
-  return string.char(0xF0 + math.floor(cp / 0x40000), 0x80 + math.floor(cp / 0x1000) % 0x40,
-                     0x80 + math.floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
-end
+local json = require "json"
+A.json_decode = json.decode
+A.null = json.null
 
-local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n",
-                  r = "\r", t = "\t" }
-
-function A.json_decode(s)
-  local pos = 1
-  local function fail(msg)
-    error(string.format("bad JSON at byte %d (%s): %q", pos, msg, s:sub(pos, pos + 40)), 0)
-  end
-  local function ws()
-    pos = s:find("[^ \t\r\n]", pos) or (#s + 1)
-  end
-  local value
-  local function str()
-    pos = pos + 1 -- opening quote
-    local out = {}
-    while true do
-      local c = s:sub(pos, pos)
-      if c == "" then fail("unterminated string") end
-      if c == '"' then pos = pos + 1 break end
-      if c == "\\" then
-        local e = s:sub(pos + 1, pos + 1)
-        if e == "u" then
-          local hex = s:sub(pos + 2, pos + 5)
-          if not hex:match("^%x%x%x%x$") then fail("bad \\u escape") end
-          local cp = tonumber(hex, 16)
-          pos = pos + 6
-          if cp >= 0xD800 and cp < 0xDC00 and s:sub(pos, pos + 1) == "\\u" then
-            local lo = tonumber(s:sub(pos + 2, pos + 5), 16)
-            if lo and lo >= 0xDC00 and lo < 0xE000 then
-              cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
-              pos = pos + 6
-            end
-          end
-          out[#out + 1] = utf8_char(cp)
-        elseif escapes[e] then
-          out[#out + 1] = escapes[e]
-          pos = pos + 2
-        else
-          fail("bad escape")
-        end
-      else
-        if c:byte() < 0x20 then fail("raw control byte in string") end
-        local run = s:match('^[^"\\%z\1-\31]+', pos)
-        out[#out + 1] = run
-        pos = pos + #run
-      end
-    end
-    return table.concat(out)
-  end
-  function value()
-    ws()
-    local c = s:sub(pos, pos)
-    if c == "{" then
-      pos = pos + 1
-      local obj = {}
-      ws()
-      if s:sub(pos, pos) == "}" then pos = pos + 1 return obj end
-      while true do
-        ws()
-        if s:sub(pos, pos) ~= '"' then fail("expected a member name") end
-        local k = str()
-        ws()
-        if s:sub(pos, pos) ~= ":" then fail("expected ':'") end
-        pos = pos + 1
-        if obj[k] ~= nil then fail("duplicate member " .. k) end
-        obj[k] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "}" then return obj end
-        if d ~= "," then fail("expected ',' or '}'") end
-      end
-    elseif c == "[" then
-      pos = pos + 1
-      local arr = {}
-      ws()
-      if s:sub(pos, pos) == "]" then pos = pos + 1 return arr end
-      while true do
-        arr[#arr + 1] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "]" then return arr end
-        if d ~= "," then fail("expected ',' or ']'") end
-      end
-    elseif c == '"' then
-      return str()
-    elseif s:match("^true", pos) then
-      pos = pos + 4 return true
-    elseif s:match("^false", pos) then
-      pos = pos + 5 return false
-    elseif s:match("^null", pos) then
-      pos = pos + 4 return A.null
-    else
-      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-      if not num or num == "" then fail("unexpected input") end
-      pos = pos + #num
-      return tonumber(num)
-    end
-  end
-  local v = value()
-  ws()
-  if pos <= #s then fail("trailing bytes") end
-  return v
-end
-A.null = setmetatable({}, { __tostring = function() return "null" end })
-
--- A listing body -> next, keys; checks its shape (exactly the two fields, keys an array
--- of strings, next a string).
 function A.parse_listing(body)
   local obj = A.json_decode(body)
   assert(type(obj) == "table", "listing is not an object: " .. body)
