@@ -147,6 +147,11 @@ H.spawn = spawn
 -- An nginx WebDAV volume (deploy/volume) on 127.0.0.1:<port>.
 function H.start_volume(opts)
   opts = opts or {}
+  -- A fixed port (the Go fixture's) that answers already belongs to someone else: fail
+  -- rather than run the spec against a stranger's server.
+  if opts.port and port_open(opts.port) then
+    error("port " .. opts.port .. " is already in use (another test run?)")
+  end
   local port = opts.port or H.free_port()
   local root = opts.root or (H.tmpdir("vol") .. "/data")
   local state = opts.state or (root .. ".nginx")
