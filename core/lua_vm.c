@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "mkv/hash.h"
+#include "mkv/index.h"
 #include "mkv/log.h"
 #include "mkv/lua_api.h"
 
@@ -620,6 +621,93 @@ int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *pa
   }
   lua_pop(L, 1);
   return rc;
+}
+
+static void push_items(lua_State *L, const char *joined, size_t len) {
+  lua_newtable(L);
+  const char *pos = joined, *end = joined + len, *item;
+  size_t ilen;
+  int i = 0;
+  while (len && mkv_volumes_next(&pos, end, &item, &ilen)) {
+    lua_pushlstring(L, item, ilen);
+    lua_rawseti(L, -2, ++i);
+  }
+}
+
+static int in_list(const char *joined, size_t len, const char *s, size_t n) {
+  const char *pos = joined, *end = joined + len, *item;
+  size_t ilen;
+  while (len && mkv_volumes_next(&pos, end, &item, &ilen))
+    if (ilen == n && memcmp(item, s, n) == 0) return 1;
+  return 0;
+}
+
+/* Reads field `name` of the table on top: a list of volumes, each in `allowed` and not
+ * in `forbidden`, no entry twice, into out (record form). */
+static int plan_list(mkv_policy_t *p, const char *name, const char *allowed, size_t alen,
+                     const char *forbidden, size_t flen, mkv_buf_t *out) {
+  lua_State *L = p->L;
+  const char *src = p->sources[MKV_POLICY_REBALANCE];
+  mkv_buf_reset(out);
+  lua_getfield(L, -1, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return policy_fail(p, "%s: rebalance().%s must be a list of volumes", src, name);
+  }
+  int n = (int)lua_objlen(L, -1);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    size_t l;
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
+    int ok = v && in_list(allowed, alen, v, l) && !in_list(forbidden, flen, v, l) &&
+             !(out->len && in_list(out->data, out->len, v, l));
+    if (!ok) {
+      lua_pop(L, 2);
+      return policy_fail(p, "%s: rebalance().%s entry %d is not allowed there (%s)", src, name, i,
+                         v ? v : "not a string");
+    }
+    if (out->len) mkv_buf_addc(out, ',');
+    mkv_buf_add(out, v, l);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+int mkv_policy_rebalance(mkv_policy_t *p, const char *key, size_t klen, const char *have,
+                         size_t hlen, const char *want, size_t wlen, mkv_buf_t *copy,
+                         mkv_buf_t *drop) {
+  lua_State *L = p->L;
+  const char *src = p->sources[MKV_POLICY_REBALANCE];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_REBALANCE]);
+  lua_pushlstring(L, key, klen);
+  push_items(L, have, hlen);
+  push_items(L, want, wlen);
+  int rc = pcall_budget(p, 3, 1, p->cfg->policy_timeout_ms, src);
+  if (rc != 0) return rc;
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return policy_fail(p, "%s: rebalance() must return { copy = {...}, drop = {...} }", src);
+  }
+  if ((rc = plan_list(p, "copy", want, wlen, have, hlen, copy)) != 0 ||
+      (rc = plan_list(p, "drop", have, hlen, "", 0, drop)) != 0) {
+    lua_pop(L, 1);
+    return rc;
+  }
+  lua_pop(L, 1);
+  /* Never the last good copy: dropping everything there is needs a new copy first. */
+  int kept = 0;
+  const char *pos = have, *end = have + hlen, *item;
+  size_t ilen;
+  while (hlen && mkv_volumes_next(&pos, end, &item, &ilen))
+    if (!in_list(drop->data, drop->len, item, ilen)) kept = 1;
+  if (hlen && !kept && copy->len == 0)
+    return policy_fail(p, "%s: rebalance() would drop every good copy", src);
+  return 0;
 }
 
 int mkv_policy_list_limit(mkv_policy_t *p, const char *op, long long requested,

@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include "mkv/admin.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
 #include "mkv/index.h"
@@ -26,8 +27,12 @@ static const char usage_text[] =
     "Commands:\n"
     "  server        serve the HTTP API (the default with -c)\n"
     "  index-flush   flush the index's journal into its tables, for the Go original\n"
-    "  rebuild       rebuild the index from the volumes\n"
-    "  rebalance     move data to where placement wants it\n"
+    "  rebuild [--md5]            rebuild the index from the volumes\n"
+    "  rebalance [--dry-run]      move data to where placement wants it\n"
+    "  verify [--deep] [--repair] check every live key's copies; find orphan files\n"
+    "  gc [--dry-run]             remove unlinked keys' files and orphan files\n"
+    "  run FILE.lua [options]     run an admin script of your own\n"
+    "  (admin commands also take --concurrency N and --bandwidth RATE, e.g. 100MB/s)\n"
     "\n"
     "Flags (those of the Go minikeyvalue; given with -c they override the file):\n"
     "  -c FILE           config file (a Lua chunk returning a table)\n"
@@ -306,6 +311,142 @@ cleanup_workers:
   return rc;
 }
 
+/* ---- admin commands ---- */
+
+typedef struct admin_out_s {
+  int tty;
+  int live_line; /* a progress line is on the terminal, to be overwritten */
+  uint64_t last_plain_ms;
+  const char *script;
+  int code;
+} admin_out_t;
+
+static void fmt_bytes(char *out, size_t n, double b) {
+  const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+  int i = 0;
+  while (b >= 1000 && i < 4) b /= 1000, i++;
+  snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void admin_line(void *ctx, int kind, const char *text, size_t len) {
+  admin_out_t *o = ctx;
+  if (kind == MKV_ADMIN_PROGRESS) {
+    double done = 0, total = 0, bytes = 0, ms = 0, examined = 0, changed = 0, failed = 0;
+    if (sscanf(text, "%lf %lf %lf %lf %lf %lf %lf", &done, &total, &bytes, &ms, &examined,
+               &changed, &failed) < 4)
+      return;
+    double secs = ms / 1000 > 0 ? ms / 1000 : 1;
+    char b[32], rate[32], line[256];
+    fmt_bytes(b, sizeof(b), bytes);
+    fmt_bytes(rate, sizeof(rate), bytes / secs);
+    int n = snprintf(line, sizeof(line), "%s: %.0f", o->script, done);
+    if (total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", total);
+    n += snprintf(line + n, sizeof(line) - (size_t)n,
+                  " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)", examined,
+                  examined / secs, changed, failed, b, rate);
+    if (total > 0 && done > 0 && done < total)
+      snprintf(line + n, sizeof(line) - (size_t)n, ", ETA %.0f s", secs * (total - done) / done);
+    if (o->tty) {
+      fprintf(stderr, "\r\033[K%s", line);
+      o->live_line = 1;
+    } else if (mkv_now_ms() - o->last_plain_ms >= 10000) {
+      /* Not a terminal: a plain line every 10 s, for logs. */
+      fprintf(stderr, "%s\n", line);
+      o->last_plain_ms = mkv_now_ms();
+    }
+    fflush(stderr);
+    return;
+  }
+  if (o->live_line) {
+    fputs("\r\033[K", stderr);
+    o->live_line = 0;
+  }
+  FILE *f = kind == MKV_ADMIN_LOG ? stderr : stdout;
+  fwrite(text, 1, len, f);
+  fputc('\n', f);
+  fflush(f);
+}
+
+static void admin_done(void *arg, int code) {
+  admin_out_t *o = arg;
+  if (o->live_line) fputc('\n', stderr);
+  o->code = code;
+}
+
+static uv_signal_t admin_sigint, admin_sigterm;
+static mkv_admin_t *admin_running;
+
+static void on_admin_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  fprintf(stderr, "\nmkv: %s: cancelling (every step so far is safe to keep)\n",
+          signum == SIGINT ? "SIGINT" : "SIGTERM");
+  if (admin_running) mkv_admin_cancel(admin_running);
+  uv_close((uv_handle_t *)&admin_sigint, NULL);
+  uv_close((uv_handle_t *)&admin_sigterm, NULL);
+}
+
+/* Runs an admin script in this process: the index is opened here, as the Go
+ * original's subcommands do. */
+static int run_admin_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_opts_t *o) {
+  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, o->script, 2};
+  o->sink.line = admin_line;
+  o->sink.ctx = &out;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char *err = NULL;
+  if (mkv_admin_start(&loop, cfg, index, o, admin_done, &out, &admin_running, &err) != 0) {
+    print_error(err);
+    free(err);
+    uv_loop_close(&loop);
+    return 2;
+  }
+  uv_signal_init(&loop, &admin_sigint);
+  uv_signal_init(&loop, &admin_sigterm);
+  uv_signal_start(&admin_sigint, on_admin_signal, SIGINT);
+  uv_signal_start(&admin_sigterm, on_admin_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&admin_sigint);
+  uv_unref((uv_handle_t *)&admin_sigterm);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  admin_running = NULL;
+  if (!uv_is_closing((uv_handle_t *)&admin_sigint)) {
+    uv_close((uv_handle_t *)&admin_sigint, NULL);
+    uv_close((uv_handle_t *)&admin_sigterm, NULL);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop) != 0) mkv_error("admin loop closed with handles open");
+  return out.code;
+}
+
+static int run_admin(const mkv_config_t *cfg, const char *script, int argc, char **argv) {
+  mkv_admin_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.script = script;
+  o.concurrency = 16;
+  const char **rest = mkv_calloc((size_t)argc + 1, sizeof(char *));
+  int nrest = 0;
+  char *err = NULL;
+  if (mkv_admin_parse_opts(&o, argc, (const char *const *)argv, rest, &nrest, &err) != 0) {
+    print_error(err);
+    free(err);
+    free(rest);
+    return 2;
+  }
+  o.argc = nrest;
+  o.argv = rest;
+  mkv_index_t *index = NULL;
+  int rc;
+  if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
+    print_error(err);
+    free(err);
+    free(rest);
+    return 1;
+  }
+  rc = run_admin_offline(cfg, index, &o);
+  mkv_index_close(index);
+  free(rest);
+  return rc;
+}
+
 static int run_index_flush(const mkv_config_t *cfg) {
   char *err = NULL;
   mkv_index_t *index;
@@ -335,18 +476,26 @@ int main(int argc, char **argv) {
     }
     command = "server";
   }
-  int known = strcmp(command, "server") == 0 || strcmp(command, "index-flush") == 0;
-  if (!known && (strcmp(command, "rebuild") == 0 || strcmp(command, "rebalance") == 0 ||
-                 strcmp(command, "verify") == 0 || strcmp(command, "gc") == 0)) {
-    fprintf(stderr, "mkv: '%s' is not available in this version of mkv\n", command);
-    return 2;
-  }
+  int is_admin = strcmp(command, "rebuild") == 0 || strcmp(command, "rebalance") == 0 ||
+                 strcmp(command, "verify") == 0 || strcmp(command, "gc") == 0 ||
+                 strcmp(command, "run") == 0;
+  int known = is_admin || strcmp(command, "server") == 0 || strcmp(command, "index-flush") == 0;
   if (!known) {
     fprintf(stderr, "mkv: unknown command '%s'\n", command);
     usage(stderr);
     return 2;
   }
-  if (a.nrest > 0) {
+  const char *script = command;
+  if (strcmp(command, "run") == 0) {
+    if (a.nrest < 1) {
+      fprintf(stderr, "mkv: run needs the path of a Lua admin script\n");
+      return 2;
+    }
+    script = a.rest[0];
+    a.rest++;
+    a.nrest--;
+  }
+  if (!is_admin && a.nrest > 0) {
     fprintf(stderr, "mkv: %s takes no arguments (flags go before the command)\n", command);
     return 2;
   }
@@ -365,6 +514,8 @@ int main(int argc, char **argv) {
   int rc;
   if (strcmp(command, "index-flush") == 0)
     rc = run_index_flush(&cfg);
+  else if (is_admin)
+    rc = run_admin(&cfg, script, a.nrest, a.rest);
   else
     rc = run_server(&cfg);
   mkv_config_free(&cfg);

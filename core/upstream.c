@@ -525,7 +525,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   c->got_bytes = 1;
   mkv_upreq_t *req = c->req;
-  if (req && req->method == MKV_UP_PUT) arm_timer(c, req->timeout_ms);
+  if (req && (req->method == MKV_UP_PUT || req->inactivity)) arm_timer(c, req->timeout_ms);
   llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
   if (c->state == C_CLOSING) return;
   if (e == HPE_PAUSED) {
@@ -544,6 +544,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (c->pause_wanted && c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
+    /* Paused by its reader: waiting is not a stall of the volume. */
+    if (c->req && c->req->inactivity) uv_timer_stop(&c->timer);
   }
 }
 
@@ -586,7 +588,8 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
   /* HEAD, GET and DELETE have one deadline for the whole exchange, connect included;
    * a PUT's timer measures inactivity and restarts on every bit of progress. */
   double ms = req->timeout_ms;
-  if (req->method != MKV_UP_PUT) ms -= (double)(mkv_now_ns() - req->started_ns) / 1e6;
+  if (req->method != MKV_UP_PUT && !req->inactivity)
+    ms -= (double)(mkv_now_ns() - req->started_ns) / 1e6;
   arm_timer(c, ms);
   int rc = conn_write(c, &b, 1, NULL, h.data, NULL);
   if (rc == 0 && req->method == MKV_UP_PUT) {
@@ -832,6 +835,7 @@ void mkv_upreq_resume(mkv_upreq_t *req) {
   if (!c->reading) {
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
     c->reading = 1;
+    if (req->inactivity) arm_timer(c, req->timeout_ms);
   }
 }
 
@@ -845,6 +849,7 @@ static int on_headers_complete(llhttp_t *p) {
   if (req) {
     req->status = status;
     req->resp_length = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
+    if (req->on_headers) req->on_headers(req);
   }
   /* llhttp cannot know that a HEAD response (or a 204/304) has no body: say so, or the
    * parser waits for Content-Length bytes that never come (library-facts §2.4). */

@@ -49,6 +49,15 @@ int mkv_policy_has_list_filter(mkv_policy_t *p);
 int mkv_policy_list_show(mkv_policy_t *p, const char *op, const char *key, size_t klen,
                          int *show);
 
+/* The rebalance policy's plan for one record: which copies to make (`copy`) and which to
+ * drop (`drop`), both in record form, given the volumes holding a good copy (`have`)
+ * and where placement wants it (`want`). Checked: copies go only to `want` volumes that
+ * lack one, drops come only from `have`, no entry twice, and never every good copy
+ * without a new one. */
+int mkv_policy_rebalance(mkv_policy_t *p, const char *key, size_t klen, const char *have,
+                         size_t hlen, const char *want, size_t wlen, mkv_buf_t *copy,
+                         mkv_buf_t *drop);
+
 /* The message of the last MKV_EPOLICY (borrowed: valid until the next call). */
 const char *mkv_policy_error(mkv_policy_t *p);
 

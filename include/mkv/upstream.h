@@ -20,8 +20,8 @@
  * pooled connection is checked with recv(MSG_PEEK) before reuse, and a HEAD, GET or
  * DELETE that fails on a reused connection before any response byte is retried once on a
  * fresh one. A PUT is never retried. Timeouts: HEAD/GET/DELETE have a deadline for the
- * whole exchange; a PUT fails when neither a body write nor a response byte makes
- * progress for timeout_ms. */
+ * whole exchange (unless `inactivity` is set); a PUT fails when it owes the volume bytes
+ * or awaits its answer and nothing moves for timeout_ms. */
 #ifndef MKV_UPSTREAM_H
 #define MKV_UPSTREAM_H
 
@@ -66,6 +66,8 @@ typedef void (*mkv_upreq_ready_cb)(mkv_upreq_t *req);
 /* A slice of a GET's response body (borrowed). Return nonzero to stop reading until
  * mkv_upreq_resume(). */
 typedef int (*mkv_upreq_body_cb)(mkv_upreq_t *req, const char *at, size_t len);
+/* The response's status and length are known (status, resp_length); its body follows. */
+typedef void (*mkv_upreq_headers_cb)(mkv_upreq_t *req);
 
 typedef struct upconn_s upconn_t;
 
@@ -77,9 +79,12 @@ struct mkv_upreq_s {
   mkv_buf_t path; /* "/sv01/ab/cd/<base64>", as sent */
   int64_t content_length; /* PUT: the body's length, or -1 to send it chunked */
   double timeout_ms;
+  int inactivity; /* GET: timeout_ms bounds a stall, not the whole exchange (a long
+                     streamed body); paused reading does not count as a stall */
   mkv_upreq_done_cb done;
   mkv_upreq_ready_cb ready;  /* optional (PUT) */
   mkv_upreq_body_cb on_body; /* optional (GET) */
+  mkv_upreq_headers_cb on_headers; /* optional */
 
   /* Results, valid in done. */
   int status;                /* HTTP status, 0 without a response */

@@ -1,0 +1,69 @@
+/* admin.h: the admin runtime -- runs an admin script (lua/rebuild.lua, rebalance.lua,
+ * verify.lua, gc.lua) on one libuv loop, each unit of work a Lua coroutine that yields
+ * while its I/O is in flight, so one thread keeps hundreds of transfers moving.
+ *
+ * What a script gets (the `mkv` table of its Lua state; see lua_api.c): async HTTP to
+ * volumes (HEAD, GET of listings, DELETE, streamed volume-to-volume copies and MD5s
+ * that never hold a value in memory), index pages, reads and writes, the key locks the
+ * API uses, placement through a checked policy state, mkv.spawn/mkv.wait, a bound on
+ * transfers in flight (concurrency), an optional bandwidth cap, and progress counters.
+ *
+ * Threads: everything runs on the thread that calls mkv_admin_run -- the command's main
+ * thread when no server holds the index (offline), or the server's admin thread
+ * (online); the index, the key locks and the config are the shared, thread-safe ones.
+ * Output goes through the sink, one line at a time, on that same thread. */
+#ifndef MKV_ADMIN_H
+#define MKV_ADMIN_H
+
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "mkv/config.h"
+#include "mkv/index.h"
+
+typedef struct mkv_admin_s mkv_admin_t;
+
+/* Kinds of output lines. */
+enum {
+  MKV_ADMIN_REPORT = 'R',   /* a finding or an action: "missing /k on host:port/sv01" */
+  MKV_ADMIN_LOG = 'L',      /* a log line (errors the script met) */
+  MKV_ADMIN_PROGRESS = 'P', /* "done total bytes elapsed_ms" (numbers), every second */
+  MKV_ADMIN_SUMMARY = 'S',  /* the final line: examined, changed, failed ... */
+};
+
+typedef struct mkv_admin_sink_s {
+  /* text is borrowed: valid during the call; no newline in it. */
+  void (*line)(void *ctx, int kind, const char *text, size_t len);
+  void *ctx;
+} mkv_admin_sink_t;
+
+typedef struct mkv_admin_opts_s {
+  const char *script;       /* "rebuild", "rebalance", "verify", "gc" */
+  int argc;                 /* the script's own options ("--md5", "--dry-run" ...) */
+  const char *const *argv;
+  int concurrency;          /* transfers in flight at most (default 16) */
+  double bandwidth;         /* bytes per second over all transfers, 0 = no cap */
+  mkv_admin_sink_t sink;
+} mkv_admin_opts_t;
+
+/* Parses the options common to every script (--concurrency N, --bandwidth RATE such as
+ * "50MB/s", "1GB/s", "800KB/s") out of argv; what remains is the script's own. Returns
+ * 0 or -1 with *err (owned). */
+int mkv_admin_parse_opts(mkv_admin_opts_t *o, int argc, const char *const *argv,
+                         const char **rest, int *nrest, char **err);
+
+/* Starts the script on `loop` (which must be running or be run by the caller until
+ * done runs). done(arg, code) runs once, on the loop, when the script has ended: code 0
+ * when nothing failed, 1 when something failed, 2 when the script itself could not run.
+ * Returns 0, or -1 with *err (owned) when the script could not start. */
+int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index,
+                    const mkv_admin_opts_t *opts, void (*done)(void *arg, int code),
+                    void *arg, mkv_admin_t **out, char **err);
+/* Cancels every task and parked operation; done still runs (with code 1). */
+void mkv_admin_cancel(mkv_admin_t *a);
+
+/* The names of the scripts there are (compiled in from lua/). */
+int mkv_admin_script_exists(const char *name);
+
+#endif

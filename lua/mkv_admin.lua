@@ -1,0 +1,265 @@
+-- lua/mkv_admin.lua: what the admin scripts (rebuild, rebalance, verify, gc) share --
+-- records in the Go original's format, volume URLs, option parsing, and the walk over
+-- every file on every volume through nginx's autoindex JSON.
+local mkv = require "mkv"
+local json = require "mkv_json"
+
+local M = {}
+
+-- ---- records: ["DELETED"]["HASH" + 32 hex] volumes joined by "," ----
+
+function M.decode(value)
+  local rec = { deleted = false, volumes = {} }
+  local rest = value
+  if rest:sub(1, 7) == "DELETED" then
+    rec.deleted = true
+    rest = rest:sub(8)
+  end
+  if rest:sub(1, 4) == "HASH" then
+    local h = rest:sub(5, 36)
+    if #h ~= 32 or not h:match("^%x+$") then return nil, "corrupt record (bad HASH)" end
+    rec.hash = h:lower()
+    rest = rest:sub(37)
+  end
+  if rest ~= "" then
+    for v in (rest .. ","):gmatch("([^,]*),") do
+      if v ~= "" then rec.volumes[#rec.volumes + 1] = v end
+    end
+  end
+  return rec
+end
+
+function M.encode(rec)
+  return (rec.deleted and "DELETED" or "") .. (rec.hash and ("HASH" .. rec.hash) or "")
+    .. table.concat(rec.volumes, ",")
+end
+
+-- ---- volumes ----
+
+-- A record volume is "host:port" or "host:port/svXX": its URL prefix.
+function M.url(vol, path)
+  return "http://" .. vol .. path
+end
+
+function M.same_list(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+function M.same_set(a, b)
+  if #a ~= #b then return false end
+  local s = {}
+  for _, v in ipairs(a) do s[v] = true end
+  for _, v in ipairs(b) do if not s[v] then return false end end
+  return true
+end
+
+function M.contains(list, x)
+  for _, v in ipairs(list) do if v == x then return true end end
+  return false
+end
+
+-- A key shown in a report: control bytes escaped, long keys cut.
+function M.show(key)
+  local s = key:gsub("[%c\127-\255]", function(c) return string.format("\\x%02x", c:byte()) end)
+  if #s > 200 then s = s:sub(1, 200) .. "..." end
+  return s
+end
+
+-- ---- options ----
+
+-- M.options({ md5 = "flag", ["dry-run"] = "flag", ["min-age"] = "string" }) parses
+-- mkv.args; an unknown option raises with the list of known ones.
+function M.options(spec)
+  local out, args = {}, mkv.args
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local name, val = a:match("^%-%-?([%w%-]+)=(.*)$")
+    name = name or a:match("^%-%-?([%w%-]+)$")
+    local kind = name and spec[name]
+    if not kind then
+      local known = {}
+      for k in pairs(spec) do known[#known + 1] = "--" .. k end
+      table.sort(known)
+      error(string.format("unknown option %s (this command takes %s, --concurrency N and --bandwidth RATE)",
+        a, #known > 0 and table.concat(known, ", ") or "no other options"), 0)
+    end
+    if kind == "flag" then
+      out[name] = val == nil or val == "true" or val == "1"
+    else
+      if val == nil then
+        i = i + 1
+        val = args[i]
+        if val == nil then error("option --" .. name .. " needs a value", 0) end
+      end
+      out[name] = val
+    end
+    i = i + 1
+  end
+  return out
+end
+
+-- ---- listings ----
+
+-- The entries of a directory on a volume ({name, type, size, mtime}, nginx's autoindex
+-- JSON), {} when it does not exist, or nil, err when the volume could not be read.
+function M.list(vol, dir)
+  local st, body, code = mkv.http("GET", M.url(vol, dir))
+  if not st then return nil, string.format("%s: %s", M.url(vol, dir), body) end
+  if st == 404 then return {} end
+  if st ~= 200 then return nil, string.format("%s: volume answered %d", M.url(vol, dir), st) end
+  local ok, t = pcall(json.decode, body)
+  if not ok or type(t) ~= "table" then
+    return nil, string.format("%s: not an autoindex JSON listing (autoindex_format json?)", M.url(vol, dir))
+  end
+  return t
+end
+
+local function is_hex2(name)
+  return #name == 2 and name:match("^%x%x$") ~= nil
+end
+
+-- The data roots of a volume: its "svXX" subdirectories when it has any (as the Go
+-- original decides, per volume, whatever -subvolumes says), else the volume itself.
+-- nil, err when the volume cannot be read: a volume that is down is not an empty one.
+function M.roots(vol)
+  local entries, err = M.list(vol, "/")
+  if not entries then return nil, err end
+  local subs = {}
+  for _, e in ipairs(entries) do
+    if e.type == "directory" and #e.name == 4 and e.name:match("^sv%x%x$") then
+      subs[#subs + 1] = vol .. "/" .. e.name
+    end
+  end
+  table.sort(subs)
+  if #subs == 0 then subs[1] = vol end
+  return subs
+end
+
+-- Every file below a leaf directory /ab/cd/ of one root, as base64 names relative to it:
+-- a key whose base64 holds '/' sits in nested directories (the Go original's rebuild
+-- lost those). Calls fn(b64, entry) per file. Returns true or nil, err.
+local function walk_leaf(root, dir, prefix, fn, depth)
+  if depth > 64 then return nil, "directories nested too deep below " .. M.url(root, dir) end
+  local entries, err = M.list(root, dir .. prefix)
+  if not entries then return nil, err end
+  for _, e in ipairs(entries) do
+    if e.type == "directory" then
+      local ok, werr = walk_leaf(root, dir, prefix .. e.name .. "/", fn, depth + 1)
+      if not ok then return nil, werr end
+    elseif e.type == "file" then
+      fn(prefix .. e.name, e)
+    end
+  end
+  return true
+end
+
+-- Walks every key file on the given volumes, leaf directory by leaf directory, each
+-- leaf in a task of its own: on_leaf(ab, cd, found) where found[b64] = { {root, entry},
+-- ... } lists every copy of that name across all roots. Unreadable volumes and
+-- directories are reported and counted as failures; the walk goes on with the others.
+-- Returns the number of leaves walked.
+function M.walk(volumes, on_leaf)
+  local roots = {}
+  for _, v in ipairs(volumes) do
+    local r, err = M.roots(v)
+    if not r then
+      mkv.report("cannot read volume " .. v .. ": " .. err)
+      mkv.count("failed")
+    else
+      for _, x in ipairs(r) do roots[#roots + 1] = x end
+    end
+  end
+  -- First level: which roots have which /ab/ (non-hex names are nginx's own or
+  -- someone else's files: skipped, as the original's valid() does).
+  local tops = {}
+  for _, root in ipairs(roots) do
+    local entries, err = M.list(root, "/")
+    if not entries then
+      mkv.report("cannot list " .. root .. ": " .. err)
+      mkv.count("failed")
+    else
+      for _, e in ipairs(entries) do
+        if e.type == "directory" and is_hex2(e.name) then
+          tops[e.name] = tops[e.name] or {}
+          table.insert(tops[e.name], root)
+        end
+      end
+    end
+  end
+  local names = {}
+  for ab in pairs(tops) do names[#names + 1] = ab end
+  table.sort(names)
+  mkv.progress({ total = #names })
+  local leaves = 0
+  for _, ab in ipairs(names) do
+    -- Second level, then each leaf /ab/cd/ with every root that has it, in a task.
+    local cds = {}
+    for _, root in ipairs(tops[ab]) do
+      local entries, err = M.list(root, "/" .. ab .. "/")
+      if not entries then
+        mkv.report("cannot list " .. M.url(root, "/" .. ab .. "/") .. ": " .. err)
+        mkv.count("failed")
+      else
+        for _, e in ipairs(entries) do
+          if e.type == "directory" and is_hex2(e.name) then
+            cds[e.name] = cds[e.name] or {}
+            table.insert(cds[e.name], root)
+          end
+        end
+      end
+    end
+    for cd, croots in pairs(cds) do
+      leaves = leaves + 1
+      mkv.spawn(function()
+        local dir = "/" .. ab .. "/" .. cd .. "/"
+        local found = {}
+        for _, root in ipairs(croots) do
+          local ok, err = walk_leaf(root, dir, "", function(b64, e)
+            found[b64] = found[b64] or {}
+            table.insert(found[b64], { root = root, entry = e })
+          end, 0)
+          if not ok then
+            mkv.report("cannot list " .. M.url(root, dir) .. ": " .. err)
+            mkv.count("failed")
+          end
+        end
+        on_leaf(ab, cd, found)
+      end)
+    end
+    mkv.progress({ done = 1 })
+  end
+  mkv.join()
+  return leaves
+end
+
+-- The key a file name stands for, if it is one: the strict base64 of the key, at the
+-- key's own /ab/cd/ directory. Anything else (a temp file, a stray copy) is not a key.
+function M.key_of(ab, cd, b64)
+  local key = mkv.base64_decode(b64)
+  if not key then return nil end
+  if mkv.key_path(key) ~= "/" .. ab .. "/" .. cd .. "/" .. b64 then return nil end
+  return key
+end
+
+-- Every record of the index, in pages, each handed to fn(key, value) in a task of its
+-- own (at most --concurrency at once). Returns the number of records.
+function M.each_record(fn, prefix)
+  local start, n = prefix or "", 0
+  while true do
+    local page, err = mkv.index_scan(start, 1000, prefix)
+    if not page then error("index read failed: " .. tostring(err), 0) end
+    if #page == 0 then break end
+    for _, kv in ipairs(page) do
+      n = n + 1
+      mkv.spawn(fn, kv[1], kv[2])
+    end
+    start = page[#page][1] .. "\0"
+  end
+  mkv.join()
+  return n
+end
+
+return M

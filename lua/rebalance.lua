@@ -1,0 +1,149 @@
+-- lua/rebalance.lua: `mkv rebalance [--dry-run]` -- moves data to where placement wants it.
+--
+-- For each record whose volumes are not what placement says: find which volumes really
+-- hold a good copy (HEAD; a volume that does not answer is not counted as missing, and
+-- nothing is ever dropped from it), ask the rebalance policy which copies to make and
+-- which to drop, copy first (streamed volume to volume) and verify each copy (size, and
+-- the MD5 when the record has one), then rewrite the record -- keeping its state (an
+-- unlinked key stays unlinked) and its MD5 -- and only then delete the surplus copies.
+-- Never the last good one. Every step leaves a record that names good copies, so the
+-- run can be interrupted at any point and started again.
+local mkv = require "mkv"
+local A = require "mkv_admin"
+
+local opts = A.options({ ["dry-run"] = "flag" })
+local dry = opts["dry-run"]
+
+local function move(key)
+  local value = mkv.index_get(key)
+  if not value then return end -- gone meanwhile
+  local rec, err = A.decode(value)
+  if not rec then
+    mkv.report(A.show(key) .. ": " .. err)
+    mkv.count("failed")
+    return
+  end
+  local want, perr = mkv.place(key)
+  if not want then
+    mkv.report(A.show(key) .. ": placement failed: " .. tostring(perr))
+    mkv.count("failed")
+    return
+  end
+  if #rec.volumes == 0 or A.same_list(rec.volumes, want) then return end
+  local path = mkv.path(key)
+
+  -- Which volumes hold a copy, and how big it is.
+  local have, size, unknown = {}, nil, {}
+  for _, v in ipairs(rec.volumes) do
+    local st, len = mkv.http("HEAD", A.url(v, path))
+    if st == 200 then
+      have[#have + 1] = v
+      size = size or len
+      if len ~= size then
+        mkv.report(string.format("%s: copies differ in size (%s has %d, another %d): left alone, run mkv verify",
+          A.show(key), v, len, size))
+        mkv.count("failed")
+        return
+      end
+    elseif st ~= 404 then
+      unknown[#unknown + 1] = v
+    end
+  end
+  if #have == 0 then
+    mkv.report(string.format("%s: no copy found on %s%s", A.show(key), table.concat(rec.volumes, ","),
+      #unknown > 0 and " (some did not answer)" or ""))
+    mkv.count("failed")
+    return
+  end
+  if A.same_set(have, want) and #unknown == 0 then
+    -- The copies are where they should be; only the record's order differs.
+    if not dry then
+      rec.volumes = want
+      local ok, werr = mkv.index_put(key, A.encode(rec), true)
+      if not ok then
+        mkv.report(A.show(key) .. ": cannot write its record: " .. tostring(werr))
+        mkv.count("failed")
+        return
+      end
+    end
+    mkv.count("changed")
+    return
+  end
+  local copy, drop = mkv.rebalance_plan(key, have, want)
+  if not copy then
+    mkv.report(A.show(key) .. ": rebalance policy failed: " .. tostring(drop))
+    mkv.count("failed")
+    return
+  end
+  if dry then
+    mkv.report(string.format("would move %s: copy to %s, drop %s", A.show(key),
+      #copy > 0 and table.concat(copy, ",") or "-", #drop > 0 and table.concat(drop, ",") or "-"))
+    mkv.count("changed")
+    return
+  end
+
+  -- 1. copies, each verified
+  local holds = {}
+  for _, v in ipairs(have) do holds[v] = true end
+  for _, dst in ipairs(copy) do
+    local src = have[1]
+    local got, md5, code = mkv.copy(A.url(src, path), A.url(dst, path))
+    local bad
+    if not got then
+      bad = tostring(md5)
+    elseif got ~= size then
+      bad = string.format("copied %d bytes of %d", got, size)
+    elseif rec.hash and md5 ~= rec.hash then
+      bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
+    end
+    if bad then
+      mkv.report(string.format("%s: copy %s -> %s failed: %s", A.show(key), src, dst, bad))
+      mkv.count("failed")
+      if got then mkv.http("DELETE", A.url(dst, path)) end
+      return
+    end
+    holds[dst] = true
+  end
+  -- 2. the record: placement's volumes that hold a copy, in its order, then any good
+  -- copy the plan keeps elsewhere. Its state and its MD5 stay.
+  local dropping = {}
+  for _, v in ipairs(drop) do dropping[v] = true end
+  local vols = {}
+  for _, v in ipairs(want) do
+    if holds[v] then vols[#vols + 1] = v end
+  end
+  for _, v in ipairs(have) do
+    if not dropping[v] and not A.contains(vols, v) then vols[#vols + 1] = v end
+  end
+  rec.volumes = vols
+  local ok, werr = mkv.index_put(key, A.encode(rec), true)
+  if not ok then
+    mkv.report(A.show(key) .. ": cannot write its record: " .. tostring(werr))
+    mkv.count("failed")
+    return
+  end
+  -- 3. only now the surplus copies go
+  for _, v in ipairs(drop) do
+    if not A.contains(vols, v) then
+      local st, derr = mkv.http("DELETE", A.url(v, path))
+      if st ~= 204 and st ~= 404 then
+        mkv.report(string.format("%s: could not delete the surplus copy on %s (%s): mkv gc will find it",
+          A.show(key), v, tostring(st or derr)))
+      end
+    end
+  end
+  mkv.count("changed")
+end
+
+A.each_record(function(key, value)
+  mkv.count("examined")
+  mkv.progress({ done = 1 })
+  if not mkv.lock(key) then
+    mkv.report("skipped " .. A.show(key) .. ": a write of it is in flight; run rebalance again")
+    mkv.count("skipped")
+    return
+  end
+  local ok, err = pcall(move, key)
+  mkv.unlock(key)
+  if not ok then error(err, 0) end
+end)

@@ -1,0 +1,134 @@
+-- lua/verify.lua: `mkv verify [--deep] [--repair]` -- are the live keys' copies there?
+--
+-- For every live record: each replica answers a HEAD with the same size (with --deep
+-- each copy is read and its MD5 compared with the record's); copies that are missing,
+-- differ, or sit where placement does not want them are reported, one line each.
+-- --repair copies a good replica over each missing or corrupt one (verified). Then the
+-- volumes are walked for orphan files: files that no record points to (mkv gc removes
+-- them). Exits non-zero when it found a problem it did not repair.
+local mkv = require "mkv"
+local A = require "mkv_admin"
+
+local opts = A.options({ deep = "flag", repair = "flag" })
+
+local function check(key, value)
+  mkv.count("examined")
+  mkv.progress({ done = 1 })
+  local rec, err = A.decode(value)
+  if not rec then
+    mkv.report("corrupt record " .. A.show(key) .. ": " .. err)
+    mkv.count("failed")
+    return
+  end
+  if rec.deleted or #rec.volumes == 0 then return end
+  local path = mkv.path(key)
+  local sizes, md5s, missing, unknown = {}, {}, {}, {}
+  for _, v in ipairs(rec.volumes) do
+    local st, len = mkv.http("HEAD", A.url(v, path))
+    if st == 200 then
+      sizes[v] = len
+    elseif st == 404 then
+      missing[#missing + 1] = v
+    else
+      unknown[#unknown + 1] = v
+      mkv.report(string.format("unreachable %s on %s: %s", A.show(key), v, tostring(len)))
+      mkv.count("failed")
+    end
+  end
+  -- Which copies are good: with --deep, those whose MD5 matches the record (or, with
+  -- no MD5 recorded, the most common one); otherwise those of the most common size.
+  local good, bad = {}, {}
+  if opts.deep then
+    local votes = {}
+    for v in pairs(sizes) do
+      local size, md5 = mkv.md5_url(A.url(v, path))
+      if size then
+        md5s[v] = md5
+        votes[md5] = (votes[md5] or 0) + 1
+      end
+    end
+    local best = rec.hash
+    if not best then
+      local n = 0
+      for m, c in pairs(votes) do
+        if c > n then best, n = m, c end
+      end
+    end
+    for _, v in ipairs(rec.volumes) do
+      if sizes[v] then
+        if md5s[v] == best then good[#good + 1] = v else bad[#bad + 1] = v end
+      end
+    end
+  else
+    local votes, best, n = {}, nil, 0
+    for _, len in pairs(sizes) do votes[len] = (votes[len] or 0) + 1 end
+    for len, c in pairs(votes) do
+      if c > n then best, n = len, c end
+    end
+    for _, v in ipairs(rec.volumes) do
+      if sizes[v] then
+        if sizes[v] == best then good[#good + 1] = v else bad[#bad + 1] = v end
+      end
+    end
+  end
+  for _, v in ipairs(missing) do mkv.report(string.format("missing %s on %s", A.show(key), v)) end
+  for _, v in ipairs(bad) do
+    mkv.report(string.format("corrupt %s on %s (%s)", A.show(key), v,
+      opts.deep and ("MD5 " .. tostring(md5s[v]) .. ", expected " .. tostring(rec.hash or "the others'"))
+        or ("size " .. tostring(sizes[v]))))
+  end
+  local want = mkv.place(key)
+  if want and not A.same_list(want, rec.volumes) then
+    mkv.report(string.format("misplaced %s: on %s, placement wants %s (mkv rebalance moves it)",
+      A.show(key), table.concat(rec.volumes, ","), table.concat(want, ",")))
+  end
+  local broken = #missing + #bad
+  if broken == 0 then return end
+  if not opts.repair or #good == 0 then
+    if #good == 0 then mkv.report("no good copy of " .. A.show(key) .. " left: cannot repair") end
+    mkv.count("failed", broken)
+    return
+  end
+  -- --repair: copy a good replica over each broken one, under the key's lock.
+  if not mkv.lock(key) then
+    mkv.report("not repaired " .. A.show(key) .. ": a write of it is in flight")
+    mkv.count("failed", broken)
+    return
+  end
+  local targets = {}
+  for _, v in ipairs(missing) do targets[#targets + 1] = v end
+  for _, v in ipairs(bad) do targets[#targets + 1] = v end
+  local src = good[1]
+  for _, dst in ipairs(targets) do
+    local size, md5 = mkv.copy(A.url(src, path), A.url(dst, path))
+    if size and (not rec.hash or md5 == rec.hash) then
+      mkv.report(string.format("repaired %s on %s (copied from %s)", A.show(key), dst, src))
+      mkv.count("changed")
+    else
+      mkv.report(string.format("repair of %s on %s failed: %s", A.show(key), dst,
+        size and ("MD5 " .. md5) or tostring(md5)))
+      mkv.count("failed")
+    end
+  end
+  mkv.unlock(key)
+end
+
+A.each_record(check)
+
+-- Orphans: files no record points to (left by failed writes, or by moves that stopped
+-- half way). Reported here; mkv gc removes them.
+A.walk(mkv.config.volumes, function(ab, cd, found)
+  for b64, copies in pairs(found) do
+    local key = A.key_of(ab, cd, b64)
+    if key then
+      local value = mkv.index_get(key)
+      local rec = value and A.decode(value)
+      for _, c in ipairs(copies) do
+        if not rec or not A.contains(rec.volumes, c.root) then
+          mkv.report(string.format("orphan %s (%s)", A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64),
+            rec and "its record names other volumes" or "no record"))
+        end
+      end
+    end
+  end
+end)
