@@ -94,6 +94,7 @@ struct mkv_admin_s {
 
   uint64_t start_ns;
   double total, done_units;
+  char phase[32];
   unsigned long long bytes, examined, changed, failed, skipped;
   uv_timer_t progress_timer;
 
@@ -127,9 +128,9 @@ static void emit(mkv_admin_t *a, int kind, const char *fmt, ...) {
 
 static void progress_tick(uv_timer_t *t) {
   mkv_admin_t *a = t->data;
-  emit(a, MKV_ADMIN_PROGRESS, "%.0f %.0f %llu %llu %llu %llu %llu", a->done_units, a->total,
+  emit(a, MKV_ADMIN_PROGRESS, "%.0f %.0f %llu %llu %llu %llu %llu %s", a->done_units, a->total,
        a->bytes, (unsigned long long)((mkv_now_ns() - a->start_ns) / 1000000), a->examined,
-       a->changed, a->failed);
+       a->changed, a->failed, a->phase);
 }
 
 /* ---- tasks ---- */
@@ -1145,9 +1146,18 @@ static int l_rebalance_plan(lua_State *L) {
 
 /* ---- progress and output ---- */
 
+/* mkv.progress{ phase = "name", total = N, done = n }: a new phase starts its own count;
+ * `done` adds to it. */
 static int l_progress(lua_State *L) {
   mkv_admin_t *a = admin_of(L);
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "phase");
+  if (lua_isstring(L, -1)) {
+    snprintf(a->phase, sizeof(a->phase), "%s", lua_tostring(L, -1));
+    a->done_units = 0;
+    a->total = 0;
+  }
+  lua_pop(L, 1);
   lua_getfield(L, 1, "total");
   if (lua_isnumber(L, -1)) a->total = lua_tonumber(L, -1);
   lua_getfield(L, 1, "done");
@@ -1303,9 +1313,13 @@ static int build_state(mkv_admin_t *a, const char *script_path, char **err) {
   lua_pop(L, 2);
   lua_setglobal(L, "mkv");
 
-  /* the script: a file given by path, or lua/<name>.lua compiled in */
+  /* the script: sent over the wire, a file given by path, or lua/<name>.lua compiled in */
   int rc;
-  if (script_path) {
+  if (a->opts.source) {
+    char chunk[300];
+    snprintf(chunk, sizeof(chunk), "@%s", a->script);
+    rc = luaL_loadbuffer(L, a->opts.source, a->opts.source_len, chunk);
+  } else if (script_path) {
     rc = luaL_loadfile(L, script_path);
   } else {
     char path[256];
@@ -1375,7 +1389,8 @@ int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index
   mkv_buf_init(&a->script_args);
   const char *script_path = NULL;
   size_t sl = strlen(opts->script);
-  if (strchr(opts->script, '/') || (sl > 4 && strcmp(opts->script + sl - 4, ".lua") == 0))
+  if (!opts->source &&
+      (strchr(opts->script, '/') || (sl > 4 && strcmp(opts->script + sl - 4, ".lua") == 0)))
     script_path = opts->script;
   a->script = mkv_strdup(opts->script);
   if (mkv_policy_new(cfg, &a->policy, err) != 0) {

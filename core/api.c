@@ -730,7 +730,12 @@ void mkv_api_headers(mkv_req_t *req) {
   case MKV_M_PUT: put_start(req); break;
   case MKV_M_DELETE:
   case MKV_M_UNLINK: delete_start(req); break;
-  default: respond_empty(req, 405); break;
+  default: {
+    /* POST (the S3 subset of the original is out of scope) and anything else. */
+    mkv_header_t h = {"Allow", "GET, HEAD, PUT, DELETE, UNLINK", 0};
+    mkv_req_respond(req, 405, &h, 1, NULL, 0);
+    break;
+  }
   }
 }
 
@@ -761,3 +766,6 @@ void mkv_api_abort(mkv_req_t *req) {
   if (a->fo && !a->fo_done && !a->body_complete) mkv_fanout_abort(a->fo);
   if (a->probing) mkv_upreq_cancel(&a->probe);
 }
+
+const mkv_handler_t mkv_api_handler = {mkv_api_headers, mkv_api_body, mkv_api_body_flush,
+                                       mkv_api_complete, mkv_api_abort, mkv_api_free};

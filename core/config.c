@@ -21,7 +21,8 @@ static const struct {
   int is_bool;
 } known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
                    {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
-                   {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0}};
+                   {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0},
+                   {"admin", 0}};
 
 int mkv_config_flag_kind(const char *name, int *is_bool) {
   for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
@@ -80,6 +81,7 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->voltimeout_ms = get_num(L, t, "voltimeout");
   cfg->fallback = get_str(L, t, "fallback");
   cfg->verbose = get_bool(L, t, "verbose");
+  cfg->admin_listen = get_str(L, t, "admin_listen");
   cfg->workers = (int)get_num(L, t, "workers");
   if (cfg->workers == 0) cfg->workers = (int)MKV_MIN(uv_available_parallelism(), 64);
   cfg->policy_path = get_str(L, t, "policy_path");
@@ -213,6 +215,7 @@ void mkv_config_free(mkv_config_t *cfg) {
     for (int i = 0; i < cfg->nvolumes; i++) free(cfg->volumes[i]);
   free(cfg->volumes);
   free(cfg->fallback);
+  free(cfg->admin_listen);
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
   memset(cfg, 0, sizeof(*cfg));

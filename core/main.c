@@ -1,7 +1,10 @@
 /* main.c: the command line (a config file and the Go original's flags), subcommands,
  * the listening socket, signals, and the worker threads. */
 #include <errno.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +15,7 @@
 #include <uv.h>
 
 #include "mkv/admin.h"
+#include "mkv/api.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
 #include "mkv/index.h"
@@ -47,7 +51,8 @@ static const char usage_text[] =
     "  -fallback H:P     redirect missing keys there\n"
     "  -v                log every request\n"
     "  -listen ADDR      address to bind (default: every interface)\n"
-    "  -workers N        worker threads (default: one per core)\n";
+    "  -workers N        worker threads (default: one per core)\n"
+    "  -admin HOST:PORT  admin listener (default 127.0.0.1:0, a free port)\n";
 
 /* Prints "mkv: <msg>" on one line: a message built from a config or a policy's error
  * may hold newlines or tabs (Lua's "module not found" lists do). */
@@ -203,10 +208,72 @@ static int bind_listener(const mkv_config_t *cfg, char **err) {
   return fd;
 }
 
+/* The admin listener: "host:port" (port 0: any free one). Returns the fd and the address
+ * it got in `bound` ("127.0.0.1:43211"). */
+static int bind_admin(const char *spec, char *bound, size_t boundlen, char **err) {
+  char host[256];
+  const char *colon = strrchr(spec, ':');
+  size_t hl = colon ? (size_t)(colon - spec) : 0;
+  if (colon == NULL || hl == 0 || hl >= sizeof(host)) {
+    *err = mkv_sprintf("admin_listen %s is not host:port", spec);
+    return -1;
+  }
+  memcpy(host, spec, hl);
+  host[hl] = '\0';
+  if (host[0] == '[' && host[hl - 1] == ']') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int rc = getaddrinfo(host, colon + 1, &hints, &res);
+  if (rc != 0) {
+    *err = mkv_sprintf("admin_listen %s: %s", spec, gai_strerror(rc));
+    return -1;
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+    *err = mkv_sprintf("cannot listen on the admin address %s: %s", spec, strerror(errno));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    return -1;
+  }
+  freeaddrinfo(res);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  getsockname(fd, (struct sockaddr *)&ss, &sl);
+  char ip[INET6_ADDRSTRLEN];
+  int port;
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
+    port = ntohs(a6->sin6_port);
+    snprintf(bound, boundlen, "[%s]:%d", ip, port);
+  } else {
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
+    port = ntohs(a4->sin_port);
+    snprintf(bound, boundlen, "%s:%d", ip, port);
+  }
+  return fd;
+}
+
+/* <db>/mkv.admin names the admin listener of the server that holds the index, so an
+ * admin command given the same -db finds it. Written after the flock is held, removed
+ * on a clean stop; a stale one (after a crash) fails to connect and is ignored. */
+static char *admin_file(const mkv_config_t *cfg) {
+  return mkv_sprintf("%s/mkv.admin", cfg->db);
+}
+
 /* ---- server ---- */
 
 static mkv_worker_t *workers;
 static int nworkers;
+static mkv_worker_t *admin_worker_p;
 static uv_signal_t sigint, sigterm, sighup;
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -219,6 +286,7 @@ static void on_signal(uv_signal_t *h, int signum) {
            "once)",
            signum == SIGINT ? "SIGINT" : "SIGTERM");
   for (int i = 0; i < nworkers; i++) mkv_worker_stop(&workers[i]);
+  if (admin_worker_p) mkv_worker_stop(admin_worker_p);
   /* Closing the watchers restores the default action, so a second SIGINT or SIGTERM
    * kills the process while it drains; the main loop then has nothing left and
    * returns, and main joins the workers. */
@@ -238,7 +306,7 @@ static int run_server(const mkv_config_t *cfg) {
   workers = mkv_calloc((size_t)nworkers, sizeof(mkv_worker_t));
   /* Policies first: a broken policy stops startup before the index or the port. */
   for (int i = 0; i < nworkers; i++) {
-    if (mkv_worker_init(&workers[i], i + 1, cfg, &err) != 0) {
+    if (mkv_worker_init(&workers[i], i + 1, cfg, 1, &err) != 0) {
       print_error(err);
       for (int j = 0; j < i; j++) mkv_worker_destroy(&workers[j]);
       free(err);
@@ -254,6 +322,15 @@ static int run_server(const mkv_config_t *cfg) {
     print_error(err);
     goto cleanup_index;
   }
+  char admin_addr[300];
+  int afd = bind_admin(cfg->admin_listen, admin_addr, sizeof(admin_addr), &err);
+  if (afd < 0) {
+    print_error(err);
+    close(lfd);
+    goto cleanup_index;
+  }
+  mkv_worker_t admin_worker;
+  mkv_worker_init(&admin_worker, 0, cfg, 0, &err);
 
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &sigint);
@@ -263,22 +340,43 @@ static int run_server(const mkv_config_t *cfg) {
   uv_signal_start(&sigterm, on_signal, SIGTERM);
   uv_signal_start(&sighup, on_signal, SIGHUP);
 
+  /* The admin thread first, and its address announced before the API serves: a
+   * command that sees the server answering also finds its admin listener. */
+  int admin_started = 0;
+  if (mkv_worker_start(&admin_worker, index, afd, &mkv_admin_handler, &err) != 0) {
+    print_error(err);
+    close(afd);
+  } else {
+    admin_started = 1;
+    char *path = admin_file(cfg);
+    FILE *f = fopen(path, "w");
+    if (f) {
+      fprintf(f, "%s\n", admin_addr);
+      fclose(f);
+    } else {
+      mkv_warn("cannot write %s: admin commands will not find this server", path);
+    }
+    free(path);
+  }
+
   int started = 0;
-  for (int i = 0; i < nworkers; i++) {
+  for (int i = 0; i < nworkers && admin_started; i++) {
     int fd = dup(lfd);
-    if (fd < 0 || mkv_worker_start(&workers[i], index, fd, &err) != 0) {
+    if (fd < 0 || mkv_worker_start(&workers[i], index, fd, &mkv_api_handler, &err) != 0) {
       print_error(err ? err : strerror(errno));
       break;
     }
     started++;
   }
   close(lfd);
-  if (started == nworkers) {
+  if (started == nworkers && admin_started) {
     mkv_info("mkv %s serving on %s:%d with %d worker(s); volumes:", MKV_VERSION,
              cfg->listen, cfg->port, nworkers);
     for (int i = 0; i < cfg->nvolumes; i++) mkv_info("  %s", cfg->volumes[i]);
     mkv_info("replicas %d, subvolumes %d, md5sum %s, protect %s, index %s", cfg->replicas,
              cfg->subvolumes, cfg->md5sum ? "on" : "off", cfg->protect ? "on" : "off", cfg->db);
+    mkv_info("admin listener on %s", admin_addr);
+    admin_worker_p = &admin_worker;
     uv_run(loop, UV_RUN_DEFAULT);
     rc = 0;
   } else {
@@ -286,6 +384,14 @@ static int run_server(const mkv_config_t *cfg) {
   }
   for (int i = 0; i < started; i++) mkv_worker_join(&workers[i]);
   for (int i = started; i < nworkers; i++) mkv_worker_destroy(&workers[i]);
+  if (admin_started) {
+    if (!admin_worker_p) mkv_worker_stop(&admin_worker);
+    mkv_worker_join(&admin_worker);
+    admin_worker_p = NULL;
+    char *path = admin_file(cfg);
+    unlink(path);
+    free(path);
+  }
   if (!uv_is_closing((uv_handle_t *)&sigint)) {
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sigterm, NULL);
@@ -332,14 +438,16 @@ static void admin_line(void *ctx, int kind, const char *text, size_t len) {
   admin_out_t *o = ctx;
   if (kind == MKV_ADMIN_PROGRESS) {
     double done = 0, total = 0, bytes = 0, ms = 0, examined = 0, changed = 0, failed = 0;
-    if (sscanf(text, "%lf %lf %lf %lf %lf %lf %lf", &done, &total, &bytes, &ms, &examined,
-               &changed, &failed) < 4)
+    char phase[32] = "";
+    if (sscanf(text, "%lf %lf %lf %lf %lf %lf %lf %31s", &done, &total, &bytes, &ms, &examined,
+               &changed, &failed, phase) < 4)
       return;
     double secs = ms / 1000 > 0 ? ms / 1000 : 1;
     char b[32], rate[32], line[256];
     fmt_bytes(b, sizeof(b), bytes);
     fmt_bytes(rate, sizeof(rate), bytes / secs);
-    int n = snprintf(line, sizeof(line), "%s: %.0f", o->script, done);
+    int n = snprintf(line, sizeof(line), "%s%s%s%s: %.0f", o->script, phase[0] ? " (" : "",
+                     phase, phase[0] ? ")" : "", done);
     if (total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", total);
     n += snprintf(line + n, sizeof(line) - (size_t)n,
                   " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)", examined,
@@ -417,6 +525,148 @@ static int run_admin_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_ad
   return out.code;
 }
 
+static void add_query(mkv_buf_t *q, const char *name, const char *value) {
+  if (q->len) mkv_buf_addc(q, '&');
+  mkv_buf_adds(q, name);
+  mkv_buf_addc(q, '=');
+  for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+        *p == '-' || *p == '.' || *p == '_')
+      mkv_buf_addc(q, (char)*p);
+    else
+      mkv_buf_addf(q, "%%%02X", *p);
+  }
+}
+
+/* Connects to the admin listener named in <db>/mkv.admin: a connected fd, or -1 when
+ * there is no such file or nothing answers there (a stale file after a crash). */
+static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
+  char *path = admin_file(cfg);
+  FILE *f = fopen(path, "r");
+  free(path);
+  if (f == NULL) return -1;
+  char line[300] = "";
+  if (fgets(line, sizeof(line), f) == NULL) line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  snprintf(addr, addrlen, "%s", line);
+  char host[256];
+  const char *colon = strrchr(line, ':');
+  if (colon == NULL || colon == line || (size_t)(colon - line) >= sizeof(host)) return -1;
+  size_t hl = (size_t)(colon - line);
+  memcpy(host, line, hl);
+  host[hl] = '\0';
+  if (host[0] == '[') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host, colon + 1, &hints, &res) != 0) return -1;
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  return fd;
+}
+
+/* Runs the job inside the server that holds the index, and shows its output as an
+ * offline run would. Closing the connection (Ctrl-C) cancels the job there. */
+static int run_admin_online(int fd, const char *addr, const mkv_admin_opts_t *o,
+                            const char *script_name, const char *source, size_t slen,
+                            const char *concurrency, const char *bandwidth) {
+  mkv_buf_t q, req;
+  mkv_buf_init(&q);
+  mkv_buf_init(&req);
+  add_query(&q, "script", script_name);
+  for (int i = 0; i < o->argc; i++) add_query(&q, "arg", o->argv[i]);
+  if (concurrency) add_query(&q, "concurrency", concurrency);
+  if (bandwidth) add_query(&q, "bandwidth", bandwidth);
+  /* HTTP/1.0: the answer streams until the server closes; no chunk framing to undo. */
+  mkv_buf_addf(&req, "POST /admin/run?%s HTTP/1.0\r\nHost: mkv\r\nContent-Length: %zu\r\n\r\n",
+               q.data, slen);
+  mkv_buf_add(&req, source ? source : "", slen);
+  size_t off = 0;
+  while (off < req.len) {
+    ssize_t n = send(fd, req.data + off, req.len - off, MSG_NOSIGNAL);
+    if (n <= 0) {
+      fprintf(stderr, "mkv: cannot talk to the server's admin listener at %s: %s\n", addr,
+              strerror(errno));
+      mkv_buf_free(&q);
+      mkv_buf_free(&req);
+      close(fd);
+      return 2;
+    }
+    off += (size_t)n;
+  }
+  mkv_buf_free(&q);
+  mkv_buf_free(&req);
+  fprintf(stderr, "mkv: a server holds the index: running %s inside it (%s)\n", script_name,
+          addr);
+  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, script_name, 2};
+  mkv_buf_t in;
+  mkv_buf_init(&in);
+  int status = 0, in_body = 0, got_exit = 0;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    mkv_buf_add(&in, buf, (size_t)n);
+    size_t start = 0;
+    for (;;) {
+      char *nl = memchr(in.data + start, '\n', in.len - start);
+      if (nl == NULL) break;
+      size_t len = (size_t)(nl - (in.data + start));
+      char *line = in.data + start;
+      if (len && line[len - 1] == '\r') len--;
+      if (!in_body) {
+        if (status == 0 && sscanf(line, "HTTP/1.%*d %d", &status) != 1) status = -1;
+        if (len == 0) in_body = 1;
+        if (in_body && status != 200) {
+          fprintf(stderr, "mkv: the server refused the job (%d): ", status);
+        }
+      } else if (status != 200) {
+        fprintf(stderr, "%.*s\n", (int)len, line);
+      } else if (len >= 2 && line[0] == 'X' && line[1] == ' ') {
+        out.code = atoi(line + 2);
+        got_exit = 1;
+      } else if (len >= 2 && line[1] == ' ') {
+        admin_line(&out, line[0], line + 2, len - 2);
+      }
+      start = (size_t)(nl - in.data) + 1;
+    }
+    memmove(in.data, in.data + start, in.len - start);
+    in.len -= start;
+  }
+  close(fd);
+  mkv_buf_free(&in);
+  if (out.live_line) fputc('\n', stderr);
+  if (status != 200) return 2;
+  if (!got_exit) {
+    fprintf(stderr, "mkv: the server closed the connection before the job ended\n");
+    return 1;
+  }
+  return out.code;
+}
+
+/* Reads a whole file (an operator's script sent to the server). */
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  char chunk[8192];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) mkv_buf_add(&b, chunk, n);
+  fclose(f);
+  *len = b.len;
+  return b.data ? b.data : mkv_strdup("");
+}
+
 static int run_admin(const mkv_config_t *cfg, const char *script, int argc, char **argv) {
   mkv_admin_opts_t o;
   memset(&o, 0, sizeof(o));
@@ -433,6 +683,34 @@ static int run_admin(const mkv_config_t *cfg, const char *script, int argc, char
   }
   o.argc = nrest;
   o.argv = rest;
+  /* The same command works whether or not a server holds the index: with one, the job
+   * runs inside it, under its key locks, while it serves. */
+  char addr[300];
+  int fd = connect_admin(cfg, addr, sizeof(addr));
+  if (fd >= 0) {
+    char conc[32], bw[32];
+    snprintf(conc, sizeof(conc), "%d", o.concurrency);
+    snprintf(bw, sizeof(bw), "%.0f", o.bandwidth);
+    size_t slen = 0;
+    char *source = NULL;
+    const char *name = script;
+    size_t sl = strlen(script);
+    if (strchr(script, '/') || (sl > 4 && strcmp(script + sl - 4, ".lua") == 0)) {
+      source = read_file(script, &slen);
+      if (source == NULL) {
+        fprintf(stderr, "mkv: cannot read %s: %s\n", script, strerror(errno));
+        close(fd);
+        free(rest);
+        return 2;
+      }
+      name = strrchr(script, '/') ? strrchr(script, '/') + 1 : script;
+    }
+    int rc = run_admin_online(fd, addr, &o, name, source, slen, conc,
+                              o.bandwidth > 0 ? bw : NULL);
+    free(source);
+    free(rest);
+    return rc;
+  }
   mkv_index_t *index = NULL;
   int rc;
   if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {

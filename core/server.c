@@ -15,7 +15,6 @@
 
 #include <llhttp.h>
 
-#include "mkv/api.h"
 #include "mkv/log.h"
 #include "mkv/text.h"
 
@@ -54,6 +53,7 @@ struct mkv_conn_s {
 
 struct mkv_server_s {
   mkv_worker_t *w;
+  const mkv_handler_t *h;
   uv_tcp_t listener;
   int listening;
   mkv_conn_t *conns;
@@ -200,7 +200,7 @@ void mkv_req_ref(mkv_req_t *req) {
 
 void mkv_req_unref(mkv_req_t *req) {
   if (--req->refs > 0) return;
-  mkv_api_free(req);
+  if (req->handler) req->handler->free(req);
   mkv_buf_free(&req->key);
   mkv_buf_free(&req->raw_query);
   mkv_buf_free(&req->content_md5);
@@ -397,6 +397,7 @@ static int on_message_begin(llhttp_t *p) {
   mkv_server_t *s = c->server;
   mkv_req_t *req = mkv_calloc(1, sizeof(*req));
   req->worker = s->w;
+  req->handler = s->h;
   s->w->live_reqs++;
   req->conn = c;
   req->refs = 1;
@@ -503,6 +504,7 @@ static int on_headers_complete(llhttp_t *p) {
   case HTTP_PUT: req->method = MKV_M_PUT, req->method_name = "PUT"; break;
   case HTTP_DELETE: req->method = MKV_M_DELETE, req->method_name = "DELETE"; break;
   case HTTP_UNLINK: req->method = MKV_M_UNLINK, req->method_name = "UNLINK"; break;
+  case HTTP_POST: req->method = MKV_M_POST, req->method_name = "POST"; break;
   default: return conn_reject(c, 405, "method not allowed");
   }
   /* Origin-form only: the key is the path, and an absolute-form target would let a
@@ -533,7 +535,7 @@ static int on_headers_complete(llhttp_t *p) {
   else
     uv_timer_stop(&c->timer);
   c->api_engaged = 1;
-  mkv_api_headers(req);
+  req->handler->headers(req);
   if (c->closing) return -1;
   if (req->responded && req->has_body && c->close_after) {
     /* Early answer to a bodied request: the body is never read. */
@@ -547,7 +549,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   mkv_conn_t *c = p->data;
   mkv_req_t *req = c->req;
   c->server->w->stats.bytes_in += len;
-  if (!req->responded || c->streaming) mkv_api_body(req, at, len);
+  if (!req->responded || c->streaming) req->handler->body(req, at, len);
   return c->closing ? -1 : 0;
 }
 
@@ -556,7 +558,7 @@ static int on_message_complete(llhttp_t *p) {
   c->msg_complete = 1;
   c->state = S_WAITING;
   uv_timer_stop(&c->timer);
-  mkv_api_complete(c->req);
+  c->req->handler->complete(c->req);
   if (c->closing) return -1;
   /* The one pause: pipelined requests wait until this one is answered. */
   return HPE_PAUSED;
@@ -596,7 +598,7 @@ static void conn_close(mkv_conn_t *c) {
   if (req) {
     req->conn = NULL;
     /* The client is gone before the exchange ended: the API cleans up on its own. */
-    if (c->api_engaged && !(c->msg_complete && c->response_done)) mkv_api_abort(req);
+    if (c->api_engaged && !(c->msg_complete && c->response_done)) req->handler->abort(req);
     mkv_req_unref(req);
   }
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -662,7 +664,7 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
   c->in_execute = 0;
   if (c->closing) return;
   /* Body bytes of this read that the API gathered go out now, not with the next read. */
-  if (c->req && c->api_engaged) mkv_api_body_flush(c->req);
+  if (c->req && c->api_engaged) c->req->handler->body_flush(c->req);
   if (!c->stop) update_carry(c, data, len);
   if (e == HPE_OK) return;
   if (e == HPE_PAUSED) {
@@ -814,7 +816,7 @@ static void on_connection(uv_stream_t *ls, int status) {
 
 /* ---- server ---- */
 
-mkv_server_t *mkv_server_new(mkv_worker_t *w) {
+mkv_server_t *mkv_server_new(mkv_worker_t *w, const mkv_handler_t *h) {
   if (req_settings.on_message_complete == NULL) {
     llhttp_settings_init(&req_settings);
     req_settings.on_message_begin = on_message_begin;
@@ -828,6 +830,7 @@ mkv_server_t *mkv_server_new(mkv_worker_t *w) {
   }
   mkv_server_t *s = mkv_calloc(1, sizeof(*s));
   s->w = w;
+  s->h = h;
   uv_timer_init(&w->loop, &s->drain_timer);
   s->drain_timer.data = s;
   return s;

@@ -49,14 +49,18 @@ void mkv_worker_defer(mkv_worker_t *w, void (*cb)(void *arg), void *arg) {
     uv_timer_start(&w->defer_timer, on_defer, 0, 0);
 }
 
-int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, char **err) {
+int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, int with_policy,
+                    char **err) {
   memset(w, 0, sizeof(*w));
   w->id = id;
   w->cfg = cfg;
   w->listen_fd = -1;
-  snprintf(w->name, sizeof(w->name), "w%d", id);
+  if (id == 0)
+    snprintf(w->name, sizeof(w->name), "admin");
+  else
+    snprintf(w->name, sizeof(w->name), "w%d", id);
   w->rng = (uint32_t)(mkv_now_ns() ^ ((uint64_t)id * 2654435761u)) | 1u;
-  return mkv_policy_new(cfg, &w->policy, err);
+  return with_policy ? mkv_policy_new(cfg, &w->policy, err) : 0;
 }
 
 void mkv_worker_destroy(mkv_worker_t *w) {
@@ -111,14 +115,15 @@ static void worker_main(void *arg) {
   mkv_hash_thread_done();
 }
 
-int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **err) {
+int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd,
+                     const mkv_handler_t *h, char **err) {
   w->index = index;
   w->listen_fd = listen_fd;
   int rc = uv_loop_init(&w->loop);
   if (rc != 0) goto fail;
   if ((rc = mkv_index_port_new(index, &w->loop, &w->port)) != 0) goto fail;
   w->up = mkv_upstream_new(&w->loop, w->cfg->limits.suspect_time_ms);
-  w->server = mkv_server_new(w);
+  w->server = mkv_server_new(w, h);
   uv_async_init(&w->loop, &w->wakeup, on_wakeup);
   w->wakeup.data = w;
   uv_timer_init(&w->loop, &w->drain_poll);

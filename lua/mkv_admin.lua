@@ -192,7 +192,7 @@ function M.walk(volumes, on_leaf)
   local names = {}
   for ab in pairs(tops) do names[#names + 1] = ab end
   table.sort(names)
-  mkv.progress({ total = #names })
+  mkv.progress({ phase = "volumes", total = #names })
   local leaves = 0
   for _, ab in ipairs(names) do
     -- Second level, then each leaf /ab/cd/ with every root that has it, in a task.
@@ -247,6 +247,7 @@ end
 -- Every record of the index, in pages, each handed to fn(key, value) in a task of its
 -- own (at most --concurrency at once). Returns the number of records.
 function M.each_record(fn, prefix)
+  mkv.progress({ phase = "records" })
   local start, n = prefix or "", 0
   while true do
     local page, err = mkv.index_scan(start, 1000, prefix)

@@ -170,6 +170,14 @@ M.fields = {
     return v
   end },
   verbose = { false, bool },
+  -- The admin listener: admin commands run inside a running server through it. Port 0
+  -- picks a free one; either way the server writes the address to <db>/mkv.admin.
+  admin_listen = { "127.0.0.1:0", function(w, v)
+    str(w, v)
+    local host, port = v:match("^(.+):(%d+)$")
+    if not host or tonumber(port) > 65535 then fail(w, "%s is not host:port", quote(v)) end
+    return v
+  end },
   workers = { 0, function(w, v) return int(w, v, 0, 256) end },
   policies = { {}, function(w, v)
     if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
@@ -208,6 +216,7 @@ M.flags = {
   voltimeout = { field = "voltimeout", kind = "string" },
   listen = { field = "listen", kind = "string" },
   workers = { field = "workers", kind = "int" },
+  admin = { field = "admin_listen", kind = "string" },
 }
 
 local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, True = true,

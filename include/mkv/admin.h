@@ -39,7 +39,9 @@ typedef struct mkv_admin_sink_s {
 } mkv_admin_sink_t;
 
 typedef struct mkv_admin_opts_s {
-  const char *script;       /* "rebuild", "rebalance", "verify", "gc" */
+  const char *script;       /* "rebuild", "rebalance", "verify", "gc", or a file's path */
+  const char *source;       /* the script's text when it came over the wire, or NULL */
+  size_t source_len;
   int argc;                 /* the script's own options ("--md5", "--dry-run" ...) */
   const char *const *argv;
   int concurrency;          /* transfers in flight at most (default 16) */
@@ -65,5 +67,12 @@ void mkv_admin_cancel(mkv_admin_t *a);
 
 /* The names of the scripts there are (compiled in from lua/). */
 int mkv_admin_script_exists(const char *name);
+
+/* The admin listener's endpoints (adminsrv.c), served by the server's admin thread:
+ * POST /admin/run?script=NAME&arg=..&concurrency=N&bandwidth=RATE runs a job (the body,
+ * if any, is the script's source) and streams its output as lines "<kind> <text>",
+ * then "X <exit code>". */
+struct mkv_handler_s;
+extern const struct mkv_handler_s mkv_admin_handler;
 
 #endif

@@ -8,6 +8,9 @@
 
 #include "mkv/server.h"
 
+/* The handler table a worker's server uses. */
+extern const mkv_handler_t mkv_api_handler;
+
 void mkv_api_headers(mkv_req_t *req);
 void mkv_api_body(mkv_req_t *req, const char *at, size_t len);
 /* The server has parsed everything it read this time: body bytes gathered so far go

@@ -32,6 +32,7 @@ typedef struct mkv_config_s {
   double voltimeout_ms;
   char *fallback; /* "" = none */
   int verbose;
+  char *admin_listen; /* "host:port" of the admin listener; port 0 = any free one */
   int workers; /* resolved: 0 in the config means one per core */
   char *policies[MKV_POLICY_KINDS];
   char *policy_path; /* ";"-separated templates with "?", like package.path */

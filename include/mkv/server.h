@@ -34,7 +34,19 @@ typedef struct mkv_header_s {
   size_t value_len;
 } mkv_header_t;
 
-enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK };
+enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK, MKV_M_POST };
+
+/* What a server serves: the HTTP API (api.h: mkv_api_handler) on the public listener,
+ * the admin endpoints (adminsrv.c) on the admin listener. The calls and their order are
+ * those described above for the API. */
+typedef struct mkv_handler_s {
+  void (*headers)(mkv_req_t *req);
+  void (*body)(mkv_req_t *req, const char *at, size_t len);
+  void (*body_flush)(mkv_req_t *req);
+  void (*complete)(mkv_req_t *req);
+  void (*abort)(mkv_req_t *req);
+  void (*free)(mkv_req_t *req);
+} mkv_handler_t;
 
 struct mkv_req_s {
   mkv_worker_t *worker;
@@ -54,11 +66,12 @@ struct mkv_req_s {
   uint64_t start_ns;
   int responded;          /* a response was started */
   int status;             /* the status sent */
+  const struct mkv_handler_s *handler;
   void *api;              /* the API's state for this request (api.c) */
   void *listing;          /* a listing's state (listing.c) */
 };
 
-mkv_server_t *mkv_server_new(mkv_worker_t *w);
+mkv_server_t *mkv_server_new(mkv_worker_t *w, const mkv_handler_t *h);
 /* Starts accepting on w->listen_fd. */
 int mkv_server_listen(mkv_server_t *s);
 /* Stops accepting, closes idle connections now and the others once their exchange is

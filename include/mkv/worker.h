@@ -20,6 +20,7 @@
 #include "mkv/upstream.h"
 
 typedef struct mkv_server_s mkv_server_t;
+struct mkv_handler_s;
 
 typedef struct mkv_worker_stats_s {
   unsigned long long requests, responses[6]; /* by status class: [2]=2xx ... */
@@ -50,15 +51,19 @@ typedef struct mkv_worker_s {
   uv_timer_t defer_timer;
   struct mkv_deferred_s *defer_head, *defer_tail;
   int started_ok;
+  void *admin_job; /* the admin thread's running job (adminsrv.c) */
   mkv_worker_stats_t stats;
 } mkv_worker_t;
 
 /* Creates the worker's Lua policy state, on the calling thread, so that a broken policy
- * stops startup before the index is opened or a socket bound. */
-int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, char **err);
+ * stops startup before the index is opened or a socket bound. with_policy = 0 for the
+ * admin thread, whose jobs make their own. */
+int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, int with_policy,
+                    char **err);
 /* Starts serving: the worker adopts listen_fd (a dup of the shared socket) and runs its
- * loop on a new thread. */
-int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd, char **err);
+ * loop on a new thread, answering with handler h. */
+int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd,
+                     const struct mkv_handler_s *h, char **err);
 /* Frees a worker that was initialised but never started. */
 void mkv_worker_destroy(mkv_worker_t *w);
 /* Asks the worker to drain and stop (any thread). */
