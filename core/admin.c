@@ -1262,6 +1262,13 @@ static void push_config(lua_State *L, const mkv_config_t *cfg) {
   lua_setfield(L, -2, "voltimeout");
   lua_pushnumber(L, cfg->limits.volume_timeout_ms / 1000.0);
   lua_setfield(L, -2, "volume_timeout");
+  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
+  char *src = mkv_sprintf("return %s", pc);
+  if (luaL_loadbuffer(L, src, strlen(src), "=policy_config") == 0 && lua_pcall(L, 0, 1, 0) == 0)
+    lua_setfield(L, -2, "policy");
+  else
+    lua_pop(L, 1);
+  free(src);
 }
 
 static int build_state(mkv_admin_t *a, const char *script_path, char **err) {

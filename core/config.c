@@ -85,6 +85,7 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->workers = (int)get_num(L, t, "workers");
   if (cfg->workers == 0) cfg->workers = (int)MKV_MIN(uv_available_parallelism(), 64);
   cfg->policy_path = get_str(L, t, "policy_path");
+  cfg->policy_config = get_str(L, t, "policy_config");
   cfg->policy_timeout_ms = get_num(L, t, "policy_timeout");
   cfg->policy_memory = (size_t)get_num(L, t, "policy_memory_mb") << 20;
 
@@ -218,5 +219,6 @@ void mkv_config_free(mkv_config_t *cfg) {
   free(cfg->admin_listen);
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
+  free(cfg->policy_config);
   memset(cfg, 0, sizeof(*cfg));
 }

@@ -318,6 +318,17 @@ static int build_state(mkv_policy_t *p) {
   lua_setfield(L, -2, "md5sum");
   lua_pushboolean(L, cfg->protect);
   lua_setfield(L, -2, "protect");
+  /* policy_config: this state's own copy (a policy may read it freely; changing it
+   * would change nothing but this worker's copy) */
+  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
+  mkv_buf_t src;
+  mkv_buf_init(&src);
+  mkv_buf_addf(&src, "return %s", pc);
+  int lrc = luaL_loadbuffer(L, src.data, src.len, "=policy_config");
+  mkv_buf_free(&src);
+  if (lrc != 0) return policy_fail(p, "policy_config: %s", lua_tostring(L, -1));
+  if (pcall_budget(p, 0, 1, LOAD_BUDGET_MS, "policy_config") != 0) return MKV_EPOLICY;
+  lua_setfield(L, -2, "policy");
   if (pcall_budget(p, 4, 1, LOAD_BUDGET_MS, "lua/mkv_sandbox.lua") != 0) return MKV_EPOLICY;
   lua_replace(L, LUA_GLOBALSINDEX);
   return 0;

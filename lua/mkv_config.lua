@@ -196,11 +196,48 @@ M.fields = {
     return out
   end },
   policy_path = { "", function(w, v) return str(w, v, true) end },
+  -- Parameters for the policies (zones, weights ...): plain data, given to every policy
+  -- state as mkv.config.policy. The policies check what they need of it when they load.
+  policy_config = { {}, function(w, v)
+    if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
+    return M.serialize(w, v, 0)
+  end },
   policy_timeout = { "50ms", function(w, v) return dur(w, v, 1) end },
   policy_memory_mb = { 64, function(w, v) return int(w, v, 4, 4096) end },
   limits = { {}, function(w, v) return subtable(w, v, M.limit_fields) end },
   leveldb = { {}, function(w, v) return subtable(w, v, M.leveldb_fields) end },
 }
+
+-- Plain data (tables, strings, numbers, booleans) as Lua source, so the C core can hand
+-- a copy to every policy state. Raises on anything else (functions, cycles, depth > 8).
+function M.serialize(where, v, depth)
+  local t = type(v)
+  if t == "string" then return string.format("%q", v) end
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then fail(where, "numbers must be finite") end
+    return string.format("%.17g", v)
+  end
+  if t == "boolean" then return tostring(v) end
+  if t ~= "table" then fail(where, "holds a %s: only tables, strings, numbers and booleans", t) end
+  if depth > 8 then fail(where, "is nested too deep (or holds a cycle)") end
+  local keys = {}
+  for k in pairs(v) do
+    if type(k) ~= "string" and type(k) ~= "number" then
+      fail(where, "has a key of type %s", type(k))
+    end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) then return a < b end
+    return type(a) == "number"
+  end)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = "[" .. M.serialize(where, k, depth + 1) .. "]=" ..
+      M.serialize(where .. "." .. tostring(k), v[k], depth + 1)
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
 
 -- The Go original's flags (GO-ORIGINAL.md §1) plus mkv's own; value kinds for parsing.
 M.flags = {

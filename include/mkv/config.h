@@ -36,6 +36,7 @@ typedef struct mkv_config_s {
   int workers; /* resolved: 0 in the config means one per core */
   char *policies[MKV_POLICY_KINDS];
   char *policy_path; /* ";"-separated templates with "?", like package.path */
+  char *policy_config; /* Lua source of the policy_config table, e.g. {["zones"]={...}} */
   double policy_timeout_ms;
   size_t policy_memory;
   struct {

@@ -1,0 +1,61 @@
+-- policies/weighted.lua: capacity-weighted placement -- a volume with twice the disk
+-- gets twice the keys.
+--
+-- Weights come from the config (a volume without one weighs 1):
+--   policies = { placement = "weighted" },
+--   policy_config = { weights = { ["10.0.0.1:3001"] = 4, ["10.0.0.2:3001"] = 8 } },
+--
+-- Weighted rendezvous hashing: each volume draws u = md5(key .. volume) as a number in
+-- (0, 1) and scores weight / -ln(u); the n highest scores win. A key's share of a
+-- volume is that volume's share of the total weight, and adding a volume moves only the
+-- keys it wins -- its weight over the new total -- all of them onto it. Subvolumes as
+-- the default policy.
+local mkv = require "mkv"
+local default = require "default"
+
+local cfg = mkv.config
+local byte, format, sort, log = string.byte, string.format, table.sort, math.log
+local weights = (cfg.policy and cfg.policy.weights) or {}
+for vol, w in pairs(weights) do
+  if type(w) ~= "number" or w <= 0 then
+    error(format("weighted policy: the weight of %s must be a number above 0", tostring(vol)))
+  end
+end
+
+local M = {}
+
+-- The first 7 bytes of the score as a fraction in (0, 1): 56 bits fit a double exactly.
+local function unit(score)
+  local x = 0
+  for i = 1, 7 do x = x * 256 + byte(score, i) end
+  return (x + 0.5) / 72057594037927936 -- 2^56
+end
+
+function M.place(key, volumes, n)
+  local scores = mkv.md5_scores(key, volumes)
+  local rank = {}
+  for i, vol in ipairs(volumes) do
+    rank[i] = (weights[vol] or 1) / -log(unit(scores[i]))
+  end
+  local order = {}
+  for i = 1, #volumes do order[i] = i end
+  sort(order, function(a, b)
+    if rank[a] ~= rank[b] then return rank[a] > rank[b] end
+    return a < b
+  end)
+  local out = {}
+  for i = 1, n do
+    local v = order[i]
+    if cfg.subvolumes > 1 then
+      local b1, b2, b3, b4 = byte(scores[v], 13, 16)
+      out[i] = format("%s/sv%02X", volumes[v], (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % cfg.subvolumes)
+    else
+      out[i] = volumes[v]
+    end
+  end
+  return out
+end
+
+M.path = default.path
+
+return M

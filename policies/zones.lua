@@ -1,0 +1,52 @@
+-- policies/zones.lua: zone- (rack-) aware placement -- no two replicas of a key in one
+-- zone, so losing a rack, a switch or a power feed loses at most one copy.
+--
+-- Each volume's zone comes from the config:
+--   policies = { placement = "zones" },
+--   policy_config = { zones = { ["10.0.1.1:3001"] = "rack-a", ["10.0.1.2:3001"] = "rack-a",
+--                               ["10.0.2.1:3001"] = "rack-b", ["10.0.3.1:3001"] = "rack-c" } },
+--
+-- Volumes are ranked exactly as the default policy ranks them (md5(key .. volume),
+-- highest first), and the replicas are the best-ranked volumes of distinct zones. So a
+-- key moves only when a volume of a better rank, or of a zone it lacked, appears; and
+-- with one volume per zone the placement is the default one. Subvolumes as the default.
+local mkv = require "mkv"
+local default = require "default"
+
+local cfg = mkv.config
+local byte, format, sort = string.byte, string.format, table.sort
+local zones = (cfg.policy and cfg.policy.zones) or error("zones policy: policy_config.zones is missing")
+
+local M = {}
+
+function M.place(key, volumes, n)
+  local scores = mkv.md5_scores(key, volumes)
+  local order = {}
+  for i = 1, #volumes do order[i] = i end
+  sort(order, function(a, b)
+    local sa, sb = scores[a], scores[b]
+    if sa ~= sb then return sa > sb end
+    return a < b
+  end)
+  local out, used = {}, {}
+  for _, v in ipairs(order) do
+    local vol = volumes[v]
+    local zone = zones[vol]
+    if not zone then error("zones policy: volume " .. vol .. " has no zone in policy_config.zones") end
+    if not used[zone] then
+      used[zone] = true
+      if cfg.subvolumes > 1 then
+        local b1, b2, b3, b4 = byte(scores[v], 13, 16)
+        out[#out + 1] = format("%s/sv%02X", vol, (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % cfg.subvolumes)
+      else
+        out[#out + 1] = vol
+      end
+      if #out == n then return out end
+    end
+  end
+  error(format("zones policy: %d replicas need %d zones, the volumes span only %d", n, n, #out))
+end
+
+M.path = default.path
+
+return M
