@@ -18,6 +18,8 @@ return {
   voltimeout = "1s",       -- how long a GET waits for a volume's HEAD probe
   fallback = "",           -- host:port to redirect missing keys to ("" = 404)
   verbose = false,         -- log every request
+  admin_listen = "127.0.0.1:0", -- admin commands reach a running server here (0 = any
+                           -- free port; the address is written to <db>/mkv.admin)
   workers = 0,             -- worker threads; 0 = one per core
 
   policies = {             -- which module each policy comes from (see README)
@@ -27,6 +29,7 @@ return {
     rebalance = "default", -- rebalance(key, have, want)
   },
   policy_path = "",        -- ";"-separated "dir/?.lua" templates; "" = <config dir>/policies/?.lua
+  policy_config = {},      -- data for the policies (zones, weights ...), as mkv.config.policy
   policy_timeout = "50ms", -- a policy call that runs longer fails its request (500)
   policy_memory_mb = 64,   -- memory cap of each worker's policy state
 
