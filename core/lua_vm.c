@@ -314,6 +314,13 @@ static int build_state(mkv_policy_t *p) {
   lua_setfield(L, -2, "subvolumes");
   lua_pushinteger(L, cfg->nvolumes);
   lua_setfield(L, -2, "nvolumes");
+  /* The volume list, so a policy can check its parameters against it when it loads. */
+  lua_createtable(L, cfg->nvolumes, 0);
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_pushstring(L, cfg->volumes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "volumes");
   lua_pushboolean(L, cfg->md5sum);
   lua_setfield(L, -2, "md5sum");
   lua_pushboolean(L, cfg->protect);

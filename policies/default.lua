@@ -1,8 +1,9 @@
 -- policies/default.lua: the Go original's placement, byte for byte.
 --
 -- A policy is a module of pure functions that the C core calls on each worker's Lua
--- state; it may use the helpers of `mkv` (md5, base64, md5_scores) and `mkv.config`,
--- never I/O. The config picks, for each kind of policy, the module to take it from:
+-- state; it may use the helpers of `mkv` (md5, base64, md5_scores) and `mkv.config`
+-- (replicas, subvolumes, volumes, md5sum, protect, and `policy`: the config's
+-- policy_config), never I/O. The config picks, for each kind of policy, the module to take it from:
 --   policies = { placement = "default", replicas = "default",
 --                listing = "default", rebalance = "default" }
 -- so an operator's module need only define the functions it changes.

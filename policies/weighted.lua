@@ -6,19 +6,30 @@
 --   policy_config = { weights = { ["10.0.0.1:3001"] = 4, ["10.0.0.2:3001"] = 8 } },
 --
 -- Weighted rendezvous hashing: each volume draws u = md5(key .. volume) as a number in
--- (0, 1) and scores weight / -ln(u); the n highest scores win. A key's share of a
--- volume is that volume's share of the total weight, and adding a volume moves only the
--- keys it wins -- its weight over the new total -- all of them onto it. Subvolumes as
--- the default policy.
+-- (0, 1) and scores weight / -ln(u); the n highest scores win. A volume's share of first
+-- replicas is its share of the total weight (with more replicas the heavy volumes' shares
+-- flatten, since one key cannot take a volume twice); adding a volume moves only the keys
+-- it wins -- its weight over the new total -- all of them onto it. Subvolumes as the
+-- default policy.
 local mkv = require "mkv"
 local default = require "default"
 
 local cfg = mkv.config
 local byte, format, sort, log = string.byte, string.format, table.sort, math.log
 local weights = (cfg.policy and cfg.policy.weights) or {}
+if type(weights) ~= "table" then
+  error("weighted policy: policy_config.weights must be a table volume -> weight")
+end
+local configured = {}
+for _, vol in ipairs(cfg.volumes or {}) do configured[vol] = true end
 for vol, w in pairs(weights) do
-  if type(w) ~= "number" or w <= 0 then
+  if type(w) ~= "number" or w <= 0 or w ~= w or w == math.huge then
     error(format("weighted policy: the weight of %s must be a number above 0", tostring(vol)))
+  end
+  -- A weight for an address that is no volume is a typo that would go unnoticed.
+  if cfg.volumes and not configured[vol] then
+    error(format("weighted policy: policy_config.weights names %s, which is not a configured volume",
+      tostring(vol)))
   end
 end
 

@@ -16,10 +16,36 @@ local default = require "default"
 local cfg = mkv.config
 local byte, format, sort = string.byte, string.format, table.sort
 local zones = (cfg.policy and cfg.policy.zones) or error("zones policy: policy_config.zones is missing")
+if type(zones) ~= "table" then error("zones policy: policy_config.zones must be a table volume -> zone") end
+
+-- Checked once, when the module loads (so at startup): every volume has a zone, and
+-- there are enough zones for the replica count. A volume without one would otherwise
+-- fail only the keys whose ranking happens to reach it.
+do
+  local seen, nzones = {}, 0
+  for _, vol in ipairs(cfg.volumes or {}) do
+    local z = zones[vol]
+    if type(z) ~= "string" or z == "" then
+      error("zones policy: volume " .. vol .. " has no zone in policy_config.zones")
+    end
+    if not seen[z] then
+      seen[z] = true
+      nzones = nzones + 1
+    end
+  end
+  if cfg.volumes and nzones < cfg.replicas then
+    error(string.format("zones policy: %d replicas need %d zones, the volumes span only %d",
+      cfg.replicas, cfg.replicas, nzones))
+  end
+end
 
 local M = {}
 
 function M.place(key, volumes, n)
+  -- Every volume, not just those the walk below reaches: a missing zone fails every key.
+  for _, vol in ipairs(volumes) do
+    if not zones[vol] then error("zones policy: volume " .. vol .. " has no zone in policy_config.zones") end
+  end
   local scores = mkv.md5_scores(key, volumes)
   local order = {}
   for i = 1, #volumes do order[i] = i end
@@ -32,7 +58,6 @@ function M.place(key, volumes, n)
   for _, v in ipairs(order) do
     local vol = volumes[v]
     local zone = zones[vol]
-    if not zone then error("zones policy: volume " .. vol .. " has no zone in policy_config.zones") end
     if not used[zone] then
       used[zone] = true
       if cfg.subvolumes > 1 then
