@@ -65,6 +65,7 @@ struct task_s {
   int spawn_ref;
   int is_root;
   int started; /* resumed once: the first resume passes the function's arguments */
+  int exempt;  /* started by a cancel to finish committed work: may still do I/O */
   mkv_buf_t locks; /* keys this task holds locks on: NUL-separated, length-prefixed */
 };
 
@@ -84,6 +85,8 @@ struct mkv_admin_s {
   task_t *ready_head, *ready_tail;
   task_t *spawn_waiters_head, *spawn_waiters_tail;
   task_t *joiners; /* parked in mkv.join until no spawned task is left */
+  struct after_s *afters;             /* mkv.after timers not yet fired */
+  struct after_s *due_head, *due_tail; /* fired, waiting for a free slot */
   int spawned_running; /* spawned tasks alive (not the root) */
   uv_timer_t run_timer;
 
@@ -99,6 +102,7 @@ struct mkv_admin_s {
   uv_timer_t progress_timer;
 
   int cancelled, root_done, finished, code;
+  int usage_error; /* the script refused its options: exit code 2 */
   int closing_handles;
   void (*done)(void *arg, int code);
   void *done_arg;
@@ -109,6 +113,7 @@ static const char admin_key = 'A';
 
 static void schedule(task_t *t);
 static void finish_script(mkv_admin_t *a);
+static void start_due(mkv_admin_t *a);
 
 /* ---- output ---- */
 
@@ -212,7 +217,10 @@ static void task_end(task_t *t, int rc) {
   if (rc != 0) {
     err = lua_tostring(t->T, -1);
     if (err == NULL) err = "(error object is not a string)";
-    if (!(a->cancelled && strstr(err, "ECANCELED"))) {
+    if (t->is_root && strncmp(err, "usage: ", 7) == 0) {
+      a->usage_error = 1;
+      emit(a, MKV_ADMIN_LOG, "%s", err);
+    } else if (!(a->cancelled && strstr(err, "ECANCELED"))) {
       a->failed++;
       emit(a, MKV_ADMIN_LOG, "error: %s", err);
     }
@@ -268,7 +276,9 @@ static void task_end(task_t *t, int rc) {
   free(t);
   if (root) a->root_done = 1;
   start_waiting_spawns(a);
-  if (a->spawned_running == 0 && a->spawn_waiters_head == NULL) {
+  start_due(a);
+  if (a->spawned_running == 0 && a->spawn_waiters_head == NULL && a->afters == NULL &&
+      a->due_head == NULL) {
     for (task_t *j = a->joiners, *next; j; j = next) {
       next = j->next_waiter;
       j->next_waiter = NULL;
@@ -277,7 +287,8 @@ static void task_end(task_t *t, int rc) {
     }
     a->joiners = NULL;
   }
-  if (a->root_done && a->tasks == NULL) finish_script(a);
+  if (a->root_done && a->tasks == NULL && a->afters == NULL && a->due_head == NULL)
+    finish_script(a);
 }
 
 /* Resumes a task with the values on its stack: its function's arguments the first
@@ -343,7 +354,7 @@ static int push_error(lua_State *L, int err) {
 static task_t *async_task(lua_State *L, mkv_admin_t *a) {
   task_t *t = task_of(L);
   if (t == NULL) luaL_error(L, "async mkv functions run only inside the script or mkv.spawn");
-  if (a->cancelled) luaL_error(L, "ECANCELED: the run was cancelled");
+  if (a->cancelled && !t->exempt) luaL_error(L, "ECANCELED: the run was cancelled");
   return t;
 }
 
@@ -395,7 +406,10 @@ static void start_task_from(mkv_admin_t *a, task_t *spawner, int ref) {
   lua_setfield(L, -2, "task");
   lua_pushvalue(L, -1);
   t->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_xmove(L, spawner->T, 1);
+  if (spawner)
+    lua_xmove(L, spawner->T, 1);
+  else
+    lua_pop(L, 1);
   /* The new task's first resume takes the function's arguments: n - 1 of them. */
   t->state = T_READY;
   schedule(t);
@@ -473,6 +487,80 @@ static int l_join(lua_State *L) {
   self->state = T_PARKED;
   self->op = &join_op;
   return lua_yield(L, 0);
+}
+
+/* ---- delayed tasks: mkv.after ---- */
+
+typedef struct after_s {
+  struct after_s *next, *prev; /* in a->afters, then next in the due queue */
+  mkv_admin_t *a;
+  uv_timer_t timer;
+  int ref; /* the function and its arguments */
+} after_t;
+
+static void after_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+/* Starts the tasks whose delay has passed, as slots free up (they count against
+ * --concurrency only once they run). A cancel starts them all at once, exempt from it:
+ * delayed work finishes what the run already committed (rebalance's surplus copies of
+ * moved keys), and dropping it would leave that half done. */
+static void start_due(mkv_admin_t *a) {
+  while (a->due_head && a->spawned_running < a->opts.concurrency) {
+    after_t *d = a->due_head;
+    a->due_head = d->next;
+    if (!a->due_head) a->due_tail = NULL;
+    start_task_from(a, NULL, d->ref);
+    if (a->cancelled) a->tasks->exempt = 1; /* start_task_from put it first */
+    uv_close((uv_handle_t *)&d->timer, after_closed);
+  }
+  if (a->root_done && a->tasks == NULL && a->afters == NULL && a->due_head == NULL)
+    finish_script(a);
+}
+
+static void after_fired(uv_timer_t *timer) {
+  after_t *d = timer->data;
+  mkv_admin_t *a = d->a;
+  if (d->prev)
+    d->prev->next = d->next;
+  else
+    a->afters = d->next;
+  if (d->next) d->next->prev = d->prev;
+  d->next = d->prev = NULL;
+  if (a->due_tail)
+    a->due_tail->next = d;
+  else
+    a->due_head = d;
+  a->due_tail = d;
+  start_due(a);
+}
+
+/* mkv.after(seconds, fn, ...): runs fn(...) in a task of its own once `seconds` have
+ * passed; the script does not end before it has run. Nothing waits meanwhile: how
+ * rebalance deletes a surplus copy only after a grace period, without holding a slot. */
+static int l_after(lua_State *L) {
+  mkv_admin_t *a = admin_of(L);
+  async_task(L, a);
+  double secs = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int n = lua_gettop(L) - 1;
+  lua_createtable(L, n, 0);
+  for (int i = 1; i <= n; i++) {
+    lua_pushvalue(L, i + 1);
+    lua_rawseti(L, -2, i);
+  }
+  lua_xmove(L, a->L, 1);
+  after_t *d = mkv_calloc(1, sizeof(*d));
+  d->a = a;
+  d->ref = luaL_ref(a->L, LUA_REGISTRYINDEX);
+  uv_timer_init(a->loop, &d->timer);
+  d->timer.data = d;
+  d->next = a->afters;
+  if (a->afters) a->afters->prev = d;
+  a->afters = d;
+  uv_timer_start(&d->timer, after_fired, secs <= 0 ? 0 : (uint64_t)(secs * 1000), 0);
+  return 0;
 }
 
 /* ---- sleeping ---- */
@@ -679,6 +767,7 @@ static int l_http(lua_State *L) {
 struct xfer_s {
   op_t op;
   mkv_admin_t *a;
+  int waiting_start; /* held back by the bandwidth cap before it began */
   mkv_upreq_t src;
   mkv_upreq_t dst;
   int has_dst, dst_started, src_done, dst_done;
@@ -700,7 +789,14 @@ static void xfer_maybe_free(xfer_t *x) {
   free(x);
 }
 
+static void xfer_begin(xfer_t *x);
+
 static void xfer_resume_source(xfer_t *x) {
+  if (x->waiting_start) {
+    x->waiting_start = 0;
+    xfer_begin(x);
+    return;
+  }
   x->paused_bw = 0;
   if (!x->paused_flow && !x->src_done) mkv_upreq_resume(&x->src);
 }
@@ -841,6 +937,16 @@ static void xfer_src_done(mkv_upreq_t *r, int err) {
 static void xfer_cancel(op_t *op) {
   xfer_t *x = (xfer_t *)op;
   bw_forget(x->a, op);
+  if (x->waiting_start) { /* never started: complete it here */
+    x->waiting_start = 0;
+    task_t *t = x->op.task;
+    push_error(t->T, UV_ECANCELED);
+    x->finished = 1;
+    xfer_maybe_free(x);
+    t->op = NULL;
+    schedule(t);
+    return;
+  }
   if (!x->src_done) mkv_upreq_cancel(&x->src);
   if (x->has_dst && x->dst_started && !x->dst_done) mkv_upreq_cancel(&x->dst);
 }
@@ -868,6 +974,7 @@ static int start_xfer(lua_State *L, int with_dst) {
     return luaL_error(L, "mkv.%s: bad URL", with_dst ? "copy" : "md5");
   }
   double timeout = a->cfg->limits.volume_timeout_ms;
+  (void)timeout;
   x->src.data = x;
   x->src.method = MKV_UP_GET;
   x->src.timeout_ms = timeout;
@@ -879,14 +986,38 @@ static int start_xfer(lua_State *L, int with_dst) {
   x->dst.method = MKV_UP_PUT;
   x->dst.timeout_ms = timeout;
   x->dst.done = xfer_dst_done;
-  int rc = mkv_upstream_start(a->up, &x->src);
+  park(t, &x->op);
+  /* The cap is an average: bytes already sent over it are a debt that new transfers
+   * wait out (a small value goes in one read, which pausing alone cannot slow). */
+  if (a->opts.bandwidth > 0) {
+    bw_refill(a);
+    if (a->tokens < 0) {
+      x->waiting_start = 1;
+      x->op.next_bw = a->bw_waiters;
+      a->bw_waiters = &x->op;
+      if (!uv_is_active((uv_handle_t *)&a->bw_timer))
+        uv_timer_start(&a->bw_timer, bw_tick, BW_TICK_MS, BW_TICK_MS);
+      return lua_yield(L, 0);
+    }
+  }
+  xfer_begin(x);
+  return lua_yield(L, 0);
+}
+
+/* Starts the source request; a failure to start completes the op at once (the task has
+ * not resumed yet: the results wait on its stack for the next loop turn). */
+static void xfer_begin(xfer_t *x) {
+  int rc = mkv_upstream_start(x->a->up, &x->src);
   if (rc != 0) {
+    x->src_done = 1;
+    x->src_err = rc;
+    task_t *t = x->op.task;
+    push_error(t->T, rc);
     x->finished = 1;
     xfer_maybe_free(x);
-    return push_error(L, rc);
+    t->op = NULL;
+    schedule(t);
   }
-  park(t, &x->op);
-  return lua_yield(L, 0);
 }
 
 static int l_copy(lua_State *L) {
@@ -1206,7 +1337,7 @@ static int l_now(lua_State *L) {
 
 static const luaL_Reg admin_funcs[] = {
     {"spawn", l_spawn},         {"_wait", l_wait_park},     {"join", l_join},
-    {"sleep", l_sleep},         {"http", l_http},
+    {"sleep", l_sleep},         {"after", l_after},         {"http", l_http},
     {"copy", l_copy},           {"md5_url", l_md5_url},
     {"index_scan", l_index_scan}, {"index_get", l_index_get},
     {"index_put", l_index_put}, {"index_del", l_index_del},
@@ -1371,7 +1502,7 @@ static void finish_script(mkv_admin_t *a) {
   emit(a, MKV_ADMIN_SUMMARY,
        "%s: examined %llu, changed %llu, failed %llu, skipped %llu; %llu bytes moved in %.1f s",
        a->script, a->examined, a->changed, a->failed, a->skipped, a->bytes, secs);
-  a->code = a->failed || a->cancelled ? 1 : 0;
+  a->code = a->usage_error ? 2 : a->failed || a->cancelled ? 1 : 0;
   /* The upstream and the port free themselves once their handles have closed; the
    * admin goes when its three timers have. */
   mkv_upstream_close(a->up);
@@ -1436,8 +1567,13 @@ void mkv_admin_cancel(mkv_admin_t *a) {
   a->cancelled = 1;
   emit(a, MKV_ADMIN_LOG, "cancelled: stopping every task");
   start_waiting_spawns(a); /* resumes spawn waiters with ECANCELED */
+  while (a->afters) { /* delayed work runs now (see start_due) */
+    after_t *d = a->afters;
+    uv_timer_stop(&d->timer);
+    after_fired(&d->timer);
+  }
   for (task_t *t = a->tasks; t; t = t->next) {
-    if (t->state != T_PARKED || t->op == NULL) continue;
+    if (t->state != T_PARKED || t->op == NULL || t->exempt) continue;
     op_t *op = t->op;
     if (op == &task_wait_op || op == &spawn_wait_op || op == &join_op) continue;
     op->cancel(op);

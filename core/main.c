@@ -438,8 +438,10 @@ static void admin_line(void *ctx, int kind, const char *text, size_t len) {
   admin_out_t *o = ctx;
   if (kind == MKV_ADMIN_PROGRESS) {
     double done = 0, total = 0, bytes = 0, ms = 0, examined = 0, changed = 0, failed = 0;
-    char phase[32] = "";
-    if (sscanf(text, "%lf %lf %lf %lf %lf %lf %lf %31s", &done, &total, &bytes, &ms, &examined,
+    char phase[32] = "", nums[256];
+    /* text is not NUL-terminated where it came off the wire: parse a copy */
+    snprintf(nums, sizeof(nums), "%.*s", (int)MKV_MIN(len, sizeof(nums) - 1), text);
+    if (sscanf(nums, "%lf %lf %lf %lf %lf %lf %lf %31s", &done, &total, &bytes, &ms, &examined,
                &changed, &failed, phase) < 4)
       return;
     double secs = ms / 1000 > 0 ? ms / 1000 : 1;

@@ -147,6 +147,7 @@ static void drop_pending(mkv_upreq_t *req) {
 static void finish(mkv_upreq_t *req, int err) {
   pool_t *pool = req->pool;
   req->active = 0;
+  req->deferred = 0;
   req->conn = NULL;
   drop_pending(req);
   req->elapsed_ns = mkv_now_ns() - req->started_ns;
@@ -175,6 +176,8 @@ static void defer_timer_cb(uv_timer_t *t) {
  * caller made (start, write, cancel), whose callback must not run before it returns. */
 static void defer_done(mkv_upreq_t *req, int err) {
   mkv_upstream_t *up = req->up;
+  if (req->deferred) return; /* queued already: it completes once */
+  req->deferred = 1;
   req->deferred_err = err;
   req->next_defer = NULL;
   req->conn = NULL;
@@ -186,10 +189,10 @@ static void defer_done(mkv_upreq_t *req, int err) {
   uv_timer_start(&up->defer_timer, defer_timer_cb, 0, 0);
 }
 
+/* A flag, not a walk of the queue: the queue is detached while it is drained, and a
+ * completion that cancels a sibling request must still see that it is queued. */
 static int is_deferred(mkv_upreq_t *req) {
-  for (mkv_upreq_t *r = req->up->defer_head; r; r = r->next_defer)
-    if (r == req) return 1;
-  return 0;
+  return req->deferred;
 }
 
 /* ---- pools ---- */
@@ -757,6 +760,7 @@ int mkv_upstream_start(mkv_upstream_t *up, mkv_upreq_t *req) {
   req->status = 0;
   req->resp_length = -1;
   req->retried = req->is_ready = req->body_ended = req->body_end_sent = req->touched = 0;
+  req->deferred = 0;
   req->body_queued = 0;
   req->conn = NULL;
   req->started_ns = mkv_now_ns();

@@ -83,7 +83,7 @@ function M.options(spec)
       local known = {}
       for k in pairs(spec) do known[#known + 1] = "--" .. k end
       table.sort(known)
-      error(string.format("unknown option %s (this command takes %s, --concurrency N and --bandwidth RATE)",
+      error(string.format("usage: unknown option %s (this command takes %s, --concurrency N and --bandwidth RATE)",
         a, #known > 0 and table.concat(known, ", ") or "no other options"), 0)
     end
     if kind == "flag" then
@@ -92,7 +92,7 @@ function M.options(spec)
       if val == nil then
         i = i + 1
         val = args[i]
-        if val == nil then error("option --" .. name .. " needs a value", 0) end
+        if val == nil then error("usage: option --" .. name .. " needs a value", 0) end
       end
       out[name] = val
     end

@@ -7,12 +7,38 @@
 -- the MD5 when the record has one), then rewrite the record -- keeping its state (an
 -- unlinked key stays unlinked) and its MD5 -- and only then delete the surplus copies.
 -- Never the last good one. Every step leaves a record that names good copies, so the
--- run can be interrupted at any point and started again.
+-- run can be interrupted at any point and started again. A surplus copy is deleted only
+-- after --grace (default 5 s): a reader that mkv redirected there just before the record
+-- changed still finds it.
 local mkv = require "mkv"
 local A = require "mkv_admin"
 
-local opts = A.options({ ["dry-run"] = "flag" })
+local opts = A.options({ ["dry-run"] = "flag", grace = "string" })
 local dry = opts["dry-run"]
+local grace = opts.grace and mkv.duration_ms(opts.grace)
+if opts.grace and not grace then error("usage: --grace takes a duration such as 5s", 0) end
+grace = (grace or 5000) / 1000
+
+-- Deletes a surplus copy, under the key's lock, unless the record names that volume
+-- again by now (a PUT after a DELETE, another rebalance).
+local function drop_copy(key, vol, path, tries)
+  if not mkv.lock(key) then
+    if tries < 60 then mkv.after(1, drop_copy, key, vol, path, tries + 1) return end
+    mkv.report(string.format("%s: left the surplus copy on %s (the key stayed busy): mkv gc will find it",
+      A.show(key), vol))
+    return
+  end
+  local value = mkv.index_get(key)
+  local rec = value and A.decode(value)
+  if not (rec and A.contains(rec.volumes, vol)) then
+    local st, derr = mkv.http("DELETE", A.url(vol, path))
+    if st ~= 204 and st ~= 404 then
+      mkv.report(string.format("%s: could not delete the surplus copy on %s (%s): mkv gc will find it",
+        A.show(key), vol, tostring(st or derr)))
+    end
+  end
+  mkv.unlock(key)
+end
 
 local function move(key)
   local value = mkv.index_get(key)
@@ -122,15 +148,9 @@ local function move(key)
     mkv.count("failed")
     return
   end
-  -- 3. only now the surplus copies go
+  -- 3. only now, and after the grace period, the surplus copies go
   for _, v in ipairs(drop) do
-    if not A.contains(vols, v) then
-      local st, derr = mkv.http("DELETE", A.url(v, path))
-      if st ~= 204 and st ~= 404 then
-        mkv.report(string.format("%s: could not delete the surplus copy on %s (%s): mkv gc will find it",
-          A.show(key), v, tostring(st or derr)))
-      end
-    end
+    if not A.contains(vols, v) then mkv.after(grace, drop_copy, key, v, path, 0) end
   end
   mkv.count("changed")
 end

@@ -35,46 +35,57 @@ local function check(key, value)
       mkv.count("failed")
     end
   end
-  -- Which copies are good: with --deep, those whose MD5 matches the record (or, with
-  -- no MD5 recorded, the most common one); otherwise those of the most common size.
+  -- Which copies are good. The record's MD5, when there is one, is the judge: with
+  -- --deep every copy is hashed; without it, only when the sizes disagree. Without an
+  -- MD5, a strict majority (of sizes, or of hashes with --deep) decides; a tie cannot
+  -- be settled, and is reported, never repaired.
   local good, bad = {}, {}
-  if opts.deep then
-    local votes = {}
-    for v in pairs(sizes) do
-      local size, md5 = mkv.md5_url(A.url(v, path))
-      if size then
-        md5s[v] = md5
-        votes[md5] = (votes[md5] or 0) + 1
-      end
-    end
-    local best = rec.hash
-    if not best then
-      local n = 0
-      for m, c in pairs(votes) do
-        if c > n then best, n = m, c end
-      end
-    end
-    for _, v in ipairs(rec.volumes) do
-      if sizes[v] then
-        if md5s[v] == best then good[#good + 1] = v else bad[#bad + 1] = v end
-      end
-    end
-  else
+  local present = {}
+  for _, v in ipairs(rec.volumes) do
+    if sizes[v] then present[#present + 1] = v end
+  end
+  local sizes_agree = true
+  for _, v in ipairs(present) do
+    if sizes[v] ~= sizes[present[1]] then sizes_agree = false end
+  end
+  local function by_majority(value_of)
     local votes, best, n = {}, nil, 0
-    for _, len in pairs(sizes) do votes[len] = (votes[len] or 0) + 1 end
-    for len, c in pairs(votes) do
-      if c > n then best, n = len, c end
+    for _, v in ipairs(present) do
+      local x = value_of(v)
+      if x ~= nil then votes[x] = (votes[x] or 0) + 1 end
     end
-    for _, v in ipairs(rec.volumes) do
-      if sizes[v] then
-        if sizes[v] == best then good[#good + 1] = v else bad[#bad + 1] = v end
-      end
+    for x, c in pairs(votes) do
+      if c > n then best, n = x, c end
     end
+    if n * 2 <= #present and #present > 1 then return nil end -- no strict majority
+    return best
+  end
+  local judge, value_of
+  if opts.deep or (not sizes_agree and rec.hash) then
+    for _, v in ipairs(present) do
+      local size, md5 = mkv.md5_url(A.url(v, path))
+      if size then md5s[v] = md5 end
+    end
+    value_of = function(v) return md5s[v] end
+    judge = rec.hash or by_majority(value_of)
+  else
+    value_of = function(v) return sizes[v] end
+    judge = by_majority(value_of)
+  end
+  local undecided = judge == nil and #present > 1
+  if undecided then
+    mkv.report(string.format("conflicting %s: its copies differ and %s, so which one is good cannot be told",
+      A.show(key), rec.hash and "none matches the record's MD5" or "no MD5 is recorded"))
+    mkv.count("failed")
+    return
+  end
+  for _, v in ipairs(present) do
+    if judge == nil or value_of(v) == judge then good[#good + 1] = v else bad[#bad + 1] = v end
   end
   for _, v in ipairs(missing) do mkv.report(string.format("missing %s on %s", A.show(key), v)) end
   for _, v in ipairs(bad) do
     mkv.report(string.format("corrupt %s on %s (%s)", A.show(key), v,
-      opts.deep and ("MD5 " .. tostring(md5s[v]) .. ", expected " .. tostring(rec.hash or "the others'"))
+      md5s[v] and ("MD5 " .. tostring(md5s[v]) .. ", expected " .. tostring(rec.hash or "the others'"))
         or ("size " .. tostring(sizes[v]))))
   end
   local want = mkv.place(key)
@@ -89,7 +100,9 @@ local function check(key, value)
     mkv.count("failed", broken)
     return
   end
-  -- --repair: copy a good replica over each broken one, under the key's lock.
+  -- --repair: copy a good replica over each broken one, under the key's lock. A corrupt
+  -- copy is overwritten only from a source whose MD5 was checked against the record
+  -- first: a copy cannot be taken back.
   if not mkv.lock(key) then
     mkv.report("not repaired " .. A.show(key) .. ": a write of it is in flight")
     mkv.count("failed", broken)
@@ -99,6 +112,17 @@ local function check(key, value)
   for _, v in ipairs(missing) do targets[#targets + 1] = v end
   for _, v in ipairs(bad) do targets[#targets + 1] = v end
   local src = good[1]
+  if rec.hash and #bad > 0 and md5s[src] ~= rec.hash then
+    local _, md5 = mkv.md5_url(A.url(src, path))
+    md5s[src] = md5
+    if md5 ~= rec.hash then
+      mkv.report(string.format("not repaired %s: the copy on %s does not match the record's MD5 either",
+        A.show(key), src))
+      mkv.count("failed", broken)
+      mkv.unlock(key)
+      return
+    end
+  end
   for _, dst in ipairs(targets) do
     local size, md5 = mkv.copy(A.url(src, path), A.url(dst, path))
     if size and (not rec.hash or md5 == rec.hash) then

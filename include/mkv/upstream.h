@@ -102,6 +102,7 @@ struct mkv_upreq_s {
   struct pending_chunk_s *pending_head, *pending_tail; /* body queued before ready */
   uint64_t started_ns;
   int deferred_err;
+  int deferred; /* its completion is queued (defer_done), whichever list holds it */
   int retried, active, body_ended, body_end_sent, is_ready, failed_early;
   int64_t body_queued;
 };
