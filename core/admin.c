@@ -541,8 +541,12 @@ static void after_fired(uv_timer_t *timer) {
  * rebalance deletes a surplus copy only after a grace period, without holding a slot. */
 static int l_after(lua_State *L) {
   mkv_admin_t *a = admin_of(L);
-  async_task(L, a);
+  /* Allowed after a cancel too (it is no I/O): a move whose record write landed while
+   * the cancel came must still schedule the removal of its surplus copies -- which then
+   * runs at once, exempt, as start_due says. */
+  if (task_of(L) == NULL) return luaL_error(L, "mkv.after runs only inside the script");
   double secs = luaL_checknumber(L, 1);
+  if (a->cancelled) secs = 0;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   int n = lua_gettop(L) - 1;
   lua_createtable(L, n, 0);

@@ -144,7 +144,14 @@ A.each_record(check)
 A.walk(mkv.config.volumes, function(ab, cd, found)
   for b64, copies in pairs(found) do
     local key = A.key_of(ab, cd, b64)
-    if key then
+    if not key then
+      -- Not the file of any key (a name that is not base64, or in another key's
+      -- directory): someone else's. Named, never removed.
+      for _, c in ipairs(copies) do
+        mkv.report(string.format("stray %s (not a key's file; left alone)",
+          A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64)))
+      end
+    else
       local value = mkv.index_get(key)
       local rec = value and A.decode(value)
       for _, c in ipairs(copies) do

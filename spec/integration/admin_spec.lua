@@ -929,6 +929,8 @@ describe("mkv verify", function()
     local of = c:file(vols.orphan[1], K.orphan)
     H.sh("mkdir -p " .. H.shq(of:match("^(.*)/")))
     H.write_file(of, "nobody's value")
+    -- and a file that is no key's at all, next to it: named, never touched
+    H.write_file(of:match("^(.*)/") .. "/notes.txt", "an operator's notes")
   end)
   teardown(H.cleanup)
 
@@ -941,6 +943,7 @@ describe("mkv verify", function()
     assert.truthy(has_line(r, "corrupt " .. K.shorter .. " on " .. vols.shorter[2] .. " "), r.all)
     assert.truthy(has_line(r, "corrupt " .. K.longer .. " on " .. vols.longer[1] .. " "), r.all)
     assert.truthy(has_line(r, "orphan " .. orphan_url()), r.all)
+    assert.truthy(has_line(r, "stray " .. orphan_url():match("^(.*)/") .. "/notes.txt (not a key's file"), r.all)
     -- the good copies are not blamed
     assert.is_nil(has_line(r, "corrupt " .. K.shorter .. " on " .. vols.shorter[1] .. " "), r.all)
     assert.is_nil(has_line(r, "corrupt " .. K.longer .. " on " .. vols.longer[2] .. " "), r.all)
@@ -995,6 +998,8 @@ describe("mkv verify", function()
     end
     -- repair does not delete the orphan (mkv gc does): still there, still reported
     assert.equal("nobody's value", H.read_file(c:file(vols.orphan[1], K.orphan)))
+    assert.equal("an operator's notes",
+      H.read_file(c:file(vols.orphan[1], K.orphan):match("^(.*)/") .. "/notes.txt"))
     assert.truthy(has_line(r2, "orphan " .. orphan_url()), r2.all)
     check_keys(c, keys, function(k, info, problems)
       if info.md5 ~= H.md5_hex(c.values[k]) then problems[#problems + 1] = show(k) .. ": MD5" end
@@ -1037,6 +1042,7 @@ describe("mkv gc", function()
   local keys, gone, live = {}, {}, {}
   local orphans = {} -- { file, url }
   local stray -- a live key's extra copy on a volume its record does not name
+  local notes -- no key's file
 
   setup(function()
     c = new_cluster(3, 2, 1)
@@ -1074,6 +1080,9 @@ describe("mkv gc", function()
     H.sh("mkdir -p " .. H.shq(stray.file:match("^(.*)/")))
     H.write_file(stray.file, c.values[k])
     orphans[#orphans + 1] = stray
+    -- a file that is no key's at all, in a key's directory: gc must leave it be
+    notes = stray.file:match("^(.*)/") .. "/notes.txt"
+    H.write_file(notes, "an operator's notes")
   end)
   teardown(H.cleanup)
 
@@ -1126,6 +1135,8 @@ describe("mkv gc", function()
     end
     assert.equal(0, r.summary.failed, r.all)
     assert.equal(#gone + #orphans, r.summary.changed, r.all)
+    assert.equal("an operator's notes", H.read_file(notes))
+    assert.is_nil(has_line(r, "notes.txt"), r.all)
     -- live keys: same listing, every copy in place, readable
     assert.equal(list0, listing(c))
     for _, k in ipairs(live) do
