@@ -1,0 +1,59 @@
+-- deploy/config.example.lua: every field of mkv's config, with its default.
+-- Use it with `mkv -c config.lua`; flags given on the command line override it.
+-- A config is a Lua chunk returning a table: mkv checks every field at startup and
+-- refuses to start, naming the field, if one is wrong or unknown.
+return {
+  listen = "*",            -- address to bind; "*" = every interface (IPv6 and IPv4)
+  port = 3000,
+  db = "/var/lib/mkv/index", -- the LevelDB index directory (created if missing)
+  volumes = {              -- volume servers (nginx WebDAV), host:port; order matters:
+    "10.0.0.1:3001",       -- placement hashes the names as written
+    "10.0.0.2:3001",
+    "10.0.0.3:3001",
+  },
+  replicas = 3,            -- copies of each value (the replicas policy may vary it)
+  subvolumes = 10,         -- directories /sv00../svNN per volume (disks per machine)
+  protect = false,         -- DELETE of a live key needs a prior UNLINK
+  md5sum = true,           -- store each value's MD5 (sent back as Content-Md5)
+  voltimeout = "1s",       -- how long a GET waits for a volume's HEAD probe
+  fallback = "",           -- host:port to redirect missing keys to ("" = 404)
+  verbose = false,         -- log every request (debug level)
+  access_log = "",         -- "" = none, "-" = stderr, or a file: one line per request,
+                           -- Common Log Format + seconds; reopened on SIGHUP (logrotate)
+  public_url = "",         -- "https://proxy:8444": redirects go to <public_url>/<volume>/<path>
+                           -- (a proxy passes them on: deploy/proxy) instead of the volume
+  admin_listen = "127.0.0.1:0", -- admin commands reach a running server here (0 = any
+                           -- free port; the address is written to <db>/mkv.admin)
+  workers = 0,             -- worker threads; 0 = one per core
+
+  policies = {             -- which module each policy comes from (see README)
+    placement = "default", -- place(key, volumes, n) and path(key)
+    replicas = "default",  -- replicas(key)
+    listing = "default",   -- list_limit(op, requested) [, show(op, key)]
+    rebalance = "default", -- rebalance(key, have, want)
+  },
+  policy_path = "",        -- ";"-separated "dir/?.lua" templates; "" = <config dir>/policies/?.lua
+  policy_config = {},      -- data for the policies (zones, weights ...), as mkv.config.policy
+  policy_timeout = "50ms", -- a policy call that runs longer fails its request (500)
+  policy_memory_mb = 64,   -- memory cap of each worker's policy state
+
+  limits = {
+    header_bytes = 16384,  -- request head larger than this: 431
+    url_bytes = 8192,      -- request target longer than this: 414
+    max_connections = 10000,
+    idle_timeout = "60s",  -- keep-alive connection with no request
+    header_timeout = "30s",-- whole request head must arrive within this
+    body_timeout = "60s",  -- request body stalled, or a client not reading its answer,
+                           -- this long: connection closed
+    volume_timeout = "30s",-- volume PUT/DELETE making no progress this long: failed
+    suspect_time = "5s",   -- a volume that failed is probed last for this long
+    drain_timeout = "30s", -- on SIGTERM, how long in-flight requests may take
+    high_water_kb = 4096,  -- PUT bytes in flight above which mkv stops reading
+    low_water_kb = 1024,   -- ... and below which it reads again
+    list_slice = 1000,     -- records a listing examines per loop turn
+  },
+  leveldb = {
+    cache_mb = 64, write_buffer_mb = 16, max_open_files = 1000, max_file_mb = 2,
+    bloom_bits = 10,
+  },
+}
