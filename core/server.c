@@ -219,14 +219,15 @@ static void account(mkv_req_t *req) {
   uint64_t ns = mkv_now_ns() - req->start_ns;
   int status = req->responded ? req->status : 499;
   mkv_metrics_request(req->worker->metrics, metrics_method(req), status, ns);
-  if (req->target.len && mkv_access_log_enabled())
-    mkv_access_log_write(req->peer, req->method_name, req->target.data, req->target.len,
+  if (mkv_access_log_enabled()) /* a request refused before its head was whole: "-" */
+    mkv_access_log_write(req->peer, req->method_name, req->target.len ? req->target.data : "-",
+                         req->target.len ? req->target.len : 1,
                          req->http_minor, status, req->body_bytes, (double)ns / 1e9);
 }
 
 void mkv_req_unref(mkv_req_t *req) {
   if (--req->refs > 0) return;
-  if (req->handler && req->handler->public_api && req->method) account(req);
+  if (req->handler && req->handler->public_api) account(req);
   if (req->handler) req->handler->free(req);
   mkv_buf_free(&req->target);
   mkv_buf_free(&req->key);
@@ -832,26 +833,49 @@ static void peer_name(mkv_conn_t *c) {
     uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
 }
 
-static void on_connection(uv_stream_t *ls, int status) {
-  mkv_server_t *s = ls->data;
-  if (status < 0) {
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "accept failed: %s", uv_strerror(status));
-    return;
-  }
+static mkv_conn_t *conn_new(mkv_server_t *s) {
   mkv_conn_t *c = mkv_calloc(1, sizeof(*c));
   c->server = s;
-  uv_tcp_init(ls->loop, &c->tcp);
-  uv_timer_init(ls->loop, &c->timer);
+  uv_tcp_init(&s->w->loop, &c->tcp);
+  uv_timer_init(&s->w->loop, &c->timer);
   c->tcp.data = c;
   c->timer.data = c;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
+  return c;
+}
+
+static void conn_serve(mkv_conn_t *c);
+
+static void on_connection(uv_stream_t *ls, int status) {
+  mkv_server_t *s = ls->data;
+  if (status < 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  mkv_conn_t *c = conn_new(s);
   if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
     return;
   }
+  conn_serve(c);
+}
+
+int mkv_server_adopt(mkv_server_t *s, int fd) {
+  mkv_conn_t *c = conn_new(s);
+  int rc = uv_tcp_open(&c->tcp, fd);
+  if (rc != 0) {
+    conn_close(c);
+    return rc;
+  }
+  conn_serve(c);
+  return 0;
+}
+
+static void conn_serve(mkv_conn_t *c) {
+  mkv_server_t *s = c->server;
   const mkv_config_t *cfg = s->w->cfg;
   int per_worker = MKV_MAX(1, cfg->limits.max_connections / MKV_MAX(1, cfg->workers));
   if (s->nconns > per_worker || s->draining) {

@@ -79,6 +79,9 @@ struct mkv_req_s {
 mkv_server_t *mkv_server_new(mkv_worker_t *w, const mkv_handler_t *h);
 /* Starts accepting on w->listen_fd. */
 int mkv_server_listen(mkv_server_t *s);
+/* Serves a connected stream socket as if it had been accepted (the request-path fuzzer
+ * hands it one end of a socketpair). Returns 0 or a UV error; the fd is the server's. */
+int mkv_server_adopt(mkv_server_t *s, int fd);
 /* Stops accepting, closes idle connections now and the others once their exchange is
  * over; calls done once every connection is closed (or after drain_ms, by closing what
  * is left). */
