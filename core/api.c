@@ -18,6 +18,7 @@
 #include "mkv/index.h"
 #include "mkv/keylock.h"
 #include "mkv/log.h"
+#include "mkv/metrics.h"
 #include "mkv/lua_vm.h"
 #include "mkv/text.h"
 
@@ -136,6 +137,7 @@ static void respond_empty(mkv_req_t *req, int status) {
 
 static void policy_failed(mkv_req_t *req) {
   req->worker->stats.policy_errors++;
+  mkv_ctr_add(&req->worker->metrics->policy_errors, 1);
   MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": %s", req->method_name, KEYARG(req),
                       mkv_policy_error(req->worker->policy));
   respond_text(req, 500, "policy error (see the server log)");
@@ -599,7 +601,13 @@ static void on_probe_done(mkv_upreq_t *r, int err) {
     size_t ilen = a->probe_lens[a->next_probe - 1];
     mkv_buf_t loc;
     mkv_buf_init(&loc);
-    mkv_buf_adds(&loc, "http://");
+    const char *pub = req->worker->cfg->public_url;
+    if (pub[0]) {
+      mkv_buf_adds(&loc, pub);
+      mkv_buf_addc(&loc, '/');
+    } else {
+      mkv_buf_adds(&loc, "http://");
+    }
     mkv_buf_add(&loc, item, ilen);
     mkv_buf_add(&loc, a->path.data, a->path.len);
     get_respond(a, 302, loc.data, loc.len);
@@ -646,6 +654,21 @@ static int volume_ok_for_url(const char *s, size_t n) {
   return 1;
 }
 
+/* Is host:port `h` in the request's X-Mkv-Avoid-Volume list (comma-separated)? */
+static int avoided(const mkv_req_t *req, const char *h, size_t hl) {
+  const char *s = req->avoid.data;
+  size_t n = req->avoid.len, i = 0;
+  while (i < n) {
+    while (i < n && (s[i] == ' ' || s[i] == ',')) i++;
+    size_t j = i; /* the item: up to ',' ; its host part: up to '/' or ' ' */
+    while (j < n && s[j] != ',' && s[j] != '/' && s[j] != ' ') j++;
+    if (j - i == hl && memcmp(s + i, h, hl) == 0) return 1;
+    while (j < n && s[j] != ',') j++;
+    i = j;
+  }
+  return 0;
+}
+
 static void get_start(mkv_req_t *req) {
   api_t *a = api_of(req);
   mkv_worker_t *w = req->worker;
@@ -685,7 +708,8 @@ static void get_start(mkv_req_t *req) {
   }
   /* Probe order: random (spreads reads over replicas, as the original's rand.Perm),
    * then replicas that failed recently last, so a dead volume does not cost voltimeout
-   * on every read. */
+   * on every read, and so are those the client asks to avoid (X-Mkv-Avoid-Volume: a
+   * proxy whose fetch from a volume failed asks again; see deploy/proxy). */
   const char *pos = a->rec.volumes, *end = a->rec.volumes + a->rec.volumes_len, *item;
   size_t ilen;
   a->nprobes = 0;
@@ -710,7 +734,7 @@ static void get_start(mkv_req_t *req) {
     const char *it = a->probe_items[i];
     const char *slash = memchr(it, '/', a->probe_lens[i]);
     size_t hl = slash ? (size_t)(slash - it) : a->probe_lens[i];
-    if (mkv_upstream_suspect(w->up, it, hl))
+    if (mkv_upstream_suspect(w->up, it, hl) || avoided(req, it, hl))
       bad[nb] = it, badl[nb++] = a->probe_lens[i];
     else
       good[ng] = it, goodl[ng++] = a->probe_lens[i];
@@ -768,4 +792,4 @@ void mkv_api_abort(mkv_req_t *req) {
 }
 
 const mkv_handler_t mkv_api_handler = {mkv_api_headers, mkv_api_body, mkv_api_body_flush,
-                                       mkv_api_complete, mkv_api_abort, mkv_api_free};
+                                       mkv_api_complete, mkv_api_abort, mkv_api_free, 1};

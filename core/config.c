@@ -22,7 +22,7 @@ static const struct {
 } known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
                    {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
                    {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0},
-                   {"admin", 0}};
+                   {"admin", 0},    {"public-url", 0}, {"access-log", 0}};
 
 int mkv_config_flag_kind(const char *name, int *is_bool) {
   for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
@@ -80,6 +80,8 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->md5sum = get_bool(L, t, "md5sum");
   cfg->voltimeout_ms = get_num(L, t, "voltimeout");
   cfg->fallback = get_str(L, t, "fallback");
+  cfg->public_url = get_str(L, t, "public_url");
+  cfg->access_log = get_str(L, t, "access_log");
   cfg->verbose = get_bool(L, t, "verbose");
   cfg->admin_listen = get_str(L, t, "admin_listen");
   cfg->workers = (int)get_num(L, t, "workers");
@@ -216,6 +218,8 @@ void mkv_config_free(mkv_config_t *cfg) {
     for (int i = 0; i < cfg->nvolumes; i++) free(cfg->volumes[i]);
   free(cfg->volumes);
   free(cfg->fallback);
+  free(cfg->public_url);
+  free(cfg->access_log);
   free(cfg->admin_listen);
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);

@@ -20,6 +20,8 @@
 #include "mkv/hash.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
+#include "mkv/lua_vm.h"
+#include "mkv/metrics.h"
 #include "mkv/worker.h"
 
 #define MKV_VERSION "0.1.0"
@@ -52,7 +54,10 @@ static const char usage_text[] =
     "  -v                log every request\n"
     "  -listen ADDR      address to bind (default: every interface)\n"
     "  -workers N        worker threads (default: one per core)\n"
-    "  -admin HOST:PORT  admin listener (default 127.0.0.1:0, a free port)\n";
+    "  -admin HOST:PORT  admin listener (default 127.0.0.1:0, a free port)\n"
+    "  -public-url URL   redirect clients to URL/<volume>/<path> (a proxy) instead of\n"
+    "                    to the volumes\n"
+    "  -access-log FILE  one line per request (Common Log Format + seconds); - = stderr\n";
 
 /* Prints "mkv: <msg>" on one line: a message built from a config or a policy's error
  * may hold newlines or tabs (Lua's "module not found" lists do). */
@@ -276,10 +281,90 @@ static int nworkers;
 static mkv_worker_t *admin_worker_p;
 static uv_signal_t sigint, sigterm, sighup;
 
+/* ---- SIGHUP: reload ---- */
+
+static const args_t *server_args;
+static const mkv_config_t *current_cfg;
+static mkv_config_t **retired; /* every config replaced by a reload: freed at exit */
+static int nretired;
+
+/* What a reload cannot change: the sockets, the index and the threads. A new value
+ * there refuses the whole reload (nothing half-applied). Returns the field's name. */
+static const char *restart_only_change(const mkv_config_t *a, const mkv_config_t *b) {
+  if (strcmp(a->listen, b->listen) != 0) return "listen";
+  if (a->port != b->port) return "port";
+  if (strcmp(a->db, b->db) != 0) return "db";
+  if (strcmp(a->admin_listen, b->admin_listen) != 0) return "admin_listen";
+  if (a->workers != b->workers) return "workers";
+  if (a->leveldb.cache_mb != b->leveldb.cache_mb ||
+      a->leveldb.write_buffer_mb != b->leveldb.write_buffer_mb ||
+      a->leveldb.max_file_mb != b->leveldb.max_file_mb ||
+      a->leveldb.max_open_files != b->leveldb.max_open_files ||
+      a->leveldb.bloom_bits != b->leveldb.bloom_bits)
+    return "leveldb";
+  if (a->limits.suspect_time_ms != b->limits.suspect_time_ms) return "limits.suspect_time";
+  return NULL;
+}
+
+/* Loads the config file and policy scripts again, checks them as at startup, and only
+ * if all is well hands every worker the new config and a fresh policy state; otherwise
+ * the old one keeps serving and one log line says why. Also reopens the access log
+ * (logrotate). */
+static void reload(void) {
+  char *err = NULL;
+  mkv_config_t *next = mkv_calloc(1, sizeof(*next));
+  mkv_policy_t **pol = mkv_calloc((size_t)nworkers, sizeof(*pol));
+  const char *field;
+  int i = 0;
+  if (mkv_config_load(next, server_args->config, server_args->flags, server_args->nflags,
+                      "server", &err) != 0) {
+    mkv_error("reload refused: %s; still serving the previous config", err);
+    free(next);
+    goto refused;
+  }
+  if ((field = restart_only_change(current_cfg, next)) != NULL) {
+    mkv_error("reload refused: %s changed, which needs a restart; still serving the "
+              "previous config", field);
+    goto refused_cfg;
+  }
+  for (i = 0; i < nworkers; i++) {
+    if (mkv_policy_new(next, &pol[i], &err) != 0) {
+      mkv_error("reload refused: %s; still serving the previous config", err);
+      goto refused_cfg;
+    }
+  }
+  if (mkv_access_log_open(next->access_log, &err) != 0) {
+    mkv_error("reload refused: %s; still serving the previous config", err);
+    goto refused_cfg;
+  }
+  for (i = 0; i < nworkers; i++) mkv_worker_reload(&workers[i], next, pol[i]);
+  if (admin_worker_p) mkv_worker_reload(admin_worker_p, next, NULL);
+  retired = mkv_realloc(retired, (size_t)(nretired + 1) * sizeof(*retired));
+  retired[nretired++] = (mkv_config_t *)current_cfg;
+  current_cfg = next;
+  if (next->verbose) mkv_log_set_level(MKV_LOG_DEBUG);
+  else mkv_log_set_level(MKV_LOG_INFO);
+  mkv_info("reloaded %s: %d volume(s), replicas %d, policies %s/%s/%s/%s",
+           next->source ? next->source : "the flags", next->nvolumes, next->replicas,
+           next->policies[0], next->policies[1], next->policies[2], next->policies[3]);
+  mkv_metrics_reload(1);
+  free(pol);
+  return;
+refused_cfg:
+  for (int j = 0; j < i; j++) mkv_policy_free(pol[j]);
+  mkv_config_free(next);
+  free(next);
+refused:
+  free(pol);
+  free(err);
+  mkv_metrics_reload(0);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
   if (signum == SIGHUP) {
-    mkv_warn("SIGHUP: reloading the config is not supported by this version; ignored");
+    mkv_info("SIGHUP: reloading the config and policies");
+    reload();
     return;
   }
   mkv_info("%s: draining in-flight requests, then exiting (a second signal stops mkv at "
@@ -296,11 +381,19 @@ static void on_signal(uv_signal_t *h, int signum) {
   signal(SIGHUP, SIG_IGN);
 }
 
-static int run_server(const mkv_config_t *cfg) {
+static int run_server(const mkv_config_t *cfg, const args_t *args) {
   char *err = NULL;
   int rc = 1;
   mkv_index_t *index = NULL;
   int lfd = -1;
+
+  server_args = args;
+  current_cfg = cfg;
+  if (mkv_access_log_open(cfg->access_log, &err) != 0) {
+    print_error(err);
+    free(err);
+    return 1;
+  }
 
   nworkers = cfg->workers;
   workers = mkv_calloc((size_t)nworkers, sizeof(mkv_worker_t));
@@ -405,6 +498,20 @@ static int run_server(const mkv_config_t *cfg) {
   mkv_index_close(index); /* flushes the memtable: the Go original can open it now */
   mkv_info("stopped cleanly");
   free(workers);
+  /* The first config is the caller's; later ones were made by reload(). */
+  for (int i = 0; i < nretired; i++) {
+    if (retired[i] == cfg) continue;
+    mkv_config_free(retired[i]);
+    free(retired[i]);
+  }
+  if (current_cfg != cfg) {
+    mkv_config_free((mkv_config_t *)current_cfg);
+    free((void *)current_cfg);
+  }
+  current_cfg = NULL;
+  free(retired);
+  retired = NULL;
+  nretired = 0;
   free(err);
   return rc;
 
@@ -797,7 +904,7 @@ int main(int argc, char **argv) {
   else if (is_admin)
     rc = run_admin(&cfg, script, a.nrest, a.rest);
   else
-    rc = run_server(&cfg);
+    rc = run_server(&cfg, &a);
   mkv_config_free(&cfg);
   mkv_hash_thread_done();
   return rc;

@@ -16,7 +16,9 @@
 #include <llhttp.h>
 
 #include "mkv/log.h"
+#include "mkv/metrics.h"
 #include "mkv/text.h"
+#include "mkv/worker.h"
 
 enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING };
 
@@ -49,6 +51,7 @@ struct mkv_conn_s {
   int reading, body_paused, read_done, write_blocked;
   int writes_pending, closed_handles;
   int streaming, stream_chunked, sent_continue;
+  char peer[48]; /* the client's address, for the access log */
 };
 
 struct mkv_server_s {
@@ -179,6 +182,7 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
   c->writes_pending++;
   c->server->w->stats.bytes_out += len;
+  if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_out, len);
   if (c->state == S_WAITING && !uv_is_active((uv_handle_t *)&c->timer))
     arm(c, c->server->w->cfg->limits.body_timeout_ms);
   int rc = uv_write(&sw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
@@ -198,12 +202,37 @@ void mkv_req_ref(mkv_req_t *req) {
   req->refs++;
 }
 
+static int metrics_method(const mkv_req_t *req) {
+  switch (req->method) {
+  case MKV_M_GET: return req->raw_query.len ? MKV_MX_LIST : MKV_MX_GET;
+  case MKV_M_HEAD: return MKV_MX_HEAD;
+  case MKV_M_PUT: return MKV_MX_PUT;
+  case MKV_M_DELETE: return MKV_MX_DELETE;
+  case MKV_M_UNLINK: return MKV_MX_UNLINK;
+  default: return MKV_MX_OTHER;
+  }
+}
+
+/* A request of the public API is over: counted, and logged when there is an access log.
+ * A client that left before any answer counts as 499, as nginx logs it. */
+static void account(mkv_req_t *req) {
+  uint64_t ns = mkv_now_ns() - req->start_ns;
+  int status = req->responded ? req->status : 499;
+  mkv_metrics_request(req->worker->metrics, metrics_method(req), status, ns);
+  if (req->target.len && mkv_access_log_enabled())
+    mkv_access_log_write(req->peer, req->method_name, req->target.data, req->target.len,
+                         req->http_minor, status, req->body_bytes, (double)ns / 1e9);
+}
+
 void mkv_req_unref(mkv_req_t *req) {
   if (--req->refs > 0) return;
+  if (req->handler && req->handler->public_api && req->method) account(req);
   if (req->handler) req->handler->free(req);
+  mkv_buf_free(&req->target);
   mkv_buf_free(&req->key);
   mkv_buf_free(&req->raw_query);
   mkv_buf_free(&req->content_md5);
+  mkv_buf_free(&req->avoid);
   req->worker->live_reqs--;
   free(req);
 }
@@ -255,7 +284,10 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
   mkv_buf_init(&b);
   build_head(&b, c, req, status, h, nh);
   mkv_buf_addf(&b, "Content-Length: %zu\r\n\r\n", len);
-  if (req->method != MKV_M_HEAD && len) mkv_buf_add(&b, body, len);
+  if (req->method != MKV_M_HEAD && len) {
+    mkv_buf_add(&b, body, len);
+    req->body_bytes += len;
+  }
   if (c->close_after) {
     /* Nothing more will be read: the body timer and reading stop; the send timeout
      * (armed by the write below) bounds the rest. */
@@ -308,6 +340,7 @@ void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_wri
     if (cb) cb(req, 1);
     return;
   }
+  req->body_bytes += len;
   mkv_buf_t b;
   mkv_buf_init(&b);
   if (c->stream_chunked) mkv_buf_addf(&b, "%zx\r\n", len);
@@ -406,6 +439,9 @@ static int on_message_begin(llhttp_t *p) {
   mkv_buf_init(&req->key);
   mkv_buf_init(&req->raw_query);
   mkv_buf_init(&req->content_md5);
+  mkv_buf_init(&req->avoid);
+  mkv_buf_init(&req->target);
+  memcpy(req->peer, c->peer, sizeof(req->peer));
   c->req = req;
   c->state = S_HEADERS;
   c->api_engaged = c->msg_complete = c->response_done = 0;
@@ -420,6 +456,10 @@ static int on_message_begin(llhttp_t *p) {
   /* The whole head must arrive within header_timeout (slowloris). */
   arm(c, s->w->cfg->limits.header_timeout_ms);
   return 0;
+}
+
+static int s_public_api(const mkv_conn_t *c) {
+  return c->server->h->public_api;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len) {
@@ -474,6 +514,9 @@ static int on_header_value_complete(llhttp_t *p) {
   if (c->hfield.len == 11 && strncasecmp(c->hfield.data, "content-md5", 11) == 0) {
     mkv_buf_set(&req->content_md5, c->hvalue.data, c->hvalue.len);
     req->has_content_md5 = 1;
+  } else if (c->hfield.len == 18 && strncasecmp(c->hfield.data, "x-mkv-avoid-volume", 18) == 0) {
+    if (req->avoid.len) mkv_buf_addc(&req->avoid, ',');
+    mkv_buf_add(&req->avoid, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 6 && strncasecmp(c->hfield.data, "expect", 6) == 0) {
     if (c->hvalue.len == 12 && strncasecmp(c->hvalue.data, "100-continue", 12) == 0)
       req->expect_continue = 1;
@@ -526,6 +569,7 @@ static int on_headers_complete(llhttp_t *p) {
     req->content_length = (int64_t)p->content_length;
     req->has_body = req->content_length > 0;
   }
+  if (s_public_api(c) && mkv_access_log_enabled()) mkv_buf_set(&req->target, c->url.data, c->url.len);
   if (cfg->verbose)
     mkv_info("%s %s %lld", req->method_name, c->url.data,
              (long long)(req->chunked ? -1 : req->content_length));
@@ -549,6 +593,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   mkv_conn_t *c = p->data;
   mkv_req_t *req = c->req;
   c->server->w->stats.bytes_in += len;
+  if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_in, len);
   if (!req->responded || c->streaming) req->handler->body(req, at, len);
   return c->closing ? -1 : 0;
 }
@@ -777,6 +822,16 @@ static void conn_advance(mkv_conn_t *c) {
   if (!c->closing && !c->want_close && !c->msg_complete && !c->body_paused) start_reading(c);
 }
 
+static void peer_name(mkv_conn_t *c) {
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET6)
+    uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
+  else
+    uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
   mkv_server_t *s = ls->data;
   if (status < 0) {
@@ -806,6 +861,7 @@ static void on_connection(uv_stream_t *ls, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (s->h->public_api && mkv_access_log_enabled()) peer_name(c);
   llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
   c->parser.data = c;
   c->keepalive = 1;

@@ -13,6 +13,7 @@
 #include <llhttp.h>
 
 #include "mkv/log.h"
+#include "mkv/metrics.h"
 
 #define MAX_ADDRS 8
 #define MAX_IDLE_PER_POOL 64
@@ -50,6 +51,7 @@ typedef struct pool_s {
   int nidle, nactive;
   uint64_t suspect_until_ns;
   unsigned long long requests, errors, timeouts, latency_ns_sum;
+  mkv_vol_metrics_t *vm; /* this volume's shared counters (/metrics); may be NULL */
 } pool_t;
 
 struct upconn_s {
@@ -156,6 +158,12 @@ static void finish(mkv_upreq_t *req, int err) {
     pool->latency_ns_sum += req->elapsed_ns;
     if (err) pool->errors++;
     if (err == UV_ETIMEDOUT) pool->timeouts++;
+    if (pool->vm) {
+      mkv_ctr_add_shared(&pool->vm->requests, 1);
+      if (err) mkv_ctr_add_shared(&pool->vm->errors, 1);
+      if (err == UV_ETIMEDOUT) mkv_ctr_add_shared(&pool->vm->timeouts, 1);
+      if (err != UV_ECANCELED) mkv_hist_observe(&pool->vm->latency, req->elapsed_ns, 1);
+    }
   }
   req->done(req, err);
 }
@@ -224,6 +232,7 @@ static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen) {
   pool_t *p = mkv_calloc(1, sizeof(*p));
   p->up = up;
   p->host = mkv_memdup(host, hostlen);
+  p->vm = mkv_metrics_volume(host, hostlen);
   const char *name = host;
   size_t nlen = (size_t)(colon - host);
   if (nlen >= 2 && name[0] == '[' && name[nlen - 1] == ']') name++, nlen -= 2;
@@ -479,6 +488,11 @@ static int conn_write(upconn_t *c, uv_buf_t *bufs, unsigned n, mkv_chunk_t *ch, 
     return rc;
   }
   c->writes_pending++;
+  if (c->pool->vm) {
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+    mkv_ctr_add_shared(&c->pool->vm->bytes_sent, total);
+  }
   return 0;
 }
 
@@ -527,6 +541,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   c->got_bytes = 1;
+  if (c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_received, (unsigned long long)nread);
   mkv_upreq_t *req = c->req;
   if (req && (req->method == MKV_UP_PUT || req->inactivity)) arm_timer(c, req->timeout_ms);
   llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);

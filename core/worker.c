@@ -7,6 +7,7 @@
 
 #include "mkv/hash.h"
 #include "mkv/log.h"
+#include "mkv/metrics.h"
 #include "mkv/server.h"
 
 uint32_t mkv_worker_rand(mkv_worker_t *w) {
@@ -60,6 +61,7 @@ int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, int with_p
   else
     snprintf(w->name, sizeof(w->name), "w%d", id);
   w->rng = (uint32_t)(mkv_now_ns() ^ ((uint64_t)id * 2654435761u)) | 1u;
+  w->metrics = mkv_metrics_new();
   return with_policy ? mkv_policy_new(cfg, &w->policy, err) : 0;
 }
 
@@ -96,8 +98,37 @@ static void on_drained(mkv_server_t *s) {
   (void)s;
 }
 
+typedef struct mkv_reload_s {
+  const mkv_config_t *cfg;
+  mkv_policy_t *policy;
+} reload_t;
+
+void mkv_worker_reload(mkv_worker_t *w, const mkv_config_t *cfg, mkv_policy_t *policy) {
+  reload_t *r = mkv_calloc(1, sizeof(*r));
+  r->cfg = cfg;
+  r->policy = policy;
+  reload_t *old = atomic_exchange(&w->pending_reload, r);
+  if (old) { /* never seen by the worker: superseded */
+    mkv_policy_free(old->policy);
+    free(old);
+  }
+  uv_async_send(&w->wakeup);
+}
+
+static void apply_reload(mkv_worker_t *w) {
+  reload_t *r = atomic_exchange(&w->pending_reload, NULL);
+  if (!r) return;
+  w->cfg = r->cfg;
+  if (r->policy) {
+    mkv_policy_free(w->policy);
+    w->policy = r->policy;
+  }
+  free(r);
+}
+
 static void on_wakeup(uv_async_t *a) {
   mkv_worker_t *w = a->data;
+  apply_reload(w);
   if (!w->stop_requested || w->server == NULL) return;
   mkv_server_t *s = w->server;
   mkv_server_drain(s, w->cfg->limits.drain_timeout_ms, on_drained);
@@ -108,6 +139,7 @@ static void worker_main(void *arg) {
   mkv_worker_t *w = arg;
   mkv_log_set_thread_name(w->name);
   uv_run(&w->loop, UV_RUN_DEFAULT);
+  apply_reload(w); /* one that came too late to be applied: freed with the rest */
   int rc = uv_loop_close(&w->loop);
   if (rc != 0) mkv_error("worker loop closed with handles still open: %s", uv_strerror(rc));
   mkv_policy_free(w->policy);

@@ -17,7 +17,11 @@ return {
   md5sum = true,           -- store each value's MD5 (sent back as Content-Md5)
   voltimeout = "1s",       -- how long a GET waits for a volume's HEAD probe
   fallback = "",           -- host:port to redirect missing keys to ("" = 404)
-  verbose = false,         -- log every request
+  verbose = false,         -- log every request (debug level)
+  access_log = "",         -- "" = none, "-" = stderr, or a file: one line per request,
+                           -- Common Log Format + seconds; reopened on SIGHUP (logrotate)
+  public_url = "",         -- "https://proxy:8444": redirects go to <public_url>/<volume>/<path>
+                           -- (a proxy passes them on: deploy/proxy) instead of the volume
   admin_listen = "127.0.0.1:0", -- admin commands reach a running server here (0 = any
                            -- free port; the address is written to <db>/mkv.admin)
   workers = 0,             -- worker threads; 0 = one per core

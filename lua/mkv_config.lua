@@ -169,6 +169,22 @@ M.fields = {
     end
     return v
   end },
+  -- Where clients are sent for the bytes when they must not reach the volumes: redirects
+  -- become <public_url>/<volume>/<path> (deploy/proxy serves that form). "" = the volume.
+  public_url = { "", function(w, v)
+    str(w, v, true)
+    if v ~= "" then
+      local scheme, host = v:match("^(https?)://([^/?#@%s]+)")
+      if not scheme or v:find("[%s?#]") then
+        fail(w, "%s is not an http(s):// base URL", quote(v))
+      end
+      if v:sub(-1) == "/" then fail(w, "%s must not end with '/'", quote(v)) end
+    end
+    return v
+  end },
+  -- The access log: "" = none, "-" = stderr, else a file to append to (reopened on SIGHUP,
+  -- for logrotate). One line per request, Common Log Format plus the time taken.
+  access_log = { "", function(w, v) return str(w, v, true) end },
   verbose = { false, bool },
   -- The admin listener: admin commands run inside a running server through it. Port 0
   -- picks a free one; either way the server writes the address to <db>/mkv.admin.
@@ -254,6 +270,8 @@ M.flags = {
   listen = { field = "listen", kind = "string" },
   workers = { field = "workers", kind = "int" },
   admin = { field = "admin_listen", kind = "string" },
+  ["public-url"] = { field = "public_url", kind = "string" },
+  ["access-log"] = { field = "access_log", kind = "string" },
 }
 
 local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, True = true,

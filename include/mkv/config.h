@@ -31,6 +31,10 @@ typedef struct mkv_config_s {
   int md5sum;
   double voltimeout_ms;
   char *fallback; /* "" = none */
+  /* "" = redirect to the volumes themselves; else "scheme://host[:port][/prefix]", and a
+   * redirect to volume V, path P is <public_url>/V/P (a proxy passes it on: deploy/proxy) */
+  char *public_url;
+  char *access_log; /* "" = none, "-" = stderr, else a file (appended; reopened on SIGHUP) */
   int verbose;
   char *admin_listen; /* "host:port" of the admin listener; port 0 = any free one */
   int workers; /* resolved: 0 in the config means one per core */

@@ -46,6 +46,7 @@ typedef struct mkv_handler_s {
   void (*complete)(mkv_req_t *req);
   void (*abort)(mkv_req_t *req);
   void (*free)(mkv_req_t *req);
+  int public_api; /* counted in /metrics and the access log (the API; not the admin) */
 } mkv_handler_t;
 
 struct mkv_req_s {
@@ -58,6 +59,10 @@ struct mkv_req_s {
   mkv_buf_t raw_query;    /* after '?', as sent */
   mkv_buf_t content_md5;  /* the Content-MD5 header, if any */
   int has_content_md5;
+  mkv_buf_t avoid;        /* X-Mkv-Avoid-Volume: "host:port[,...]" to probe last */
+  mkv_buf_t target;       /* the request target as sent (only with an access log) */
+  char peer[48];          /* the client's address (only with an access log) */
+  unsigned long long body_bytes; /* response body bytes sent */
   int expect_continue;
   int has_body;           /* Content-Length > 0, or chunked */
   int chunked;

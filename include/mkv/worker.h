@@ -53,6 +53,8 @@ typedef struct mkv_worker_s {
   int started_ok;
   void *admin_job; /* the admin thread's running job (adminsrv.c) */
   mkv_worker_stats_t stats;
+  struct mkv_metrics_s *metrics; /* for /metrics; written by this thread only */
+  _Atomic(struct mkv_reload_s *) pending_reload; /* main -> worker: a new config */
 } mkv_worker_t;
 
 /* Creates the worker's Lua policy state, on the calling thread, so that a broken policy
@@ -69,6 +71,13 @@ void mkv_worker_destroy(mkv_worker_t *w);
 /* Asks the worker to drain and stop (any thread). */
 void mkv_worker_stop(mkv_worker_t *w);
 void mkv_worker_join(mkv_worker_t *w);
+
+/* Hands the worker a new config and policy state (SIGHUP; any thread): it switches on
+ * its next loop turn, between requests -- connections and requests in flight go on --
+ * and frees its old policy state. `cfg` must outlive the worker (main keeps every
+ * config it ever loaded until exit: admin jobs may hold the old one). `policy` may be
+ * NULL (the admin thread has none). */
+void mkv_worker_reload(mkv_worker_t *w, const mkv_config_t *cfg, mkv_policy_t *policy);
 
 uint32_t mkv_worker_rand(mkv_worker_t *w);
 
