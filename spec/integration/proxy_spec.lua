@@ -608,3 +608,154 @@ describe("a 1 GB value through the proxy", function()
     assert.equal(204, (cl.req("DELETE", "/big")))
   end)
 end)
+
+-- ---------------------------------------------------------------------------------------
+describe("deploy/install into a staging root, and the systemd units", function()
+  teardown(H.cleanup)
+
+  local function install(root, args)
+    return H.sh(H.shq(H.root .. "/deploy/install") .. " --root " .. H.shq(root)
+      .. " --binary " .. H.shq(H.mkv_bin) .. " " .. (args or ""))
+  end
+
+  local function mode(path)
+    return (H.sh("stat -c %a " .. H.shq(path)):gsub("%s+", ""))
+  end
+
+  local args = "--role all --volume 1:3001 --volume disk2:3002"
+    .. " --volumes 10.1.0.2:3001,10.1.0.3:3001 --public-url https://proxy.example:8444"
+
+  it("lays down the binary, scripts, units and example configs, and says what to run next", function()
+    local root = H.tmpdir("root")
+    local out, code = install(root, args)
+    assert.equal(0, code, out)
+    local files = {
+      ["/usr/local/bin/mkv"] = "755",
+      ["/usr/local/lib/mkv/volume"] = "755",
+      ["/usr/local/lib/mkv/proxy"] = "755",
+      ["/usr/local/lib/mkv/nginx-proxy.conf"] = "644",
+      ["/usr/local/share/doc/mkv/config.example.lua"] = "644",
+      ["/etc/systemd/system/mkv.service"] = "644",
+      ["/etc/systemd/system/mkv-volume@.service"] = "644",
+      ["/etc/systemd/system/mkv-proxy.service"] = "644",
+      ["/etc/mkv/config.lua"] = "640",
+      ["/etc/mkv/volume-1.env"] = "644",
+      ["/etc/mkv/volume-disk2.env"] = "644",
+      ["/etc/mkv/proxy.env"] = "644",
+      ["/etc/logrotate.d/mkv"] = "644",
+    }
+    for f, m in pairs(files) do
+      assert.truthy(A.exists(root .. f), f .. " missing")
+      assert.equal(m, mode(root .. f), f)
+    end
+    for _, d in ipairs({ "/etc/mkv/tls", "/var/lib/mkv", "/var/lib/mkv/proxy", "/var/log/mkv",
+                         "/srv/mkv/1", "/srv/mkv/disk2", "/var/lib/nginx/proxy" }) do
+      assert.equal(0, select(2, H.sh("test -d " .. H.shq(root .. d))), d .. " missing")
+    end
+    assert.equal(H.read_file(H.mkv_bin), H.read_file(root .. "/usr/local/bin/mkv"))
+    assert.equal(H.read_file(H.root .. "/deploy/proxy"), H.read_file(root .. "/usr/local/lib/mkv/proxy"))
+    -- The example config is one mkv accepts.
+    local C = require "mkv_config"
+    local cfg, err = C.build(C.load_file(root .. "/etc/mkv/config.lua"), {}, "config.lua")
+    assert.truthy(cfg, err)
+    assert.same({ "10.1.0.2:3001", "10.1.0.3:3001" }, cfg.volumes)
+    assert.equal("https://proxy.example:8444", cfg.public_url)
+    assert.equal("/var/lib/mkv/index", cfg.db)
+    assert.equal("PORT=3002", H.read_file(root .. "/etc/mkv/volume-disk2.env"):match("PORT=%d+"))
+    -- The next steps name every unit.
+    for _, s in ipairs({ "systemctl enable --now mkv\n", "systemctl enable --now mkv-volume@1 ",
+                         "systemctl enable --now mkv-volume@disk2 ", "systemctl enable --now mkv-proxy\n" }) do
+      assert.truthy(out:find(s, 1, true), "missing: " .. s)
+    end
+    -- The staged proxy runs with the options proxy.env gives it (cert, key and log moved
+    -- to test files) and writes a config nginx accepts.
+    local tls = P.make_cert()
+    local opts = H.read_file(root .. "/etc/mkv/proxy.env"):match("\nPROXY_OPTS=([^\n]+)")
+    assert.truthy(opts)
+    local out2, code2 = H.sh(H.shq(root .. "/usr/local/lib/mkv/proxy") .. " --state "
+      .. H.shq(root .. "/var/lib/mkv/proxy") .. " " .. opts .. " --cert " .. H.shq(tls.cert)
+      .. " --key " .. H.shq(tls.key) .. " --access-log off --check")
+    assert.equal(0, code2, out2)
+  end)
+
+  it("is idempotent: a second run changes nothing and keeps an edited config", function()
+    local root = H.tmpdir("root")
+    assert.equal(0, select(2, install(root, args)))
+    local cfg = root .. "/etc/mkv/config.lua"
+    H.write_file(cfg, H.read_file(cfg) .. "-- edited by the operator\n")
+    local edited = H.read_file(cfg)
+    local out, code = install(root, args)
+    assert.equal(0, code, out)
+    assert.falsy(out:find("\ninstalled ", 1, true), out)
+    assert.falsy(out:find("\ncreated ", 1, true), out)
+    assert.truthy(out:find("kept " .. cfg, 1, true))
+    assert.equal(edited, H.read_file(cfg))
+    -- An updated script is installed again.
+    local script = root .. "/usr/local/lib/mkv/proxy"
+    H.write_file(script, "stale")
+    out = install(root, args)
+    assert.truthy(out:find("installed " .. script, 1, true))
+    assert.equal(H.read_file(H.root .. "/deploy/proxy"), H.read_file(script))
+  end)
+
+  it("--dry-run prints what it would do and writes nothing; --prefix moves the paths", function()
+    local root = H.tmpdir("root")
+    local out, code = install(root, args .. " --dry-run")
+    assert.equal(0, code, out)
+    assert.truthy(out:find("would install " .. root .. "/usr/local/bin/mkv", 1, true))
+    assert.truthy(out:find("would create directory " .. root .. "/srv/mkv/disk2", 1, true))
+    assert.equal("", (H.sh("find " .. H.shq(root) .. " -mindepth 1")))
+    local out2, code2 = install(root, "--role index --prefix /opt/mkv")
+    assert.equal(0, code2, out2)
+    local unit = H.read_file(root .. "/etc/systemd/system/mkv.service")
+    assert.truthy(unit:find("ExecStart=/opt/mkv/bin/mkv -c /etc/mkv/config.lua", 1, true))
+    assert.falsy(unit:find("/usr/local/", 1, true))
+    assert.truthy(A.exists(root .. "/opt/mkv/bin/mkv"))
+    -- The index role alone installs no volume or proxy unit.
+    assert.falsy(A.exists(root .. "/etc/systemd/system/mkv-proxy.service"))
+    assert.falsy(A.exists(root .. "/etc/systemd/system/mkv-volume@.service"))
+    local _, bad = install(root, "--role everything")
+    assert.equal(2, bad)
+  end)
+
+  it("the units say what the operator needs: run as mkv, reload by SIGHUP, stop after the drain", function()
+    local function unit(name) return H.read_file(H.root .. "/deploy/systemd/" .. name) end
+    local mkv = unit("mkv.service")
+    for _, line in ipairs({ "ExecStart=/usr/local/bin/mkv -c /etc/mkv/config.lua", "User=mkv",
+                            "KillSignal=SIGTERM", "ExecReload=/bin/kill -HUP $MAINPID",
+                            "Restart=on-failure", "LimitNOFILE=65536", "ProtectSystem=strict",
+                            "ReadWritePaths=/var/lib/mkv /var/log/mkv" }) do
+      assert.truthy(mkv:find("\n" .. line .. "\n", 1, true), "mkv.service: " .. line)
+    end
+    -- Longer than mkv's default drain (30 s) plus the index flush.
+    assert.is_true(tonumber(mkv:match("\nTimeoutStopSec=(%d+)")) > 30)
+    -- LuaJIT needs executable memory: this setting would break mkv.
+    assert.falsy(mkv:find("\nMemoryDenyWriteExecute=yes", 1, true))
+    local vol = unit("mkv-volume@.service")
+    assert.truthy(vol:find("\nEnvironmentFile=/etc/mkv/volume-%i.env\n", 1, true))
+    assert.truthy(vol:find("\nExecStart=/usr/local/lib/mkv/volume /srv/mkv/%i\n", 1, true))
+    local px = unit("mkv-proxy.service")
+    assert.truthy(px:find("\nEnvironmentFile=/etc/mkv/proxy.env\n", 1, true))
+    assert.truthy(px:find("\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n", 1, true))
+  end)
+
+  it("systemd-analyze verify finds nothing wrong in the installed units", function()
+    local _, has = H.sh("command -v systemd-analyze")
+    if has ~= 0 then
+      print("\n# systemd-analyze is not installed: units not verified")
+      return
+    end
+    local root = H.tmpdir("root")
+    assert.equal(0, select(2, install(root, args)))
+    -- verify --root resolves ExecStart= and the units' dependencies inside the root: give
+    -- it /bin/kill and the system's own units, as a real machine has them.
+    assert.equal(0, select(2, H.sh("mkdir -p " .. H.shq(root .. "/bin") .. " " .. H.shq(root .. "/usr/lib/systemd")
+      .. " && cp /bin/kill " .. H.shq(root .. "/bin/") .. " && cp -r /lib/systemd/system "
+      .. H.shq(root .. "/usr/lib/systemd/"))))
+    local out, code = H.sh("systemd-analyze verify --root=" .. H.shq(root)
+      .. " /etc/systemd/system/mkv.service /etc/systemd/system/mkv-volume@.service"
+      .. " /etc/systemd/system/mkv-proxy.service")
+    assert.equal(0, code, out)
+    assert.equal("", out)
+  end)
+end)
