@@ -173,6 +173,30 @@ describe("the API through the HTTPS proxy", function()
     assert.equal(405, (cl.req("POST", "/api/post", { body = "x" })))
   end)
 
+  it("a large PUT refused early (key exists) leaves the value alone; 403, or 502 (known issue)", function()
+    assert.equal(201, (cl.req("PUT", "/api/early", { body = "original" })))
+    local file = H.tmpdir("early") .. "/64m"
+    H.sh("truncate -s 64M " .. H.shq(file))
+    local bad = 0
+    for _ = 1, 8 do
+      local st = cl.req("PUT", "/api/early", { file = file })
+      -- mkv answers 403 before reading the body, stops reading and closes: the unread
+      -- body makes the close a reset, which may destroy the 403 before nginx reads it;
+      -- nginx, still sending, then answers 502 (a race: often the 403 gets through;
+      -- directly, curl reads the 403 while sending). A lingering close in mkv (shut down
+      -- writing, read and discard for a while) would let the 403 through every time.
+      assert.is_true(st == 403 or st == 502, tostring(st))
+      if st == 502 then bad = bad + 1 end
+    end
+    if bad > 0 then
+      print(string.format("\n# known issue: %d of 8 early 403s to a 64 MB PUT reached the client as 502", bad))
+    end
+    local st2, _, body = cl.req("GET", "/api/early")
+    assert.equal(200, st2)
+    assert.equal("original", body)
+    assert.equal(403, (H.http("PUT", c.url .. "/api/early", { file = file })))
+  end)
+
   it("DELETE and UNLINK, and ?unlinked lists what UNLINK hid", function()
     assert.equal(201, (cl.req("PUT", "/del/a", { body = "a" })))
     assert.equal(201, (cl.req("PUT", "/del/b", { body = "b" })))
