@@ -441,14 +441,19 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     close(afd);
   } else {
     admin_started = 1;
+    /* Written whole under a temp name, then renamed: a command racing startup sees no
+     * file or the whole line, never an empty one. */
     char *path = admin_file(cfg);
-    FILE *f = fopen(path, "w");
-    if (f) {
-      fprintf(f, "%s\n", admin_addr);
-      fclose(f);
+    char *tmp = mkv_sprintf("%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f && fprintf(f, "%s\n", admin_addr) > 0 && fclose(f) == 0 && rename(tmp, path) == 0) {
+      f = NULL;
     } else {
+      if (f) fclose(f);
+      unlink(tmp);
       mkv_warn("cannot write %s: admin commands will not find this server", path);
     }
+    free(tmp);
     free(path);
   }
 

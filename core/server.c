@@ -20,7 +20,16 @@
 #include "mkv/text.h"
 #include "mkv/worker.h"
 
-enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING };
+enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING, S_LINGER };
+
+/* Lingering close: a connection answered before its request was read whole (a 403 to a
+ * PUT whose body is still coming, a 413, a 431) is not closed at once -- the client's
+ * unread bytes would turn the close into a reset that can destroy the answer before the
+ * client (nginx in front, say) reads it, and it would report a 502. Instead mkv sends
+ * FIN after the answer and reads and drops what still comes, until the client closes,
+ * pauses LINGER_IDLE_MS, or LINGER_MAX_MS have passed. */
+#define LINGER_IDLE_MS 1000
+#define LINGER_MAX_MS 5000
 
 /* Response bytes libuv may hold for a client that does not read them before mkv stops
  * parsing its pipelined requests (the kernel's socket buffer comes on top). */
@@ -51,6 +60,9 @@ struct mkv_conn_s {
   int reading, body_paused, read_done, write_blocked;
   int writes_pending, closed_handles;
   int streaming, stream_chunked, sent_continue;
+  int linger;              /* closing while the client may still be sending: linger */
+  uint64_t linger_until_ns;
+  uv_shutdown_t shutdown_req;
   char peer[48]; /* the client's address, for the access log */
 };
 
@@ -80,6 +92,7 @@ static llhttp_settings_t req_settings;
 static _Thread_local char worker_readbuf[65536];
 
 static void conn_close(mkv_conn_t *c);
+static void conn_end(mkv_conn_t *c);
 static void conn_advance(mkv_conn_t *c);
 static void conn_execute(mkv_conn_t *c, const char *data, size_t len);
 
@@ -147,7 +160,7 @@ static void on_write_done(uv_write_t *w, int status) {
     return;
   }
   if (c->want_close && c->writes_pending == 0) {
-    conn_close(c);
+    conn_end(c);
     return;
   }
   if (c->state == S_WAITING) {
@@ -279,7 +292,7 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
   if (c == NULL || c->closing) return;
   /* Answered before the body was read: the rest of the body would be parsed as the next
    * request, so the connection ends here (library-facts §2.3). */
-  if (!c->msg_complete && req->has_body) c->close_after = 1;
+  if (!c->msg_complete && req->has_body) c->close_after = c->linger = 1;
   if (c->server->draining) c->close_after = 1;
   mkv_buf_t b;
   mkv_buf_init(&b);
@@ -313,7 +326,7 @@ void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing) return;
   if (!c->msg_complete && req->has_body) {
-    c->close_after = 1;
+    c->close_after = c->linger = 1;
     c->read_done = 1; /* the body will not be read: stop here */
     if (c->reading) {
       uv_read_stop((uv_stream_t *)&c->tcp);
@@ -403,16 +416,24 @@ void mkv_req_close_after(mkv_req_t *req) {
 /* ---- errors the server answers itself ---- */
 
 /* Answers an error for the request being parsed and ends the connection after it. */
+static int s_public_api(const mkv_conn_t *c) {
+  return c->server->h->public_api;
+}
+
 static int conn_reject(mkv_conn_t *c, int status, const char *why) {
   mkv_req_t *req = c->req;
   c->stop = 1;
   c->close_after = 1;
+  if (!c->msg_complete) c->linger = 1;
   MKV_LOG_RATELIMITED(MKV_LOG_INFO, "rejected a request with %d: %s", status, why);
   if (req == NULL || req->responded) {
     c->want_close = 1;
-    if (c->writes_pending == 0) conn_close(c);
+    if (c->writes_pending == 0) conn_end(c);
     return -1;
   }
+  /* for the access log: as much of the target as was read (a 414's is cut short) */
+  if (req->target.len == 0 && c->url.len && s_public_api(c) && mkv_access_log_enabled())
+    mkv_buf_set(&req->target, c->url.data, MKV_MIN(c->url.len, 1024));
   char body[256];
   int n = snprintf(body, sizeof(body), "%s\n", why);
   mkv_header_t h[2] = {{"Content-Type", "text/plain; charset=utf-8", 0},
@@ -457,10 +478,6 @@ static int on_message_begin(llhttp_t *p) {
   /* The whole head must arrive within header_timeout (slowloris). */
   arm(c, s->w->cfg->limits.header_timeout_ms);
   return 0;
-}
-
-static int s_public_api(const mkv_conn_t *c) {
-  return c->server->h->public_api;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len) {
@@ -570,7 +587,8 @@ static int on_headers_complete(llhttp_t *p) {
     req->content_length = (int64_t)p->content_length;
     req->has_body = req->content_length > 0;
   }
-  if (s_public_api(c) && mkv_access_log_enabled()) mkv_buf_set(&req->target, c->url.data, c->url.len);
+  if (s_public_api(c) && mkv_access_log_enabled())
+    mkv_buf_set(&req->target, c->url.data, c->url.len);
   if (cfg->verbose)
     mkv_info("%s %s %lld", req->method_name, c->url.data,
              (long long)(req->chunked ? -1 : req->content_length));
@@ -636,9 +654,7 @@ static void on_conn_closed(uv_handle_t *h) {
   }
 }
 
-static void conn_close(mkv_conn_t *c) {
-  if (c->closing) return;
-  c->closing = 1;
+static void conn_detach_req(mkv_conn_t *c) {
   mkv_req_t *req = c->req;
   c->req = NULL;
   if (req) {
@@ -647,12 +663,65 @@ static void conn_close(mkv_conn_t *c) {
     if (c->api_engaged && !(c->msg_complete && c->response_done)) req->handler->abort(req);
     mkv_req_unref(req);
   }
+}
+
+static void conn_close(mkv_conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  conn_detach_req(c);
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
   uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
+static void linger_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+static void on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  mkv_conn_t *c = s->data;
+  (void)buf;
+  if (c->closing) return;
+  if (nread < 0 || mkv_now_ns() > c->linger_until_ns) { /* the client closed, or enough */
+    conn_close(c);
+    return;
+  }
+  if (nread > 0) arm(c, LINGER_IDLE_MS);
+}
+
+static void on_shutdown(uv_shutdown_t *r, int status) {
+  mkv_conn_t *c = r->data;
+  if (status < 0 && !c->closing) conn_close(c);
+}
+
+/* The end of a connection whose last answer is out: a lingering close when the client
+ * may still be sending (see LINGER_MAX_MS), else a plain one. */
+static void conn_end(mkv_conn_t *c) {
+  if (c->closing || c->state == S_LINGER) return;
+  if (!c->linger || c->server->draining) {
+    conn_close(c);
+    return;
+  }
+  conn_detach_req(c);
+  c->state = S_LINGER;
+  c->linger_until_ns = mkv_now_ns() + (uint64_t)LINGER_MAX_MS * 1000000u;
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
+  if (uv_read_start((uv_stream_t *)&c->tcp, linger_alloc, on_linger_read) != 0) {
+    conn_close(c);
+    return;
+  }
+  arm(c, LINGER_IDLE_MS);
+}
+
 static void on_timer(uv_timer_t *t) {
   mkv_conn_t *c = t->data;
+  if (c->state == S_LINGER) { /* the client stopped sending: the close can be clean now */
+    conn_close(c);
+    return;
+  }
   if (c->state == S_WAITING) {
     if (c->writes_pending == 0) return;
     MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: client not reading its response");
@@ -676,6 +745,10 @@ static void on_timer(uv_timer_t *t) {
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->base = worker_readbuf;
   buf->len = sizeof(worker_readbuf);
+}
+
+static void linger_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  alloc_cb(h, suggested, buf);
 }
 
 /* The obs-fold check looks back across reads: remember whether this one ended with a
@@ -727,7 +800,7 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
     return;
   }
   if (c->stop) {
-    if (c->want_close && c->writes_pending == 0) conn_close(c);
+    if (c->want_close && c->writes_pending == 0) conn_end(c);
     return;
   }
   if (e == HPE_PAUSED_UPGRADE) {
@@ -750,7 +823,7 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
     }
     conn_reject(c, 400, why);
   }
-  if (c->want_close && c->writes_pending == 0) conn_close(c);
+  if (c->want_close && c->writes_pending == 0) conn_end(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -788,7 +861,7 @@ static void conn_advance(mkv_conn_t *c) {
       if (!(c->msg_complete && c->response_done)) break; /* the exchange goes on */
       if (c->close_after || !c->keepalive || c->server->draining) {
         c->want_close = 1;
-        if (c->writes_pending == 0) conn_close(c);
+        if (c->writes_pending == 0) conn_end(c);
         return;
       }
       mkv_req_t *req = c->req;
@@ -885,7 +958,9 @@ static void conn_serve(mkv_conn_t *c) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  if (s->h->public_api && mkv_access_log_enabled()) peer_name(c);
+  /* Always: one getpeername per connection, so that a reload that turns the access log on
+   * finds the address of connections already open. */
+  if (s->h->public_api) peer_name(c);
   llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
   c->parser.data = c;
   c->keepalive = 1;

@@ -156,11 +156,13 @@ static void finish(mkv_upreq_t *req, int err) {
   if (pool) {
     pool->requests++;
     pool->latency_ns_sum += req->elapsed_ns;
-    if (err) pool->errors++;
+    /* a request mkv cancelled itself (the other replica of a PUT failed, a client left)
+     * is no fault of this volume */
+    if (err && err != UV_ECANCELED) pool->errors++;
     if (err == UV_ETIMEDOUT) pool->timeouts++;
     if (pool->vm) {
       mkv_ctr_add_shared(&pool->vm->requests, 1);
-      if (err) mkv_ctr_add_shared(&pool->vm->errors, 1);
+      if (err && err != UV_ECANCELED) mkv_ctr_add_shared(&pool->vm->errors, 1);
       if (err == UV_ETIMEDOUT) mkv_ctr_add_shared(&pool->vm->timeouts, 1);
       if (err != UV_ECANCELED) mkv_hist_observe(&pool->vm->latency, req->elapsed_ns, 1);
     }
