@@ -57,7 +57,10 @@ function H.write_file(path, data)
 end
 
 function H.tmpdir(tag)
-  local d = H.sh("mktemp -d /tmp/mkv-spec-" .. (tag or "x") .. "-XXXXXX"):gsub("%s+$", "")
+  -- MKV_SPEC_TMP: deploy/test gives each run a prefix of its own, so that its final
+  -- sweep of leftover processes touches no other run's.
+  local prefix = os.getenv("MKV_SPEC_TMP") or "/tmp/mkv-spec-"
+  local d = H.sh("mktemp -d " .. prefix .. (tag or "x") .. "-XXXXXX"):gsub("%s+$", "")
   started[#started + 1] = { dir = d }
   return d
 end
