@@ -1,0 +1,450 @@
+-- spec/bench/run.lua: the benchmark suite. Every figure is a ratio against a reference
+-- measured in the same run, on the same machine, a moment apart (these machines are
+-- shared and noisy): mkv's value, the reference's, their ratio, as medians over RUNS
+-- runs, with the ratio's spread (min..max).
+--
+--   luajit spec/bench/run.lua [--runs N] [--seconds S] [--only id,id] [--json FILE]
+--                             [--compare OLD.json] [--big-index N]
+--
+-- From the repository root, after deploy/setup (it uses build/mkv, build/ratebench and
+-- build/ldbtool). A cluster of 3 nginx volumes (deploy/volume) and mkv (replicas 3,
+-- subvolumes 1) on loopback; wrk drives HTTP load with keep-alive (-t2 -c32); memory is
+-- mkv's VmHWM/VmRSS from /proc. --json writes the table (default
+-- build/bench-results.json) so that a later run can --compare against it.
+package.path = "spec/?.lua;lua/?.lua;" .. package.path
+local H = require "helpers"
+local A = require "api_support"
+local json = require "json"
+
+-- A JSON writer for the results (strings, numbers, nested tables with string keys).
+local function encode(v)
+  local t = type(v)
+  if t == "number" then return v ~= v and "null" or string.format("%.17g", v) end
+  if t == "string" then return string.format("%q", v):gsub("\\\n", "\\n") end
+  if t == "boolean" then return tostring(v) end
+  if t ~= "table" then return "null" end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do parts[#parts + 1] = string.format("%q", k) .. ":" .. encode(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local opts = { runs = 3, seconds = 5, big_index = 10000000, json = "build/bench-results.json" }
+do
+  local i = 1
+  while i <= #arg do
+    local a = arg[i]
+    local v = arg[i + 1]
+    if a == "--runs" then opts.runs = tonumber(v); i = i + 1
+    elseif a == "--seconds" then opts.seconds = tonumber(v); i = i + 1
+    elseif a == "--only" then opts.only = {}; for x in v:gmatch("[^,]+") do opts.only[x] = true end; i = i + 1
+    elseif a == "--json" then opts.json = v; i = i + 1
+    elseif a == "--compare" then opts.compare = v; i = i + 1
+    elseif a == "--big-index" then opts.big_index = tonumber(v); i = i + 1
+    else
+      io.stderr:write("usage: luajit spec/bench/run.lua [--runs N] [--seconds S] [--only id,...] " ..
+        "[--json FILE] [--compare OLD.json] [--big-index N]\n")
+      os.exit(2)
+    end
+    i = i + 1
+  end
+end
+
+local BIN = H.build
+local D = opts.seconds
+
+local function sh_ok(cmd)
+  local out, code = H.sh(cmd)
+  if code ~= 0 then error("failed (" .. tostring(code) .. "): " .. cmd .. "\n" .. out, 0) end
+  return out
+end
+
+local function median(t)
+  local s = {}
+  for i, v in ipairs(t) do s[i] = v end
+  table.sort(s)
+  local n = #s
+  if n == 0 then return 0 end
+  if n % 2 == 1 then return s[(n + 1) / 2] end
+  return (s[n / 2] + s[n / 2 + 1]) / 2
+end
+
+-- ---- load generators ----
+
+local scripts = H.tmpdir("bench-scripts")
+
+-- wrk scripts: PUT of unique keys, DELETE of numbered keys, HEAD
+H.write_file(scripts .. "/put.lua", [[
+local counter = 0
+local body = string.rep("x", 1024)
+local threads = {}
+function setup(thread) thread:set("tid", #threads + 1); threads[#threads + 1] = thread end
+function init(args) prefix = args[1] end
+function request()
+  counter = counter + 1
+  return wrk.format("PUT", prefix .. tid .. "-" .. counter, nil, body)
+end
+]])
+H.write_file(scripts .. "/delete.lua", [[
+local counter = 0
+local threads = {}
+function setup(thread) thread:set("tid", #threads); threads[#threads + 1] = thread end
+function init(args) prefix = args[1]; per = tonumber(args[2]) end
+function request()
+  local i = tid * per + counter
+  counter = counter + 1
+  return wrk.format("DELETE", string.format("%s%09d", prefix, i))
+end
+]])
+H.write_file(scripts .. "/head.lua", 'wrk.method = "HEAD"\n')
+
+-- Runs wrk; returns requests/s of the answers that had the expected status class
+-- (want "2xx3xx": wrk's own count; want "any": all), and the raw output.
+local function wrk(url, script, args, want)
+  local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s", D,
+    script and ("-s " .. H.shq(script)) or "", H.shq(url),
+    args and ("-- " .. table.concat(args, " ")) or "")
+  local out = sh_ok(cmd)
+  local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
+  local total = tonumber(out:match("(%d+) requests in"))
+  local non = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0
+  local sockerr = out:match("Socket errors:[^\n]*")
+  if sockerr then error("wrk: " .. sockerr .. " on " .. url .. "\n" .. out, 0) end
+  if not rps or not total then error("wrk printed no rate:\n" .. out, 0) end
+  if want == "any" then return rps, out end
+  if non > total * 0.01 then error(string.format("wrk: %d of %d answers were not 2xx/3xx on %s", non, total, url), 0) end
+  return rps * (total - non) / total, out
+end
+
+local function ratebench(rate, secs, method, want, urls)
+  local out = sh_ok(string.format("%s/ratebench -r %d -d %d -c 32 -m %s -s %d %s", BIN, rate, secs,
+    method, want, table.concat(urls, " ")))
+  local r = {}
+  for k, v in out:gmatch("(%w+)=([%d%.]+)") do r[k] = tonumber(v) end
+  if (r.errors or 1) > 0 or (r.unanswered or 0) > r.n * 0.01 then error("ratebench: " .. out, 0) end
+  return r
+end
+
+local function status_kb(pid, field)
+  local v = H.proc_status(pid, field)
+  return tonumber(tostring(v):match("(%d+)"))
+end
+
+-- ---- the cluster ----
+
+local base = H.tmpdir("bench")
+local vols = {}
+local function start_volumes()
+  for i = 1, 3 do
+    vols[i] = H.start_volume({ root = base .. "/v" .. i, state = base .. "/v" .. i .. ".nginx",
+                               port = vols[i] and vols[i].port })
+  end
+end
+start_volumes()
+local addrs = { vols[1].addr, vols[2].addr, vols[3].addr }
+local db = base .. "/index"
+local m
+local function start_mkv()
+  m = H.start_mkv({ flags = { "-volumes", table.concat(addrs, ","), "-db", db, "-replicas", "3",
+                              "-subvolumes", "1", "-voltimeout", "1s" }, port = m and m.port })
+  return m
+end
+start_mkv()
+local v1 = "http://" .. vols[1].addr
+
+local function key_file(vol_index, key)
+  local h = H.md5_hex(key)
+  return base .. "/v" .. vol_index .. "/" .. h:sub(1, 2) .. "/" .. h:sub(3, 4) .. "/" .. A.base64(key)
+end
+
+-- ---- the figures ----
+-- Each: id, what, reference, target (text), and run() -> mkv value, reference value,
+-- unit; "higher" or "lower" is better for mkv's value (ratio = mkv / reference).
+
+local figures = {}
+local function fig(t) figures[#figures + 1] = t end
+
+fig { id = "get404", what = "GET of a missing key (404), req/s",
+  ref = "nginx answering a 404 for a missing file", target = ">= 1.0", unit = "req/s", better = "higher",
+  run = function()
+    local a = wrk(m.url .. "/bench/missing", nil, nil, "any")
+    local b = wrk(v1 .. "/missing", nil, nil, "any")
+    return a, b
+  end }
+
+local small_keys
+local function ensure_small_keys()
+  if small_keys then return end
+  small_keys = {}
+  for i = 1, 100 do
+    local k = "/bench/small/" .. i
+    local st = H.http("PUT", m.url .. k, { body = string.rep("s", 1024) })
+    assert(st == 201, "PUT " .. k .. ": " .. tostring(st))
+    small_keys[i] = k
+  end
+end
+
+fig { id = "get302", what = "GET of an existing key (302 after one HEAD), req/s",
+  ref = "nginx answering a 404 for a missing file", target = ">= 0.45", unit = "req/s", better = "higher",
+  run = function()
+    ensure_small_keys()
+    local a = wrk(m.url .. small_keys[1])
+    local b = wrk(v1 .. "/missing", nil, nil, "any")
+    return a, b
+  end }
+
+local put_round = 0
+fig { id = "put1k", what = "PUT of new 1 KB keys, replicas 3, req/s",
+  ref = "nginx answering 1 KB PUTs directly, / 3", target = ">= 0.8", unit = "req/s", better = "higher",
+  run = function()
+    put_round = put_round + 1
+    local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
+    local b = wrk(v1, scripts .. "/put.lua", { "/direct-put" .. put_round .. "/k" })
+    return a, b / 3
+  end }
+
+local del_round = 0
+fig { id = "delete", what = "DELETE, req/s",
+  ref = "nginx answering DELETEs directly, / 3", target = ">= 0.8", unit = "req/s", better = "higher",
+  run = function()
+    -- Keys made without the API (it would take longer than the figure): records with
+    -- ldbtool while mkv is down, and their files on the three volumes; the same number
+    -- of plain files on volume 1 for nginx.
+    del_round = del_round + 1
+    local per = 6000 * D -- per wrk thread: above either side's rate
+    local prefix = "/bench/del" .. del_round .. "/"
+    m:stop()
+    sh_ok(string.format("%s/ldbtool fill %s %d %s %s", BIN, H.shq(db), per * 2, prefix,
+      table.concat(addrs, ",")))
+    start_mkv()
+    -- files: a Lua loop is fast enough (mkdir -p per directory once)
+    local made = {}
+    for i = 0, per * 2 - 1 do
+      local k = string.format("%s%09d", prefix, i)
+      for v = 1, 3 do
+        local f = key_file(v, k)
+        local d = f:match("^(.*)/")
+        if not made[d] then sh_ok("mkdir -p " .. H.shq(d)); made[d] = true end
+        local fh = assert(io.open(f, "w"))
+        fh:write("d")
+        fh:close()
+      end
+      local g = base .. "/v1/direct-del" .. del_round .. string.format("/%09d", i)
+      local gd = g:match("^(.*)/")
+      if not made[gd] then sh_ok("mkdir -p " .. H.shq(gd)); made[gd] = true end
+      local fh = assert(io.open(g, "w"))
+      fh:write("d")
+      fh:close()
+    end
+    local a = wrk(m.url, scripts .. "/delete.lua", { prefix, tostring(per) })
+    local b = wrk(v1, scripts .. "/delete.lua", { "/direct-del" .. del_round .. "/", tostring(per) })
+    return a, b / 3
+  end }
+
+local big
+local function ensure_big()
+  if big then return end
+  big = base .. "/big"
+  sh_ok("head -c 1G /dev/urandom > " .. H.shq(big))
+end
+
+local put1g_mem = {}
+fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
+  ref = "three parallel curl -T of the file to the three volumes", target = "<= 1.15", unit = "s", better = "lower",
+  run = function()
+    ensure_big()
+    local hwm0 = status_kb(m.pid, "VmHWM")
+    local rss0 = status_kb(m.pid, "VmRSS")
+    local t0 = H.now()
+    sh_ok(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d", H.shq(big), m.url, #put1g_mem))
+    local a = H.now() - t0
+    put1g_mem[#put1g_mem + 1] = { hwm0 = hwm0, hwm1 = status_kb(m.pid, "VmHWM"), rss0 = rss0 }
+    t0 = H.now()
+    local cmds = {}
+    for i = 1, 3 do
+      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-big%d",
+        H.shq(big), addrs[i], #put1g_mem)
+    end
+    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait) ")
+    local b = H.now() - t0
+    return a, b
+  end }
+
+fig { id = "put1g_mem", what = "mkv memory growth during the 1 GB PUT, MB (VmHWM)",
+  ref = "-", target = "<= 16 MB", unit = "MB", better = "lower", absolute = true,
+  run = function()
+    -- from the put1g runs: the peak growth of the first (the high-water mark only rises)
+    local e = put1g_mem[1]
+    if not e then error("needs put1g", 0) end
+    return (e.hwm1 - e.hwm0) / 1024, nil
+  end }
+
+fig { id = "put256x8", what = "8 concurrent 256 MB PUTs, total MB/s",
+  ref = "24 parallel direct curl PUTs of the same file", target = ">= 0.85", unit = "MB/s", better = "higher",
+  run = function()
+    local f = base .. "/v256"
+    if not H.read_file(f .. ".ok") then
+      sh_ok("head -c 256M /dev/urandom > " .. H.shq(f) .. " && touch " .. H.shq(f .. ".ok"))
+    end
+    local tag = tostring(math.random(1e9))
+    local cmds = {}
+    for i = 1, 8 do
+      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s/bench/c%s-%d", H.shq(f), m.url, tag, i)
+    end
+    local t0 = H.now()
+    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait)")
+    local a = 8 * 256 / (H.now() - t0)
+    cmds = {}
+    for i = 1, 24 do
+      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-c%s-%d", H.shq(f),
+        addrs[(i - 1) % 3 + 1], tag, i)
+    end
+    t0 = H.now()
+    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait)")
+    local b = 8 * 256 / (H.now() - t0)
+    -- the space back for the next run
+    sh_ok("rm -rf " .. base .. "/v1/direct-c* " .. base .. "/v2/direct-c* " .. base .. "/v3/direct-c*")
+    for i = 1, 8 do H.http("DELETE", m.url .. "/bench/c" .. tag .. "-" .. i) end
+    return a, b
+  end }
+
+local listed
+fig { id = "list100k", what = "listing 100 000 keys page by page (limit 1000), keys/s",
+  ref = "a C loop iterating the same LevelDB keys", target = "report", unit = "keys/s", better = "higher",
+  run = function()
+    if not listed then
+      m:stop()
+      sh_ok(string.format("%s/ldbtool fill %s 100000 /bench/list/ %s", BIN, H.shq(db), table.concat(addrs, ",")))
+      start_mkv()
+      listed = true
+    end
+    local t0 = H.now()
+    local start, n = "", 0
+    while true do
+      local url = m.url .. "/?list&prefix=/bench/list/&limit=1000" ..
+        (start ~= "" and ("&start=" .. H.urlencode_path(start)) or "")
+      local st, _, body = H.http("GET", url)
+      assert(st == 200, "listing: " .. tostring(st))
+      local nxt, keys = A.parse_listing(body)
+      n = n + #keys
+      if nxt == "" or #keys == 0 then break end
+      start = nxt
+    end
+    local a = n / (H.now() - t0)
+    assert(n == 100000, "listed " .. n .. " keys")
+    m:stop()
+    local out = sh_ok(string.format("%s/ldbtool scan %s /bench/list/", BIN, H.shq(db)))
+    start_mkv()
+    local b = tonumber(out:match("keys_per_s=(%d+)"))
+    return a, b
+  end }
+
+fig { id = "p99_302", what = "p99 latency of the 302 at a fixed 1 000 req/s, ms",
+  ref = "nginx HEAD p99 at the same rate", target = "<= 3", unit = "ms", better = "lower",
+  run = function()
+    ensure_small_keys()
+    local urls = {}
+    for i = 1, 20 do urls[i] = m.url .. small_keys[i] end
+    local a = ratebench(1000, math.max(D, 5), "GET", 302, urls).p99
+    local f = key_file(1, small_keys[1]):sub(#(base .. "/v1") + 1)
+    local b = ratebench(1000, math.max(D, 5), "HEAD", 200, { v1 .. f }).p99
+    return a, b
+  end }
+
+local big_ready
+fig { id = "bigindex", what = "302 req/s with a 10-million-key index",
+  ref = "the same with 10 thousand keys", target = ">= 0.8", unit = "req/s", better = "higher",
+  run = function()
+    ensure_small_keys()
+    local urls = {}
+    -- 10k-key reference: the 100 real keys in an index of ~10k (the list keys are 100k:
+    -- measured first, before the big fill)
+    local a_small = wrk(m.url .. small_keys[7])
+    if not big_ready then
+      m:stop()
+      local out = sh_ok(string.format("%s/ldbtool fill %s %d /bench/big-index/ %s", BIN, H.shq(db),
+        opts.big_index, table.concat(addrs, ",")))
+      io.stderr:write("bench: filled the index: " .. out)
+      start_mkv()
+      big_ready = true
+    end
+    local a = wrk(m.url .. small_keys[7])
+    local p = ratebench(1000, math.max(D, 5), "GET", 302, { m.url .. small_keys[9] }).p99
+    io.stderr:write(string.format("bench: big index p99 at 1000 req/s: %.3f ms\n", p))
+    local _ = urls
+    return a, a_small
+  end }
+
+fig { id = "hung", what = "a volume hung (SIGSTOP): 302 req/s",
+  ref = "the same with all volumes healthy", target = ">= 0.5", unit = "req/s", better = "higher",
+  run = function()
+    ensure_small_keys()
+    local b = wrk(m.url .. small_keys[3])
+    vols[2]:signal(19) -- SIGSTOP
+    local ok, a = pcall(wrk, m.url .. small_keys[3])
+    vols[2]:signal(18) -- SIGCONT
+    if not ok then error(a, 0) end
+    return a, b
+  end }
+
+-- ---- running ----
+
+local results = {}
+print(string.format("# mkv benchmark suite: %d runs per figure, wrk -t2 -c32 -d%ds; medians; ratio = mkv / reference",
+  opts.runs, D))
+print(string.format("%-52s %12s %12s %8s %15s  %s", "figure", "mkv", "reference", "ratio", "ratio spread", "target"))
+for _, f in ipairs(figures) do
+  if not opts.only or opts.only[f.id] then
+    local mv, rv, ratios = {}, {}, {}
+    local ok, err = pcall(function()
+      for r = 1, (f.absolute and 1 or opts.runs) do
+        local a, b = f.run(r)
+        mv[#mv + 1] = a
+        if b then
+          rv[#rv + 1] = b
+          ratios[#ratios + 1] = a / b
+        end
+      end
+    end)
+    if not ok then
+      print(string.format("%-52s  FAILED: %s", f.id, tostring(err):gsub("\n", " "):sub(1, 200)))
+      results[f.id] = { what = f.what, error = tostring(err) }
+    else
+      local lo, hi = math.huge, -math.huge
+      for _, x in ipairs(ratios) do lo = math.min(lo, x); hi = math.max(hi, x) end
+      local res = { what = f.what, unit = f.unit, mkv = median(mv), reference = #rv > 0 and median(rv) or nil,
+                    ratio = #ratios > 0 and median(ratios) or nil, ratio_min = #ratios > 0 and lo or nil,
+                    ratio_max = #ratios > 0 and hi or nil, target = f.target, runs = #mv, ref = f.ref }
+      results[f.id] = res
+      print(string.format("%-52s %12.1f %12s %8s %15s  %s", f.what, res.mkv,
+        res.reference and string.format("%.1f", res.reference) or "-",
+        res.ratio and string.format("%.2fx", res.ratio) or "-",
+        res.ratio and string.format("%.2f..%.2f", lo, hi) or "-", f.target))
+    end
+  end
+end
+
+local fh = io.open(opts.json, "w")
+if fh then
+  fh:write(encode(results))
+  fh:close()
+  print("# written to " .. opts.json)
+end
+
+if opts.compare then
+  local old = json.decode(H.read_file(opts.compare) or "{}")
+  print(string.format("\n# against %s (ratios; the machine's noise cancels in each ratio)", opts.compare))
+  print(string.format("%-52s %10s %10s %8s", "figure", "old", "new", "change"))
+  for _, f in ipairs(figures) do
+    local o, n = old[f.id], results[f.id]
+    if o and n and o.ratio and n.ratio then
+      print(string.format("%-52s %9.2fx %9.2fx %+7.0f%%", f.what, o.ratio, n.ratio, (n.ratio / o.ratio - 1) * 100))
+    elseif o and n and o.mkv and n.mkv and f.absolute then
+      print(string.format("%-52s %10.1f %10.1f %+7.0f%%", f.what, o.mkv, n.mkv, (n.mkv / o.mkv - 1) * 100))
+    end
+  end
+end
+
+H.cleanup()
