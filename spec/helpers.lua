@@ -159,7 +159,7 @@ function H.start_volume(opts)
   local root = opts.root or (H.tmpdir("vol") .. "/data")
   local state = opts.state or (root .. ".nginx")
   local p = spawn("nginx-" .. port, { H.root .. "/deploy/volume", root }, {
-    env = { PORT = tostring(port), BIND = "127.0.0.1", WORKERS = "1", STATE = state },
+    env = { PORT = tostring(port), BIND = "127.0.0.1", WORKERS = tostring(opts.workers or 1), STATE = state },
   })
   p.port, p.root, p.state = port, root, state
   p.addr = "127.0.0.1:" .. port

@@ -6,7 +6,8 @@
 -- A 3-volume cluster (replicas 3) with mkv and deploy/proxy in front (TLS, a
 -- certificate made here with openssl). Figures, medians of 3 runs each:
 --   large GET  one value of LARGE_MB: curl's download speed through the proxy (TLS,
---              mkv's 302 followed inside nginx) vs plain HTTP straight from a volume
+--              mkv's 302 followed inside nginx) vs plain HTTP straight from a volume, and
+--              vs the same file through the proxy's TLS volume listener (TLS alone)
 --   small GET  1 KB values, wrk with 8 connections for SECONDS: requests/s through the
 --              proxy vs straight from a volume over plain HTTP (and over TLS, to show
 --              what TLS alone costs: nginx serving the volume's file through the proxy's
@@ -64,19 +65,24 @@ local function main()
   local got = sh_ok(curl .. purl .. "/bench/large | md5sum | cut -d' ' -f1")
   if got ~= want then error("the proxy returned other bytes") end
 
-  local direct, via = {}, {}
+  local direct, via, tls = {}, {}, {}
+  local lvaddr, lvpath = loc:match("^http://([^/]+)(/.*)$")
   for _ = 1, RUNS do
     direct[#direct + 1] = tonumber(sh_ok("curl -sS --fail -o /dev/null -w '%{speed_download}' " ..
       H.shq(loc)))
     via[#via + 1] = tonumber(sh_ok(curl .. "-o /dev/null -w '%{speed_download}' " .. purl ..
       "/bench/large"))
+    tls[#tls + 1] = tonumber(sh_ok(curl .. "-o /dev/null -w '%{speed_download}' " ..
+      "https://127.0.0.1:" .. vport .. "/" .. lvaddr .. lvpath))
   end
-  local d, v = median(direct), median(via)
+  local d, v, t = median(direct), median(via), median(tls)
   print(string.format("# %d MB value, replicas 3; small values 1 KB, wrk -t2 -c8 -d%ds; medians of %d",
     large_mb, secs, RUNS))
   print(string.format("%-44s %14s %14s %8s", "figure", "via proxy", "reference", "ratio"))
   print(string.format("%-44s %11.0f MB/s %11.0f MB/s %7.2fx", "large GET vs direct from the volume",
     v / 1048576, d / 1048576, v / d))
+  print(string.format("%-44s %11.0f MB/s %11.0f MB/s %7.2fx", "large GET vs the volume through TLS",
+    v / 1048576, t / 1048576, v / t))
 
   -- small values
   sh_ok(string.format("head -c 1024 /dev/urandom > %s/small", base))

@@ -138,8 +138,10 @@ local base = H.tmpdir("bench")
 local vols = {}
 local function start_volumes()
   for i = 1, 3 do
+    -- as many nginx workers as mkv has worker threads (one per core): the references
+    -- get the same share of the machine
     vols[i] = H.start_volume({ root = base .. "/v" .. i, state = base .. "/v" .. i .. ".nginx",
-                               port = vols[i] and vols[i].port })
+                               port = vols[i] and vols[i].port, workers = "auto" })
   end
 end
 start_volumes()
