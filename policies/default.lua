@@ -24,26 +24,34 @@ end
 -- refuses duplicate volumes, so ties cannot happen in practice). With subvolumes > 1,
 -- each replica goes to /svXX of its volume, XX = upper-case hex of the big-endian
 -- uint32 of score bytes 12..15 modulo the subvolume count.
-function M.place(key, volumes, n)
-  local scores = mkv.md5_scores(key, volumes)
+-- The indexes of `volumes`, best first by `rank` (an array parallel to volumes; higher
+-- wins), ties broken by config order. Shared with the zones and weighted policies.
+function M.order(rank)
   local order = {}
-  for i = 1, #volumes do order[i] = i end
+  for i = 1, #rank do order[i] = i end
   sort(order, function(a, b)
-    local sa, sb = scores[a], scores[b]
-    if sa ~= sb then return sa > sb end
+    local ra, rb = rank[a], rank[b]
+    if ra ~= rb then return ra > rb end
     return a < b
   end)
+  return order
+end
+
+-- A replica's entry in the record: the volume, or its /svXX from the key's score on it.
+function M.replica(volume, score)
   local sv = cfg.subvolumes
+  if sv <= 1 then return volume end
+  local b1, b2, b3, b4 = byte(score, 13, 16)
+  return format("%s/sv%02X", volume, (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % sv)
+end
+
+function M.place(key, volumes, n)
+  local scores = mkv.md5_scores(key, volumes)
+  local order = M.order(scores)
   local out = {}
   for i = 1, n do
     local v = order[i]
-    if sv > 1 then
-      local b1, b2, b3, b4 = byte(scores[v], 13, 16)
-      local u = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-      out[i] = format("%s/sv%02X", volumes[v], u % sv)
-    else
-      out[i] = volumes[v]
-    end
+    out[i] = M.replica(volumes[v], scores[v])
   end
   return out
 end

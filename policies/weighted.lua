@@ -15,7 +15,7 @@ local mkv = require "mkv"
 local default = require "default"
 
 local cfg = mkv.config
-local byte, format, sort, log = string.byte, string.format, table.sort, math.log
+local byte, format, log = string.byte, string.format, math.log
 local weights = (cfg.policy and cfg.policy.weights) or {}
 if type(weights) ~= "table" then
   error("weighted policy: policy_config.weights must be a table volume -> weight")
@@ -48,21 +48,11 @@ function M.place(key, volumes, n)
   for i, vol in ipairs(volumes) do
     rank[i] = (weights[vol] or 1) / -log(unit(scores[i]))
   end
-  local order = {}
-  for i = 1, #volumes do order[i] = i end
-  sort(order, function(a, b)
-    if rank[a] ~= rank[b] then return rank[a] > rank[b] end
-    return a < b
-  end)
+  local order = default.order(rank)
   local out = {}
   for i = 1, n do
     local v = order[i]
-    if cfg.subvolumes > 1 then
-      local b1, b2, b3, b4 = byte(scores[v], 13, 16)
-      out[i] = format("%s/sv%02X", volumes[v], (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % cfg.subvolumes)
-    else
-      out[i] = volumes[v]
-    end
+    out[i] = default.replica(volumes[v], scores[v])
   end
   return out
 end

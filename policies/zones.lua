@@ -14,7 +14,7 @@ local mkv = require "mkv"
 local default = require "default"
 
 local cfg = mkv.config
-local byte, format, sort = string.byte, string.format, table.sort
+local format = string.format
 local zones = (cfg.policy and cfg.policy.zones) or error("zones policy: policy_config.zones is missing")
 if type(zones) ~= "table" then error("zones policy: policy_config.zones must be a table volume -> zone") end
 
@@ -47,25 +47,13 @@ function M.place(key, volumes, n)
     if not zones[vol] then error("zones policy: volume " .. vol .. " has no zone in policy_config.zones") end
   end
   local scores = mkv.md5_scores(key, volumes)
-  local order = {}
-  for i = 1, #volumes do order[i] = i end
-  sort(order, function(a, b)
-    local sa, sb = scores[a], scores[b]
-    if sa ~= sb then return sa > sb end
-    return a < b
-  end)
   local out, used = {}, {}
-  for _, v in ipairs(order) do
+  for _, v in ipairs(default.order(scores)) do
     local vol = volumes[v]
     local zone = zones[vol]
     if not used[zone] then
       used[zone] = true
-      if cfg.subvolumes > 1 then
-        local b1, b2, b3, b4 = byte(scores[v], 13, 16)
-        out[#out + 1] = format("%s/sv%02X", vol, (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % cfg.subvolumes)
-      else
-        out[#out + 1] = vol
-      end
+      out[#out + 1] = default.replica(vol, scores[v])
       if #out == n then return out end
     end
   end

@@ -287,15 +287,18 @@ local function shq(s)
 end
 H.shq = shq
 
--- H.http(method, url, opts) -> status, headers (lower-case names), body
--- opts: body (string), file (path to upload), headers ({name = value}), chunked (bool),
--- follow (-L), range, timeout, raw_path (send the path exactly as given).
+-- H.http(method, url, opts) -> status, headers (lower-case names), body, curl's output,
+-- blocks (every header block, each with [":status"], when redirects were followed)
+-- opts: body (string), file (path to upload), headers ({name = value}, or a list of
+-- "Name: value"), chunked (bool), follow (-L), range, timeout, cacert (HTTPS), out (a
+-- file for the body, which is then not returned), extra (more curl words).
 function H.http(method, url, opts)
   opts = opts or {}
   local dir = opts.tmp or H.tmpdir("curl")
-  local hdr, out = dir .. "/h", dir .. "/b"
+  local hdr, out = dir .. "/h", opts.out or (dir .. "/b")
   local cmd = { "curl -sS --path-as-is -o", shq(out), "-D", shq(hdr), "-w '%{http_code}'",
                 "--max-time", tostring((opts.timeout or 30) * H.slow) }
+  if opts.cacert then cmd[#cmd + 1] = "--cacert " .. shq(opts.cacert) end
   if method == "HEAD" then
     cmd[#cmd + 1] = "-I"
   else
@@ -310,21 +313,27 @@ function H.http(method, url, opts)
   if opts.chunked then cmd[#cmd + 1] = "-H 'Transfer-Encoding: chunked'" end
   if opts.follow then cmd[#cmd + 1] = "-L" end
   if opts.range then cmd[#cmd + 1] = "-r " .. opts.range end
-  for k, v in pairs(opts.headers or {}) do cmd[#cmd + 1] = "-H " .. shq(k .. ": " .. v) end
+  for k, v in pairs(opts.headers or {}) do
+    cmd[#cmd + 1] = "-H " .. shq(type(k) == "number" and v or (k .. ": " .. v))
+  end
+  if opts.extra then cmd[#cmd + 1] = opts.extra end
   cmd[#cmd + 1] = shq(url)
   local code = H.sh(table.concat(cmd, " "))
   local status = tonumber(code:match("(%d%d%d)%s*$"))
-  local headers = {}
+  local headers, blocks = {}, {}
   local raw = H.read_file(hdr) or ""
-  -- With -L there are several header blocks: keep the last.
+  -- With -L there are several header blocks: `headers` is the last.
   for line in raw:gmatch("[^\r\n]+") do
-    if line:match("^HTTP/") then headers = {} end
+    if line:match("^HTTP/") then
+      headers = { [":status"] = tonumber(line:match("^HTTP/%S+ (%d+)")) }
+      blocks[#blocks + 1] = headers
+    end
     local k, v = line:match("^([^:]+):%s*(.-)%s*$")
     if k then headers[k:lower()] = v end
   end
-  local body = H.read_file(out) or ""
+  local body = not opts.out and (H.read_file(out) or "") or nil
   if not opts.tmp then H.sh("rm -rf " .. shq(dir)) end
-  return status, headers, body, code
+  return status, headers, body, code, blocks
 end
 
 -- Sends raw bytes on a new connection; returns what came back until the server closed
