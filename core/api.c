@@ -136,7 +136,6 @@ static void respond_empty(mkv_req_t *req, int status) {
   (int)MKV_MIN((req)->key.len, 100), (req)->key.data, (req)->key.len > 100 ? "..." : ""
 
 static void policy_failed(mkv_req_t *req) {
-  req->worker->stats.policy_errors++;
   mkv_ctr_add(&req->worker->metrics->policy_errors, 1);
   MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": %s", req->method_name, KEYARG(req),
                       mkv_policy_error(req->worker->policy));

@@ -117,7 +117,6 @@ static void slice(listing_t *l) {
       int show = 1;
       if (mkv_policy_list_show(w->policy, l->op, key, klen, &show) != 0) {
         MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
-        w->stats.policy_errors++;
         mkv_ctr_add(&w->metrics->policy_errors, 1);
         err = mkv_strdup("policy error (see the server log)");
         break;
@@ -225,8 +224,7 @@ void mkv__listing_start(mkv_req_t *req) {
   if (mkv_policy_list_limit(w->policy, op, requested > 0 ? requested : 0, &limit) != 0) {
     mkv_buf_free(&v);
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
-    w->stats.policy_errors++;
-        mkv_ctr_add(&w->metrics->policy_errors, 1);
+    mkv_ctr_add(&w->metrics->policy_errors, 1);
     mkv_header_t th = {"Content-Type", "text/plain; charset=utf-8", 0};
     const char *msg = "policy error (see the server log)\n";
     mkv_req_respond(req, 500, &th, 1, msg, strlen(msg));

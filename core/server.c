@@ -194,7 +194,6 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
   if (req) mkv_req_ref(req);
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
   c->writes_pending++;
-  c->server->w->stats.bytes_out += len;
   if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_out, len);
   if (c->state == S_WAITING && !uv_is_active((uv_handle_t *)&c->timer))
     arm(c, c->server->w->cfg->limits.body_timeout_ms);
@@ -251,12 +250,6 @@ void mkv_req_unref(mkv_req_t *req) {
   free(req);
 }
 
-static void count_status(mkv_req_t *req, int status) {
-  mkv_worker_t *w = req->worker;
-  int cls = status / 100;
-  if (cls >= 1 && cls <= 5) w->stats.responses[cls]++;
-}
-
 static void build_head(mkv_buf_t *b, mkv_conn_t *c, mkv_req_t *req, int status,
                        const mkv_header_t *h, int nh) {
   mkv_buf_addf(b, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, status_text(status),
@@ -287,7 +280,6 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
   }
   req->responded = 1;
   req->status = status;
-  count_status(req, status);
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing) return;
   /* Answered before the body was read: the rest of the body would be parsed as the next
@@ -322,7 +314,6 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
 void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int nh) {
   req->responded = 1;
   req->status = status;
-  count_status(req, status);
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing) return;
   if (!c->msg_complete && req->has_body) {
@@ -474,7 +465,6 @@ static int on_message_begin(llhttp_t *p) {
   mkv_buf_reset(&c->url);
   mkv_buf_reset(&c->hfield);
   mkv_buf_reset(&c->hvalue);
-  s->w->stats.requests++;
   /* The whole head must arrive within header_timeout (slowloris). */
   arm(c, s->w->cfg->limits.header_timeout_ms);
   return 0;
@@ -611,7 +601,6 @@ static int on_headers_complete(llhttp_t *p) {
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   mkv_conn_t *c = p->data;
   mkv_req_t *req = c->req;
-  c->server->w->stats.bytes_in += len;
   if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_in, len);
   if (!req->responded || c->streaming) req->handler->body(req, at, len);
   return c->closing ? -1 : 0;

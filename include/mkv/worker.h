@@ -22,12 +22,6 @@
 typedef struct mkv_server_s mkv_server_t;
 struct mkv_handler_s;
 
-typedef struct mkv_worker_stats_s {
-  unsigned long long requests, responses[6]; /* by status class: [2]=2xx ... */
-  unsigned long long bytes_in, bytes_out;
-  unsigned long long policy_errors;
-} mkv_worker_stats_t;
-
 typedef struct mkv_worker_s {
   int id;
   char name[16];
@@ -52,7 +46,6 @@ typedef struct mkv_worker_s {
   struct mkv_deferred_s *defer_head, *defer_tail;
   int started_ok;
   void *admin_job; /* the admin thread's running job (adminsrv.c) */
-  mkv_worker_stats_t stats;
   struct mkv_metrics_s *metrics; /* for /metrics; written by this thread only */
   _Atomic(struct mkv_reload_s *) pending_reload; /* main -> worker: a new config */
 } mkv_worker_t;
