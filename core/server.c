@@ -35,6 +35,9 @@ enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING, S_LINGER };
  * parsing its pipelined requests (the kernel's socket buffer comes on top). */
 #define WRITE_BUDGET (256 * 1024)
 
+/* Pipelined bytes read while a request is being answered, before the read stops. */
+#define PIPELINE_BUFFER (64 * 1024)
+
 struct mkv_conn_s {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -58,6 +61,7 @@ struct mkv_conn_s {
   int msg_complete, response_done, keepalive;
   int close_after, closing, want_close;
   int reading, body_paused, read_done, write_blocked;
+  int eof_seen; /* the client's EOF came behind pipelined bytes not yet parsed */
   int writes_pending, closed_handles;
   int streaming, stream_chunked, sent_continue;
   int linger;              /* closing while the client may still be sending: linger */
@@ -186,15 +190,29 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
     free(buf);
     return;
   }
+  if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_out, len);
+  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+  if (cb == NULL && c->writes_pending == 0 && !c->want_close) {
+    /* Most answers fit the socket buffer: written here, they need no write request,
+     * and libuv does not re-arm the socket's epoll entry for a finished write (one
+     * epoll_ctl per response saved; syscalls dominate the small-request profile). */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)len) {
+      free(buf);
+      return;
+    }
+    if (n > 0) {
+      b.base += n;
+      b.len -= (unsigned)n;
+    }
+  }
   swrite_t *sw = mkv_calloc(1, sizeof(*sw));
   sw->c = c;
   sw->buf = buf;
   sw->cb = cb;
   sw->req = req;
   if (req) mkv_req_ref(req);
-  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
   c->writes_pending++;
-  if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_out, len);
   if (c->state == S_WAITING && !uv_is_active((uv_handle_t *)&c->timer))
     arm(c, c->server->w->cfg->limits.body_timeout_ms);
   int rc = uv_write(&sw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
@@ -782,7 +800,10 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
       update_carry(c, data, used);
       mkv_buf_set(&c->tail, pos, len - used);
     }
-    if (c->reading) {
+    /* The socket stays read: what the client pipelines meanwhile waits in c->tail
+     * (on_read), up to PIPELINE_BUFFER. Stopping and restarting the read for every
+     * request would cost two epoll_ctl calls per request. */
+    if (c->reading && c->tail.len > PIPELINE_BUFFER) {
       uv_read_stop((uv_stream_t *)&c->tcp);
       c->reading = 0;
     }
@@ -815,19 +836,42 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
   if (c->want_close && c->writes_pending == 0) conn_end(c);
 }
 
+/* The client's EOF. A client that half-closes after sending a whole request still gets
+ * its answer; any other EOF ends the connection. */
+static void conn_eof(mkv_conn_t *c) {
+  if (c->msg_complete && !c->response_done) {
+    c->close_after = 1;
+    if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    return;
+  }
+  conn_close(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mkv_conn_t *c = s->data;
   if (nread == 0 || c->closing) return;
   if (nread < 0) {
-    /* EOF or error. A client that half-closes after sending a whole request still
-     * gets its answer; any other EOF ends the connection. */
-    if (nread == UV_EOF && c->msg_complete && !c->response_done) {
-      c->close_after = 1;
+    if (nread == UV_EOF && c->msg_complete && c->tail.len > 0) {
+      /* Pipelined requests came before the EOF: they are answered first. */
+      c->eof_seen = 1;
       uv_read_stop(s);
       c->reading = 0;
       return;
     }
-    conn_close(c);
+    if (nread == UV_EOF)
+      conn_eof(c);
+    else
+      conn_close(c);
+    return;
+  }
+  if (c->msg_complete) {
+    /* The parser waits for the current answer (the one pause): keep the bytes. */
+    mkv_buf_add(&c->tail, buf->base, (size_t)nread);
+    if (c->tail.len > PIPELINE_BUFFER) {
+      uv_read_stop(s);
+      c->reading = 0;
+    }
     return;
   }
   if (c->state == S_BODY && !c->body_paused) arm(c, c->server->w->cfg->limits.body_timeout_ms);
@@ -837,6 +881,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void start_reading(mkv_conn_t *c) {
   if (c->reading || c->closing || c->want_close || c->read_done || c->write_blocked) return;
+  if (c->eof_seen) { /* every byte before the EOF was parsed */
+    conn_eof(c);
+    return;
+  }
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) == 0) c->reading = 1;
 }
 

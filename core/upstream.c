@@ -478,6 +478,22 @@ static void on_write(uv_write_t *w, int status) {
 
 static int conn_write(upconn_t *c, uv_buf_t *bufs, unsigned n, mkv_chunk_t *ch, char *owned,
                       upwrite_t *wr) {
+  if (wr == NULL && n == 1 && c->writes_pending == 0 && c->req &&
+      c->req->method != MKV_UP_PUT) {
+    /* A request head written at once needs no write request, and libuv then leaves the
+     * socket's epoll entry alone (a PUT's writes are tracked for its timers: not here). */
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, 1);
+    if (w == (int)bufs[0].len) {
+      free(owned);
+      if (c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_sent, bufs[0].len);
+      return 0;
+    }
+    if (w > 0) {
+      bufs[0].base += w;
+      bufs[0].len -= (unsigned)w;
+      if (c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_sent, (unsigned long long)w);
+    }
+  }
   if (wr == NULL) wr = mkv_calloc(1, sizeof(*wr));
   wr->c = c;
   wr->ch = ch;
@@ -753,7 +769,10 @@ static void dispatch(mkv_upreq_t *req, int fresh_only) {
     p->idle = c->next_idle;
     p->nidle--;
     uv_timer_stop(&c->timer);
-    if (conn_alive(c)) {
+    /* Idle connections are read, so a volume's close is usually seen before reuse. The
+     * race that is left costs a HEAD, GET or DELETE only a retry on a fresh connection
+     * (conn_fail); a PUT cannot be retried, so only a PUT pays a syscall to check. */
+    if (req->method != MKV_UP_PUT || conn_alive(c)) {
       conn_begin(c, req, 1);
       return;
     }

@@ -692,6 +692,29 @@ describe("keep-alive and pipelining", function()
     conn:close()
   end)
 
+  it("pipelined requests followed by a half-close are all answered, then the connection closes", function()
+    -- The socket stays read while a request is answered: the EOF behind the pipelined
+    -- requests must not cut them off.
+    local reqs = A.request("PUT", "/ka/hc", nil, "half") .. A.request("GET", "/ka/hc")
+      .. A.request("GET", "/ka/missing") .. A.request("DELETE", "/ka/hc")
+    local raw, closed = H.raw(c.mkv.port, reqs, 5, { shutdown = true })
+    assert.same({ 201, 302, 404, 204 }, H.statuses(raw))
+    assert.is_true(closed)
+  end)
+
+  it("requests pipelined while the first is still being answered are answered in order", function()
+    local conn = A.connect(c.mkv.port)
+    conn:send(A.request("PUT", "/ka/late", nil, "late"))
+    conn:send(A.request("GET", "/ka/late"))
+    conn:send(A.request("GET", "/ka/missing") .. A.request("DELETE", "/ka/late"))
+    for i, w in ipairs({ 201, 302, 404, 204 }) do
+      local r, err = conn:response(5)
+      assert.truthy(r, "response " .. i .. ": " .. tostring(err))
+      assert.equal(w, r.status)
+    end
+    conn:close()
+  end)
+
   it("an HTTP/1.0 request gets its response and the connection closes", function()
     local conn = A.connect(c.mkv.port)
     local t0 = H.now()
