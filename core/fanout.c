@@ -30,6 +30,9 @@ struct mkv_fanout_s {
   mkv_buf_t failure;
   mkv_buf_t volumes; /* the targets, record form */
   mkv_chunk_t *cur;  /* being filled, not yet sent */
+  size_t cur_cap;    /* its capacity */
+  int64_t content_length; /* -1: chunked */
+  int64_t flushed;   /* bytes handed to the replicas */
   mkv_upreq_t *reqs;
 };
 
@@ -101,6 +104,7 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   fo->done = o->done;
   fo->flow = o->flow;
   fo->ready = o->ready;
+  fo->content_length = o->content_length;
   if (o->md5) fo->md5 = mkv_md5_stream_new();
   mkv_buf_init(&fo->failure);
   mkv_buf_init(&fo->volumes);
@@ -155,6 +159,7 @@ void mkv_fanout_flush(mkv_fanout_t *fo) {
     return;
   }
   fo->inflight += ch->len;
+  fo->flushed += (int64_t)ch->len;
   fo->chunks_live++;
   /* Each write takes one of the n references, also when it fails. */
   for (int i = 0; i < fo->n; i++) mkv_upreq_write(&fo->reqs[i], ch);
@@ -169,14 +174,23 @@ void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
   if (fo->md5) mkv_md5_stream_update(fo->md5, at, len);
   fo->bytes += (int64_t)len;
   while (len > 0) {
-    if (fo->cur == NULL) fo->cur = mkv_chunk_alloc(CHUNK_CAP, fo->n, chunk_released, fo);
+    if (fo->cur == NULL) {
+      /* A body of known length smaller than a chunk gets a chunk of its size: a 1 KB
+       * PUT does not take (and page in) 64 KiB. */
+      size_t cap = CHUNK_CAP;
+      if (fo->content_length >= 0 && fo->content_length - fo->flushed < (int64_t)cap)
+        cap = fo->content_length - fo->flushed > 0 ? (size_t)(fo->content_length - fo->flushed)
+                                                   : len;
+      fo->cur = mkv_chunk_alloc(cap, fo->n, chunk_released, fo);
+      fo->cur_cap = cap;
+    }
     mkv_chunk_t *ch = fo->cur;
-    size_t n = MKV_MIN(len, CHUNK_CAP - ch->len);
+    size_t n = MKV_MIN(len, fo->cur_cap - ch->len);
     memcpy(ch->bytes + ch->len, at, n);
     ch->len += n;
     at += n;
     len -= n;
-    if (ch->len == CHUNK_CAP) mkv_fanout_flush(fo);
+    if (ch->len == fo->cur_cap) mkv_fanout_flush(fo);
   }
 }
 
