@@ -64,8 +64,13 @@ static inline void pump_close(pump_t *p) {
  * passing is itself the point. */
 static inline void pump_for(pump_t *p, double ms) {
   p->expired = 0;
-  uv_timer_start(&p->timer, pump_expired_cb, (uint64_t)ms, 0);
+  /* From now, not from the loop's cached time. The timer repeats: libuv 1.44's
+   * UV_RUN_ONCE runs due timers before it polls, and a one-shot timer that fired there
+   * left nothing to wake the poll (a test hung whenever it was slow to get here). */
+  uv_update_time(p->loop);
+  uv_timer_start(&p->timer, pump_expired_cb, (uint64_t)ms, 1);
   while (!p->expired) uv_run(p->loop, UV_RUN_ONCE);
+  uv_timer_stop(&p->timer);
 }
 
 /* Lets closing handles finish, then asserts the loop closes: a handle the code under
