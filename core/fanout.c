@@ -126,6 +126,7 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
     r->timeout_ms = o->timeout_ms;
     r->done = on_replica_done;
     r->ready = on_replica_ready;
+    r->hold_head = o->ready == NULL;
   }
   for (int i = 0; i < n; i++) {
     int rc = mkv_upstream_start(up, &fo->reqs[i]);

@@ -21,6 +21,8 @@
 /* nginx closes idle keep-alive connections after 75 s (keepalive_timeout); closing ours
  * well before avoids reusing one that nginx is closing at that very moment. */
 #define IDLE_TIMEOUT_MS 30000
+/* A PUT checks a pooled connection idle for longer than this before using it. */
+#define PEEK_AFTER_MS 1000
 /* Re-resolve a host name at most this often after every address failed. */
 #define RERESOLVE_MS 5000
 
@@ -66,6 +68,9 @@ struct upconn_s {
   int addr_idx;
   int reused, got_bytes, complete, keepalive, writes_pending, closed_handles;
   int pause_wanted, reading;
+  char *held_head; /* a PUT's request head, sent with its first body bytes */
+  size_t held_len;
+  uint64_t idle_since; /* uv_now when pooled */
 };
 
 struct mkv_upstream_s {
@@ -342,6 +347,8 @@ static void conn_close(upconn_t *c) {
   else
     c->pool->nactive--;
   c->state = C_CLOSING;
+  free(c->held_head);
+  c->held_head = NULL;
   uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 }
@@ -409,6 +416,7 @@ static void conn_release(upconn_t *c) {
   c->next_idle = p->idle;
   p->idle = c;
   p->nidle++;
+  c->idle_since = uv_now(p->up->loop);
   arm_timer(c, IDLE_TIMEOUT_MS);
 }
 
@@ -478,20 +486,39 @@ static void on_write(uv_write_t *w, int status) {
 
 static int conn_write(upconn_t *c, uv_buf_t *bufs, unsigned n, mkv_chunk_t *ch, char *owned,
                       upwrite_t *wr) {
-  if (wr == NULL && n == 1 && c->writes_pending == 0 && c->req &&
-      c->req->method != MKV_UP_PUT) {
-    /* A request head written at once needs no write request, and libuv then leaves the
-     * socket's epoll entry alone (a PUT's writes are tracked for its timers: not here). */
-    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, 1);
-    if (w == (int)bufs[0].len) {
+  mkv_upreq_t *req = c->req;
+  if (c->writes_pending == 0 && req && (req->method != MKV_UP_PUT || req->hold_head)) {
+    /* Bytes the kernel takes at once need no write request, and libuv then leaves the
+     * socket's epoll entry alone (uv_write re-arms it even for a write it finished at
+     * once). What on_write would do is done here. (Not for a PUT whose ready callback
+     * waits for its head to go out: that stays asynchronous.) */
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (w > 0 && c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_sent, (unsigned long long)w);
+    if (w >= 0 && (size_t)w == total) {
       free(owned);
-      if (c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_sent, bufs[0].len);
+      free(wr);
+      if (req->method == MKV_UP_PUT) {
+        put_timer_update(c, req, 1);
+        if (!req->is_ready) {
+          req->is_ready = 1;
+          if (req->ready) req->ready(req);
+        }
+      }
+      if (ch) mkv_chunk_unref(ch); /* last: its release may resume the client */
       return 0;
     }
-    if (w > 0) {
-      bufs[0].base += w;
-      bufs[0].len -= (unsigned)w;
-      if (c->pool->vm) mkv_ctr_add_shared(&c->pool->vm->bytes_sent, (unsigned long long)w);
+    for (size_t skip = w > 0 ? (size_t)w : 0; skip > 0;) {
+      if (bufs[0].len <= skip) {
+        skip -= bufs[0].len;
+        bufs++;
+        n--;
+      } else {
+        bufs[0].base += skip;
+        bufs[0].len -= (unsigned)skip;
+        skip = 0;
+      }
     }
   }
   if (wr == NULL) wr = mkv_calloc(1, sizeof(*wr));
@@ -516,8 +543,13 @@ static int conn_write(upconn_t *c, uv_buf_t *bufs, unsigned n, mkv_chunk_t *ch, 
 
 static int write_chunk(upconn_t *c, mkv_upreq_t *req, mkv_chunk_t *ch) {
   upwrite_t *wr = mkv_calloc(1, sizeof(*wr));
-  uv_buf_t bufs[3];
+  uv_buf_t bufs[4];
   unsigned n = 0;
+  if (c->held_head) {
+    bufs[n++] = uv_buf_init(c->held_head, (unsigned)c->held_len);
+    wr->owned = c->held_head;
+    c->held_head = NULL;
+  }
   if (req->content_length < 0) {
     int fl = snprintf(wr->frame, sizeof(wr->frame), "%zx\r\n", ch->len);
     bufs[n++] = uv_buf_init(wr->frame, (unsigned)fl);
@@ -531,9 +563,14 @@ static int write_chunk(upconn_t *c, mkv_upreq_t *req, mkv_chunk_t *ch) {
 
 static int send_end(upconn_t *c, mkv_upreq_t *req) {
   req->body_end_sent = 1;
-  if (req->content_length >= 0) return 0;
-  uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-  return conn_write(c, &b, 1, NULL, NULL, NULL);
+  uv_buf_t b[2];
+  unsigned n = 0;
+  char *owned = c->held_head; /* a body that never came: the head goes alone */
+  if (owned) b[n++] = uv_buf_init(owned, (unsigned)c->held_len);
+  c->held_head = NULL;
+  if (req->content_length < 0) b[n++] = uv_buf_init("0\r\n\r\n", 5);
+  if (n == 0) return 0;
+  return conn_write(c, b, n, NULL, owned, NULL);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -621,6 +658,16 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
     c->reading = 1;
   }
+  if (req->method == MKV_UP_PUT && req->hold_head && req->pending_head == NULL &&
+      !req->body_ended) {
+    /* The head waits for the first body bytes, usually a moment later in the same loop
+     * turn: one write and one segment instead of two, for mkv and for the volume.
+     * Nothing is owed to the volume meanwhile, so no timer runs. */
+    c->held_head = h.data;
+    c->held_len = h.len;
+    uv_timer_stop(&c->timer);
+    return;
+  }
   /* HEAD, GET and DELETE have one deadline for the whole exchange, connect included;
    * a PUT's timer measures inactivity and restarts on every bit of progress. */
   double ms = req->timeout_ms;
@@ -644,6 +691,9 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
       pc = next;
     }
     if (rc == 0 && req->body_ended) rc = send_end(c, req);
+    /* Writes done at once stopped the timer as they went (nothing owed); if the whole
+     * body is out, the volume owes its answer now. */
+    if (rc == 0) put_timer_update(c, req, 0);
   }
   if (rc < 0) conn_fail(c, rc, 1);
 }
@@ -771,8 +821,10 @@ static void dispatch(mkv_upreq_t *req, int fresh_only) {
     uv_timer_stop(&c->timer);
     /* Idle connections are read, so a volume's close is usually seen before reuse. The
      * race that is left costs a HEAD, GET or DELETE only a retry on a fresh connection
-     * (conn_fail); a PUT cannot be retried, so only a PUT pays a syscall to check. */
-    if (req->method != MKV_UP_PUT || conn_alive(c)) {
+     * (conn_fail); a PUT cannot be retried, so a PUT on a connection idle for a while
+     * pays a syscall to check. */
+    if (req->method != MKV_UP_PUT || uv_now(p->up->loop) - c->idle_since < PEEK_AFTER_MS ||
+        conn_alive(c)) {
       conn_begin(c, req, 1);
       return;
     }

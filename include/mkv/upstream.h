@@ -83,6 +83,8 @@ struct mkv_upreq_s {
                      streamed body); paused reading does not count as a stall */
   mkv_upreq_done_cb done;
   mkv_upreq_ready_cb ready;  /* optional (PUT) */
+  int hold_head;  /* PUT: send the request head with the first body bytes, not before
+                     (not with a ready callback that waits for the head to go out) */
   mkv_upreq_body_cb on_body; /* optional (GET) */
   mkv_upreq_headers_cb on_headers; /* optional */
 

@@ -537,6 +537,53 @@ TEST(put_inactivity_timeout) {
   world_finish(&w);
 }
 
+TEST(put_inactivity_timeout_head_held) {
+  /* The same with the head held for the first body bytes (the API's PUTs): the whole
+   * body written at once at connect time still leaves the volume owing its answer. */
+  world_t w;
+  world_init(&w, 0);
+  w.srv.no_answer = 1;
+  client_t c;
+  client_init(&c, MKV_UP_PUT, w.srv.host, "/p", 200);
+  c.req.hold_head = 1;
+  c.req.content_length = 3;
+  ASSERT_EQ(start(w.up, &c), 0);
+  ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("abc", 3, 1, count_release, (void *)0)), 0);
+  mkv_upreq_end(&c.req);
+  PUMP_UNTIL(&w.pump, c.done_calls > 0, 10);
+  ASSERT_EQ(c.err, UV_ETIMEDOUT);
+  ASSERT_EQ(releases[0], 1);
+  client_free(&c);
+  world_finish(&w);
+}
+
+TEST(put_head_held_until_the_body_on_a_reused_connection) {
+  world_t w;
+  world_init(&w, 0);
+  w.srv.status = 201;
+  for (int i = 0; i < 3; i++) {
+    client_t c;
+    client_init(&c, MKV_UP_PUT, w.srv.host, "/h", 2000);
+    c.req.hold_head = 1;
+    c.req.content_length = i == 2 ? -1 : 5;
+    ASSERT_EQ(start(w.up, &c), 0);
+    if (i > 0) { /* reused: the head waits for the body, and the volume sees nothing */
+      pump_for(&w.pump, 30);
+      ASSERT_EQ(w.srv.headers_seen, i);
+    }
+    if (i < 2) ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("hello", 5, 1, NULL, NULL)), 0);
+    mkv_upreq_end(&c.req); /* the third: chunked and empty, head and terminator at once */
+    PUMP_UNTIL(&w.pump, c.done_calls > 0, 10);
+    ASSERT_EQ(c.err, 0);
+    ASSERT_EQ(c.status, 201);
+    ASSERT_EQ(w.srv.last_body.len, i < 2 ? 5u : 0u);
+    client_free(&c);
+  }
+  ASSERT_EQ(w.srv.accepted, 1);
+  ASSERT_EQ(w.srv.requests, 3);
+  world_finish(&w);
+}
+
 TEST(put_stalled_body_is_not_the_volumes_fault) {
   /* The client stops sending (3 of 10 bytes): nothing is owed by the volume, so its
    * inactivity timer does not run; the server's body_timeout handles the client. */
@@ -841,7 +888,8 @@ TEST_MAIN(T(head_status_and_length), T(head_404_and_no_content_length), T(keepal
           T(get_pause_and_resume), T(get_body_until_close), T(garbage_response_is_eproto),
           T(put_content_length_streams_chunks), T(put_chunked_encoding),
           T(put_connection_reused_after_clean_put), T(put_answered_early_is_not_reused),
-          T(timeout_marks_suspect), T(put_inactivity_timeout), T(put_stalled_body_is_not_the_volumes_fault), T(connection_refused),
+          T(timeout_marks_suspect), T(put_inactivity_timeout), T(put_inactivity_timeout_head_held),
+          T(put_head_held_until_the_body_on_a_reused_connection), T(put_stalled_body_is_not_the_volumes_fault), T(connection_refused),
           T(put_on_dropped_reused_connection_is_not_retried), T(suspect_expires),
           T(connect_failing_inside_start_is_deferred), T(name_resolution_tries_every_address),
           T(bad_host_is_refused_synchronously), T(cancel_in_flight), T(cancel_while_connecting),
