@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <openssl/crypto.h>
 #include <lua.h>
 #include <lualib.h>
 #include <uv.h>
@@ -122,6 +123,28 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->limits.list_slice = (int)get_num(L, l, "list_slice");
   lua_pop(L, 1);
 
+  lua_getfield(L, t, "auth");
+  l = lua_gettop(L);
+  lua_getfield(L, l, "write_secrets");
+  int ns = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
+  for (int i = 0; i < ns; i++) {
+    size_t len;
+    lua_rawgeti(L, -1, i + 1);
+    const char *s = lua_tolstring(L, -1, &len);
+    mkv_auth_digest(s, len, cfg->auth.write_digest[i]);
+    lua_pop(L, 1);
+  }
+  cfg->auth.nwrite = ns;
+  lua_pop(L, 1);
+  cfg->auth.read = get_bool(L, l, "read");
+  cfg->auth.list = get_bool(L, l, "list");
+  char *vk = get_str(L, l, "volume_key");
+  if (vk[0]) cfg->auth.volume_header = mkv_sprintf("%s: %s\r\n", MKV_AUTH_VOLUME_HEADER, vk);
+  free(vk);
+  cfg->auth.redirect_secret = get_str(L, l, "redirect_secret");
+  cfg->auth.redirect_ttl_s = (long long)(get_num(L, l, "redirect_ttl") / 1000);
+  lua_pop(L, 1);
+
   lua_getfield(L, t, "leveldb");
   l = lua_gettop(L);
   cfg->leveldb.cache_mb = (size_t)get_num(L, l, "cache_mb");
@@ -224,5 +247,10 @@ void mkv_config_free(mkv_config_t *cfg) {
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
   free(cfg->policy_config);
-  memset(cfg, 0, sizeof(*cfg));
+  free(cfg->auth.volume_header);
+  if (cfg->auth.redirect_secret) {
+    OPENSSL_cleanse(cfg->auth.redirect_secret, strlen(cfg->auth.redirect_secret));
+    free(cfg->auth.redirect_secret);
+  }
+  OPENSSL_cleanse(cfg, sizeof(*cfg));
 }
