@@ -23,7 +23,9 @@ static const struct {
 } known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
                    {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
                    {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0},
-                   {"admin", 0},    {"public-url", 0}, {"access-log", 0}};
+                   {"admin", 0},    {"public-url", 0}, {"access-log", 0},
+                   {"write-secret-file", 0}, {"volume-key-file", 0},
+                   {"redirect-secret-file", 0}};
 
 int mkv_config_flag_kind(const char *name, int *is_bool) {
   for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
