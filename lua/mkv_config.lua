@@ -183,7 +183,7 @@ local function secrets(v, inline, file, where, max)
   local list, src = {}, w_in
   if v[file] ~= nil then
     list, src = read_secret_file(w_file, v[file]), w_file
-  elseif type(v[inline]) == "table" then
+  elseif type(v[inline]) == "table" and max > 1 then
     for k in pairs(v[inline]) do
       if type(k) ~= "number" or k ~= math.floor(k) or k < 1 or k > #v[inline] then
         fail(w_in, "expected a string or a list of strings")
