@@ -1549,6 +1549,7 @@ int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index
   }
   if (mkv_index_port_new(index, loop, &a->port) != 0) mkv_fatal("cannot create an index port");
   a->up = mkv_upstream_new(loop, cfg->limits.suspect_time_ms);
+  mkv_upstream_set_headers(a->up, cfg->auth.volume_header); /* keyed volumes (auth.h) */
   uv_timer_init(loop, &a->run_timer);
   a->run_timer.data = a;
   uv_timer_init(loop, &a->bw_timer);

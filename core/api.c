@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "mkv/fanout.h"
@@ -607,8 +608,11 @@ static void on_probe_done(mkv_upreq_t *r, int err) {
     } else {
       mkv_buf_adds(&loc, "http://");
     }
+    size_t vol_at = loc.len;
     mkv_buf_add(&loc, item, ilen);
     mkv_buf_add(&loc, a->path.data, a->path.len);
+    if (mkv_auth_signing(&req->worker->cfg->auth))
+      mkv_auth_sign_location(&req->worker->cfg->auth, &loc, vol_at, (long long)time(NULL));
     get_respond(a, 302, loc.data, loc.len);
     mkv_buf_free(&loc);
     mkv_req_unref(req);
@@ -747,6 +751,7 @@ static void get_start(mkv_req_t *req) {
 /* ---- entry points ---- */
 
 void mkv_api_headers(mkv_req_t *req) {
+  if (req->worker->cfg->auth.nwrite && !mkv__auth_allow(req)) return;
   switch (req->method) {
   case MKV_M_GET:
   case MKV_M_HEAD: get_start(req); break;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <openssl/crypto.h>
 #include <lua.h>
 #include <lualib.h>
 #include <uv.h>
@@ -22,7 +23,9 @@ static const struct {
 } known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
                    {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
                    {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0},
-                   {"admin", 0},    {"public-url", 0}, {"access-log", 0}};
+                   {"admin", 0},    {"public-url", 0}, {"access-log", 0},
+                   {"write-secret-file", 0}, {"volume-key-file", 0},
+                   {"redirect-secret-file", 0}};
 
 int mkv_config_flag_kind(const char *name, int *is_bool) {
   for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
@@ -120,6 +123,28 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->limits.high_water = (size_t)get_num(L, l, "high_water_kb") << 10;
   cfg->limits.low_water = (size_t)get_num(L, l, "low_water_kb") << 10;
   cfg->limits.list_slice = (int)get_num(L, l, "list_slice");
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "auth");
+  l = lua_gettop(L);
+  lua_getfield(L, l, "write_secrets");
+  int ns = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
+  for (int i = 0; i < ns; i++) {
+    size_t len;
+    lua_rawgeti(L, -1, i + 1);
+    const char *s = lua_tolstring(L, -1, &len);
+    mkv_auth_digest(s, len, cfg->auth.write_digest[i]);
+    lua_pop(L, 1);
+  }
+  cfg->auth.nwrite = ns;
+  lua_pop(L, 1);
+  cfg->auth.read = get_bool(L, l, "read");
+  cfg->auth.list = get_bool(L, l, "list");
+  char *vk = get_str(L, l, "volume_key");
+  if (vk[0]) cfg->auth.volume_header = mkv_sprintf("%s: %s\r\n", MKV_AUTH_VOLUME_HEADER, vk);
+  free(vk);
+  cfg->auth.redirect_secret = get_str(L, l, "redirect_secret");
+  cfg->auth.redirect_ttl_s = (long long)(get_num(L, l, "redirect_ttl") / 1000);
   lua_pop(L, 1);
 
   lua_getfield(L, t, "leveldb");
@@ -224,5 +249,10 @@ void mkv_config_free(mkv_config_t *cfg) {
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
   free(cfg->policy_config);
-  memset(cfg, 0, sizeof(*cfg));
+  free(cfg->auth.volume_header);
+  if (cfg->auth.redirect_secret) {
+    OPENSSL_cleanse(cfg->auth.redirect_secret, strlen(cfg->auth.redirect_secret));
+    free(cfg->auth.redirect_secret);
+  }
+  OPENSSL_cleanse(cfg, sizeof(*cfg));
 }

@@ -26,4 +26,8 @@ void mkv__listing_start(struct mkv_req_s *req);
 void mkv__listing_abort(struct mkv_req_s *req);
 void mkv__listing_free(struct mkv_req_s *req);
 
+/* auth.c, for api.c: 1 when the request may go on (auth off, a read that needs no
+ * secret, or the right Bearer secret); 0 when it has been answered 401. */
+int mkv__auth_allow(struct mkv_req_s *req);
+
 #endif

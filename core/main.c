@@ -57,7 +57,10 @@ static const char usage_text[] =
     "  -admin HOST:PORT  admin listener (default 127.0.0.1:0, a free port)\n"
     "  -public-url URL   redirect clients to URL/<volume>/<path> (a proxy) instead of\n"
     "                    to the volumes\n"
-    "  -access-log FILE  one line per request (Common Log Format + seconds); - = stderr\n";
+    "  -access-log FILE  one line per request (Common Log Format + seconds); - = stderr\n"
+    "  -write-secret-file FILE     writes need Authorization: Bearer <a line of FILE>\n"
+    "  -volume-key-file FILE       send the key in FILE to the volumes (X-Mkv-Volume-Key)\n"
+    "  -redirect-secret-file FILE  sign redirects for the volumes' nginx secure_link\n";
 
 /* Prints "mkv: <msg>" on one line: a message built from a config or a policy's error
  * may hold newlines or tabs (Lua's "module not found" lists do). */

@@ -110,6 +110,7 @@ static const char *status_text(int status) {
   case 204: return "No Content";
   case 302: return "Found";
   case 400: return "Bad Request";
+  case 401: return "Unauthorized";
   case 403: return "Forbidden";
   case 404: return "Not Found";
   case 405: return "Method Not Allowed";
@@ -264,6 +265,7 @@ void mkv_req_unref(mkv_req_t *req) {
   mkv_buf_free(&req->raw_query);
   mkv_buf_free(&req->content_md5);
   mkv_buf_free(&req->avoid);
+  mkv_buf_free(&req->authorization);
   req->worker->live_reqs--;
   free(req);
 }
@@ -471,6 +473,7 @@ static int on_message_begin(llhttp_t *p) {
   mkv_buf_init(&req->raw_query);
   mkv_buf_init(&req->content_md5);
   mkv_buf_init(&req->avoid);
+  mkv_buf_init(&req->authorization);
   mkv_buf_init(&req->target);
   memcpy(req->peer, c->peer, sizeof(req->peer));
   c->req = req;
@@ -543,6 +546,8 @@ static int on_header_value_complete(llhttp_t *p) {
   } else if (c->hfield.len == 18 && strncasecmp(c->hfield.data, "x-mkv-avoid-volume", 18) == 0) {
     if (req->avoid.len) mkv_buf_addc(&req->avoid, ',');
     mkv_buf_add(&req->avoid, c->hvalue.data, c->hvalue.len);
+  } else if (c->hfield.len == 13 && strncasecmp(c->hfield.data, "authorization", 13) == 0) {
+    mkv_buf_set(&req->authorization, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 6 && strncasecmp(c->hfield.data, "expect", 6) == 0) {
     if (c->hvalue.len == 12 && strncasecmp(c->hvalue.data, "100-continue", 12) == 0)
       req->expect_continue = 1;

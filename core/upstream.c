@@ -79,6 +79,7 @@ struct mkv_upstream_s {
   uv_timer_t defer_timer;
   mkv_upreq_t *defer_head, *defer_tail;
   double suspect_ms;
+  const char *extra_headers; /* lent by the worker: the volume key line, or NULL */
   int closing;
   int live; /* connections + resolutions + the defer timer, until all are closed */
   char readbuf[65536];
@@ -646,6 +647,7 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
   mkv_buf_adds(&h, " HTTP/1.1\r\nHost: ");
   mkv_buf_add(&h, req->host.data, req->host.len);
   mkv_buf_adds(&h, "\r\n");
+  if (req->up->extra_headers) mkv_buf_adds(&h, req->up->extra_headers);
   if (req->method == MKV_UP_PUT) {
     if (req->content_length >= 0)
       mkv_buf_addf(&h, "Content-Length: %lld\r\n", (long long)req->content_length);
@@ -966,6 +968,10 @@ static int on_message_complete(llhttp_t *p) {
 }
 
 /* ---- lifecycle ---- */
+
+void mkv_upstream_set_headers(mkv_upstream_t *up, const char *lines) {
+  up->extra_headers = lines;
+}
 
 mkv_upstream_t *mkv_upstream_new(uv_loop_t *loop, double suspect_ms) {
   if (resp_settings.on_message_complete == NULL) {

@@ -129,6 +129,9 @@ static void apply_reload(mkv_worker_t *w) {
 static void on_wakeup(uv_async_t *a) {
   mkv_worker_t *w = a->data;
   apply_reload(w);
+  /* The volume key may have changed (the wakeup handle closes with the upstream, so
+   * w->up is alive here). */
+  mkv_upstream_set_headers(w->up, w->cfg->auth.volume_header);
   if (!w->stop_requested || w->server == NULL) return;
   mkv_server_t *s = w->server;
   mkv_server_drain(s, w->cfg->limits.drain_timeout_ms, on_drained);
@@ -155,6 +158,7 @@ int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd,
   if (rc != 0) goto fail;
   if ((rc = mkv_index_port_new(index, &w->loop, &w->port)) != 0) goto fail;
   w->up = mkv_upstream_new(&w->loop, w->cfg->limits.suspect_time_ms);
+  mkv_upstream_set_headers(w->up, w->cfg->auth.volume_header);
   w->server = mkv_server_new(w, h);
   uv_async_init(&w->loop, &w->wakeup, on_wakeup);
   w->wakeup.data = w;

@@ -56,4 +56,19 @@ return {
     cache_mb = 64, write_buffer_mb = 16, max_open_files = 1000, max_file_mb = 2,
     bloom_bits = 10,
   },
+  -- Write protection (README "Write protection"); everything off when absent. Secrets:
+  -- 16-200 bytes of letters, digits and - . _ ~ + / = (openssl rand -base64 32), given
+  -- inline or, better, as a file (relative to this config; re-read on SIGHUP).
+  auth = {
+    -- write_secret_file = "/etc/mkv/write.secret", -- PUT/DELETE/UNLINK need
+    --                     -- "Authorization: Bearer <a line of it>" (two lines: rotation)
+    -- write_secret = "...",   -- or inline: a string, or a list of two
+    read = false,          -- true: GET/HEAD and listings need the secret too
+    list = false,          -- true: only ?list and ?unlinked need it
+    -- volume_key_file = "/etc/mkv/volume.key", -- sent to the volumes as X-Mkv-Volume-Key
+    --                     -- (deploy/volume --key-file: PUT/DELETE only with it)
+    -- redirect_secret_file = "/etc/mkv/redirect.secret", -- sign redirects for nginx
+    --                     -- secure_link (deploy/volume --redirect-secret-file)
+    redirect_ttl = "60s",  -- how long a signed redirect is valid
+  },
 }

@@ -134,6 +134,114 @@ local function subtable(where, v, fields)
   return out
 end
 
+-- ---- auth: write protection (README "Write protection") ----
+--
+-- Secrets are tokens an operator makes with `openssl rand -base64 32` or `-hex 32`: 16 to
+-- 200 bytes of letters, digits and - . _ ~ + / =, so that each fits a Bearer header, an
+-- HTTP header value and a quoted string of the volumes' nginx config alike. They may sit
+-- in the config or, better, in a file (one per line; blank lines and trailing newlines
+-- are ignored) that only mkv's user can read. No error message ever shows a secret.
+M.auth_max_secrets = 2 -- the new one and the old one, while clients change over
+
+local function check_token(where, v)
+  if type(v) ~= "string" then fail(where, "expected a string, got %s", type(v)) end
+  if v == "" then fail(where, "must not be empty") end
+  if #v < 16 or #v > 200 then
+    fail(where, "must be 16 to 200 bytes long (it is %d; make one with `openssl rand -base64 32`)", #v)
+  end
+  if v:find("[^%w%-%._~%+/=]") then
+    fail(where, "may hold only letters, digits and - . _ ~ + / = (make one with `openssl rand -base64 32`)")
+  end
+  return v
+end
+M.check_token = check_token
+
+-- The non-blank lines of a secret file. A relative path is relative to the config file.
+local function read_secret_file(where, path)
+  str(where, path)
+  if path:sub(1, 1) ~= "/" and M.base_dir then path = M.base_dir .. "/" .. path end
+  local f, err = io.open(path, "rb")
+  if not f then fail(where, "cannot read %s", err or quote(path)) end
+  local data = f:read("*a") or ""
+  f:close()
+  local out = {}
+  for line in data:gmatch("[^\n]+") do
+    line = line:gsub("[ \t\r]+$", ""):gsub("^[ \t]+", "")
+    if line ~= "" then out[#out + 1] = line end
+  end
+  if #out == 0 then fail(where, "%s holds no secret (the file is empty)", quote(path)) end
+  return out
+end
+
+-- One secret (or, for rotation, a list of them) given inline or as a file, not both.
+-- Returns a list of checked tokens (empty when neither is given).
+local function secrets(v, inline, file, where, max)
+  local w_in, w_file = where(inline), where(file)
+  if v[inline] ~= nil and v[file] ~= nil then
+    fail(w_in, "give %s or %s, not both", inline, file)
+  end
+  local list, src = {}, w_in
+  if v[file] ~= nil then
+    list, src = read_secret_file(w_file, v[file]), w_file
+  elseif type(v[inline]) == "table" and max > 1 then
+    for k in pairs(v[inline]) do
+      if type(k) ~= "number" or k ~= math.floor(k) or k < 1 or k > #v[inline] then
+        fail(w_in, "expected a string or a list of strings")
+      end
+    end
+    list = v[inline]
+    if #list == 0 then fail(w_in, "must not be empty") end
+  elseif v[inline] ~= nil then
+    list = { v[inline] }
+  end
+  if #list > max then
+    fail(src, "holds %d secrets; at most %d (the new one and the old one)", #list, max)
+  end
+  local out = {}
+  for i, s in ipairs(list) do
+    out[i] = check_token(#list > 1 and (src .. "[" .. i .. "]") or src, s)
+  end
+  return out
+end
+
+M.auth_keys = { write_secret = true, write_secret_file = true, read = true, list = true,
+                volume_key = true, volume_key_file = true, redirect_secret = true,
+                redirect_secret_file = true, redirect_ttl = true }
+
+-- `sub_where` names a flag for sub-fields that came from one (-write-secret-file ...).
+function M.check_auth(w, v, sub_where)
+  if v == nil then v = {} end
+  if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
+  for k in pairs(v) do
+    if type(k) ~= "string" or not M.auth_keys[k] then fail(w, "unknown field %s", describe(k)) end
+  end
+  local function where(k) return (sub_where and sub_where[k]) or (w .. "." .. k) end
+  local out = {}
+  out.write_secrets = secrets(v, "write_secret", "write_secret_file", where, M.auth_max_secrets)
+  out.read, out.list = false, false
+  if v.read ~= nil then out.read = bool(where("read"), v.read) end
+  if v.list ~= nil then out.list = bool(where("list"), v.list) end
+  if (out.read or out.list) and #out.write_secrets == 0 then
+    fail(where(out.read and "read" or "list"), "needs a write_secret (or write_secret_file): "
+      .. "readers present the same Bearer secret as writers")
+  end
+  local vk = secrets(v, "volume_key", "volume_key_file", where, 1)
+  out.volume_key = vk[1] or ""
+  local rs = secrets(v, "redirect_secret", "redirect_secret_file", where, 1)
+  out.redirect_secret = rs[1] or ""
+  local ttl = v.redirect_ttl
+  if ttl == nil then ttl = "60s" end
+  out.redirect_ttl = dur(where("redirect_ttl"), ttl, 1000)
+  if out.redirect_ttl > 86400000 then
+    fail(where("redirect_ttl"), "is longer than a day: a signed URL is a short-lived capability")
+  end
+  if out.redirect_secret ~= "" and out.volume_key == "" then
+    fail(where("redirect_secret"), "needs a volume_key (or volume_key_file): the volumes let "
+      .. "mkv's own reads through by that key, not by a signature")
+  end
+  return out
+end
+
 -- Top-level fields: default and checker. `where` is "field 'x'" or "flag -x".
 M.fields = {
   listen = { "*", function(w, v) return str(w, v) end },
@@ -222,6 +330,8 @@ M.fields = {
   policy_memory_mb = { 64, function(w, v) return int(w, v, 4, 4096) end },
   limits = { {}, function(w, v) return subtable(w, v, M.limit_fields) end },
   leveldb = { {}, function(w, v) return subtable(w, v, M.leveldb_fields) end },
+  -- Write protection (opt-in): see M.check_auth above and README "Write protection".
+  auth = { nil, function(w, v, sub_where) return M.check_auth(w, v, sub_where) end },
 }
 
 -- Plain data (tables, strings, numbers, booleans) as Lua source, so the C core can hand
@@ -272,6 +382,10 @@ M.flags = {
   admin = { field = "admin_listen", kind = "string" },
   ["public-url"] = { field = "public_url", kind = "string" },
   ["access-log"] = { field = "access_log", kind = "string" },
+  -- Secrets only as files: a secret on the command line shows in ps and in the journal.
+  ["write-secret-file"] = { field = "auth.write_secret_file", kind = "string" },
+  ["volume-key-file"] = { field = "auth.volume_key_file", kind = "string" },
+  ["redirect-secret-file"] = { field = "auth.redirect_secret_file", kind = "string" },
 }
 
 local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, True = true,
@@ -332,16 +446,33 @@ function M.build(t, flags, source)
       merged[k] = v
       where[k] = src .. ": field '" .. k .. "'"
     end
+    -- Relative secret files are found next to the config (or in the working directory).
+    M.base_dir = source and source ~= "flags" and (source:match("^(.*)/[^/]*$") or ".") or nil
+    local sub_where = {}
     for _, f in ipairs(flags or {}) do
       local field, value = M.flag_value(f[1], f[2])
-      merged[field] = value
-      where[field] = "flag -" .. f[1]
+      local top, sub = field:match("^([^.]+)%.(.+)$")
+      if top then -- a flag for one field of a table (auth.write_secret_file)
+        local copy = {}
+        if type(merged[top]) == "table" then
+          for k, x in pairs(merged[top]) do copy[k] = x end
+        end
+        -- The flag replaces the field, and its inline twin (write_secret) too.
+        copy[sub:gsub("_file$", "")] = nil
+        copy[sub] = value
+        merged[top] = copy
+        sub_where[top] = sub_where[top] or {}
+        sub_where[top][sub] = "flag -" .. f[1]
+      else
+        merged[field] = value
+        where[field] = "flag -" .. f[1]
+      end
     end
     local out = {}
     for name, spec in pairs(M.fields) do
       local v = merged[name]
       if v == nil then v = spec[1] end
-      out[name] = spec[2](where[name] or (src .. ": field '" .. name .. "'"), v)
+      out[name] = spec[2](where[name] or (src .. ": field '" .. name .. "'"), v, sub_where[name])
     end
     -- Checks across fields.
     if out.replicas > #out.volumes and #out.volumes > 0 then

@@ -158,7 +158,11 @@ function H.start_volume(opts)
   local port = opts.port or H.free_port()
   local root = opts.root or (H.tmpdir("vol") .. "/data")
   local state = opts.state or (root .. ".nginx")
-  local p = spawn("nginx-" .. port, { H.root .. "/deploy/volume", root }, {
+  -- opts.args: options of deploy/volume before the root (--key-file F ...)
+  local argv = { H.root .. "/deploy/volume" }
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+  argv[#argv + 1] = root
+  local p = spawn("nginx-" .. port, argv, {
     env = { PORT = tostring(port), BIND = "127.0.0.1", WORKERS = tostring(opts.workers or 1), STATE = state },
   })
   p.port, p.root, p.state = port, root, state

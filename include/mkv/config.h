@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "mkv/auth.h"
+
 typedef struct mkv_flag_s {
   const char *name;  /* without dashes: "volumes", "v" */
   const char *value; /* as given; "true" for a bare boolean flag */
@@ -55,6 +57,7 @@ typedef struct mkv_config_s {
     size_t cache_mb, write_buffer_mb, max_file_mb;
     int max_open_files, bloom_bits;
   } leveldb;
+  mkv_auth_config_t auth; /* write protection (auth.h); all off by default */
 } mkv_config_t;
 
 extern const char *const mkv_policy_kind_names[MKV_POLICY_KINDS];

@@ -117,6 +117,10 @@ mkv_upstream_t *mkv_upstream_new(uv_loop_t *loop, double suspect_ms);
  * request may be in flight. */
 void mkv_upstream_close(mkv_upstream_t *up);
 
+/* Header lines ("Name: value\r\n"...) added to every request from now on, or NULL:
+ * the volume key (auth.h). Lends: the caller keeps `lines` valid while it is set. */
+void mkv_upstream_set_headers(mkv_upstream_t *up, const char *lines);
+
 int mkv_upstream_start(mkv_upstream_t *up, mkv_upreq_t *req);
 /* Takes a reference of ch (dropped when written or on failure). PUT only. Returns 0, or
  * < 0 if the request has already failed (the reference is dropped then, too). */

@@ -329,3 +329,42 @@ describe("mkv_config.load_file", function()
     load_error(H.write_file(dir .. "/string.lua", "return 'port=3000'"))
   end)
 end)
+
+describe("mkv_config auth (write protection)", function()
+  local S1 = "Zq3+9vL0/r4YtE2wQ8uN6mB1xC7kP5sD0fG3hJ9aW2o="
+  local S2 = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978"
+  local dir = H.tmpdir("authcfg")
+
+  it("is off by default", function()
+    assert.same({ write_secrets = {}, read = false, list = false, volume_key = "",
+                  redirect_secret = "", redirect_ttl = 60000 }, ok({}, {}).auth)
+  end)
+
+  it("takes one secret or two (a rotation), inline or from a file next to the config", function()
+    assert.same({ S1 }, ok({ auth = { write_secret = S1 } }, {}).auth.write_secrets)
+    assert.same({ S1, S2 }, ok({ auth = { write_secret = { S1, S2 } } }, {}).auth.write_secrets)
+    H.write_file(dir .. "/w.secret", "  " .. S2 .. "  \r\n\n" .. S1 .. "\n")
+    local cfg = ok({ auth = { write_secret_file = "w.secret" } }, {}, dir .. "/config.lua")
+    assert.same({ S2, S1 }, cfg.auth.write_secrets)
+  end)
+
+  it("a -write-secret-file flag replaces the config's inline secret", function()
+    H.write_file(dir .. "/flag.secret", S2 .. "\n")
+    local cfg = ok({ auth = { write_secret = S1, read = true } },
+                   { { "write-secret-file", dir .. "/flag.secret" } })
+    assert.same({ S2 }, cfg.auth.write_secrets)
+    assert.is_true(cfg.auth.read)
+  end)
+
+  it("never shows a secret in an error", function()
+    local bad = S1 .. " x"
+    local msg = fails({ auth = { write_secret = bad } }, {}, { "auth'.write_secret" })
+    assert.is_nil(msg:find(S1, 1, true), msg)
+    msg = fails({ auth = { volume_key = { S1 } } }, {}, { "auth'.volume_key" })
+    assert.is_nil(msg:find(S1, 1, true), msg)
+    H.write_file(dir .. "/bad.secret", "short\n")
+    msg = fails({ auth = { redirect_secret_file = dir .. "/bad.secret", volume_key = S2 } }, {},
+                { "auth'.redirect_secret_file", "16 to 200 bytes" })
+    assert.is_nil(msg:find("short", 1, true), msg)
+  end)
+end)
