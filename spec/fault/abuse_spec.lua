@@ -10,7 +10,19 @@
 -- here is 20000 for the client and for mkv).
 local H = require "helpers"
 local A = require "api_support"
+local NS = require "netns"
 local T = H.T
+
+-- The whole spec runs in a private network namespace (spec/netns.lua): its ephemeral
+-- ports are its own (two rounds of 15000 connections need 30000, and the ports of
+-- closed ones sit in TIME_WAIT), and other processes on the machine neither take them
+-- nor see these connections.
+local function private_net()
+  if NS.entered then return end
+  NS.enter()
+  local out, code = H.sh("sysctl -qw net.ipv4.ip_local_port_range='10000 65000'")
+  assert(code == 0, "sysctl ip_local_port_range: " .. out)
+end
 
 local IDLE_CONNS = tonumber(os.getenv("MKV_ABUSE_CONNS") or "15000")
 
@@ -72,6 +84,7 @@ end
 describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", function()
   local c, base
   setup(function()
+    private_net()
     c = H.cluster({ n = 2, replicas = 2,
       config = 'return { limits = { header_timeout = "2s", body_timeout = "2s", idle_timeout = "10s" } }' })
     assert.equal(201, (H.http("PUT", c.url .. "/live", { body = "here" })))
@@ -142,12 +155,16 @@ end)
 describe("many idle connections", function()
   local c, base
   setup(function()
+    private_net()
     -- ASan's quarantine keeps freed blocks from being reused, which would read as
     -- growth from round to round: off here (as in memory_spec.lua).
     local asan = os.getenv("MKV_CHILD_ASAN_OPTIONS")
     local env = asan and { ASAN_OPTIONS = asan .. ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0" }
     c = H.cluster({ n = 1, replicas = 1, flags = { "-workers", "2" }, env = env,
-      config = 'return { limits = { max_connections = 19000, idle_timeout = "120s" } }' })
+      -- max_connections is split evenly over the workers, but the kernel hands the
+      -- connections to whichever worker accepts first (9000/6000 happens): 40000 keeps
+      -- the limit out of this test (the next describe tests it).
+      config = 'return { limits = { max_connections = 40000, idle_timeout = "120s" } }' })
     assert.equal(201, (H.http("PUT", c.url .. "/live", { body = "here" })))
     for _ = 1, 8 do timed_get(c.url .. "/live") end
     H.sleep(0.3)
@@ -212,14 +229,17 @@ describe("many idle connections", function()
     end
     print(string.format("# VmRSS after round 1: %d kB, after round 2: %d kB (baseline %d kB)",
       rss_after[1], rss_after[2], base.rss))
-    -- Freed memory may stay in malloc's arenas, but a second round must reuse it.
-    assert(rss_after[2] <= rss_after[1] + 4096, "VmRSS grew from round 1 to round 2")
+    -- Freed memory may stay in malloc's arenas, but a second round must mostly reuse it
+    -- (measured: +0.1 MB under ASan, +0.4 to +2.4 MB release; a leak is LeakSanitizer's
+    -- to find, at mkv's exit in the ASan run).
+    assert(rss_after[2] <= rss_after[1] + 8192, "VmRSS grew from round 1 to round 2")
     assert(rss_after[2] <= base.rss + 64 * 1024, "VmRSS stayed " .. (rss_after[2] - base.rss) .. " kB up")
   end)
 end)
 
 -- ---------------------------------------------------------------------------------------
 describe("at the connection limit and out of fds", function()
+  setup(private_net)
   teardown(H.cleanup)
 
   -- Opens n connections; -> the fds, and how many the server closed within `wait` s.
@@ -305,6 +325,7 @@ end)
 describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function()
   local c, port, base, fb
   setup(function()
+    private_net()
     fb = "127.0.0.1:" .. H.free_port()
     c = H.cluster({ n = 2, replicas = 2, flags = { "-fallback", fb } })
     port = c.mkv.port
