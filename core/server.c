@@ -8,10 +8,14 @@
 #include "mkv/server.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <llhttp.h>
 
@@ -75,6 +79,12 @@ struct mkv_server_s {
   const mkv_handler_t *h;
   uv_tcp_t listener;
   int listening;
+  /* Out of fds (EMFILE): reserve_fd is given up to accept and close the waiting
+   * connections; when even that fails, accepting pauses (the listener is closed, and
+   * reopened from listen_spare by accept_timer), since libuv would retry accept() at
+   * once, forever, in one loop turn. */
+  int reserve_fd, listen_spare, accept_paused, closing;
+  uv_timer_t accept_timer;
   mkv_conn_t *conns;
   int nconns;
   int draining;
@@ -964,8 +974,78 @@ static mkv_conn_t *conn_new(mkv_server_t *s) {
 
 static void conn_serve(mkv_conn_t *c);
 
+static void on_connection(uv_stream_t *ls, int status);
+
+static void on_accept_resume(uv_timer_t *t) {
+  mkv_server_t *s = t->data;
+  if (s->draining) {
+    s->accept_paused = 0;
+    return;
+  }
+  int fd = dup(s->listen_spare);
+  if (fd < 0) { /* still no fd to spare */
+    uv_timer_start(&s->accept_timer, on_accept_resume, 100, 0);
+    return;
+  }
+  uv_tcp_init(&s->w->loop, &s->listener);
+  s->listener.data = s;
+  if (uv_tcp_open(&s->listener, fd) != 0 ||
+      uv_listen((uv_stream_t *)&s->listener, 4096, on_connection) != 0) {
+    mkv_warn("could not resume accepting connections");
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    s->accept_paused = 0;
+    return;
+  }
+  s->listening = 1;
+  s->accept_paused = 0;
+}
+
+static void on_listener_paused(uv_handle_t *h) {
+  mkv_server_t *s = h->data;
+  if (s->draining) {
+    s->accept_paused = 0;
+    return;
+  }
+  uv_timer_start(&s->accept_timer, on_accept_resume, 100, 0);
+}
+
+/* accept() failed for want of an fd. Refuse the waiting connections (accept and close
+ * them with the reserve fd's slot); if that is not possible either, stop accepting for
+ * 100 ms instead of spinning on accept(). */
+static void out_of_fds(mkv_server_t *s) {
+  int refused = 0, err = EMFILE;
+  if (s->reserve_fd >= 0) {
+    close(s->reserve_fd);
+    s->reserve_fd = -1;
+    int lfd = -1;
+    uv_fileno((uv_handle_t *)&s->listener, &lfd);
+    for (;;) {
+      int fd = accept(lfd, NULL, NULL); /* the listener is non-blocking */
+      if (fd < 0) {
+        err = errno;
+        if (err == EINTR || err == ECONNABORTED) continue;
+        break;
+      }
+      close(fd);
+      refused++;
+    }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "out of file descriptors: %d connection(s) refused%s", refused,
+                      err == EAGAIN || err == EWOULDBLOCK ? "" : ", accepting paused");
+  if (err == EAGAIN || err == EWOULDBLOCK) return; /* the queue is empty */
+  if (!s->listening || s->listen_spare < 0) return;
+  uv_close((uv_handle_t *)&s->listener, on_listener_paused);
+  s->listening = 0;
+  s->accept_paused = 1;
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
   mkv_server_t *s = ls->data;
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    out_of_fds(s);
+    return;
+  }
   if (status < 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "accept failed: %s", uv_strerror(status));
     return;
@@ -1030,6 +1110,9 @@ mkv_server_t *mkv_server_new(mkv_worker_t *w, const mkv_handler_t *h) {
   s->h = h;
   uv_timer_init(&w->loop, &s->drain_timer);
   s->drain_timer.data = s;
+  uv_timer_init(&w->loop, &s->accept_timer);
+  s->accept_timer.data = s;
+  s->reserve_fd = s->listen_spare = -1;
   return s;
 }
 
@@ -1040,6 +1123,8 @@ int mkv_server_listen(mkv_server_t *s) {
   if ((rc = uv_tcp_open(&s->listener, s->w->listen_fd)) != 0) return rc;
   if ((rc = uv_listen((uv_stream_t *)&s->listener, 4096, on_connection)) != 0) return rc;
   s->listening = 1;
+  s->listen_spare = fcntl(s->w->listen_fd, F_DUPFD_CLOEXEC, 0);
+  s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   return 0;
 }
 
@@ -1055,6 +1140,7 @@ static void on_drain_timeout(uv_timer_t *t) {
 void mkv_server_drain(mkv_server_t *s, double drain_ms, void (*done)(mkv_server_t *s)) {
   s->draining = 1;
   s->drain_done = done;
+  uv_timer_stop(&s->accept_timer);
   if (s->listening) {
     uv_close((uv_handle_t *)&s->listener, NULL);
     s->listening = 0;
@@ -1076,12 +1162,17 @@ void mkv_server_drain(mkv_server_t *s, double drain_ms, void (*done)(mkv_server_
   uv_timer_start(&s->drain_timer, on_drain_timeout, drain_ms < 1 ? 1 : (uint64_t)drain_ms, 0);
 }
 
-static void on_drain_timer_closed(uv_handle_t *h) {
-  free(h->data);
+static void on_timer_closed(uv_handle_t *h) {
+  mkv_server_t *s = h->data;
+  if (--s->closing == 0) free(s);
 }
 
 void mkv_server_free(mkv_server_t *s) {
-  uv_close((uv_handle_t *)&s->drain_timer, on_drain_timer_closed);
+  if (s->reserve_fd >= 0) close(s->reserve_fd);
+  if (s->listen_spare >= 0) close(s->listen_spare);
+  s->closing = 2;
+  uv_close((uv_handle_t *)&s->drain_timer, on_timer_closed);
+  uv_close((uv_handle_t *)&s->accept_timer, on_timer_closed);
 }
 
 int mkv_server_connections(mkv_server_t *s) {
