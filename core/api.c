@@ -303,7 +303,12 @@ static void on_final_written(mkv_index_write_t *w, int status) {
   if (status != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(req),
                         mkv_index_failure(req->worker->index));
-    put_fail(a, 503, "index write failed; the index is read-only until mkv restarts");
+    /* Not put_fail: the live record may have reached LevelDB's log before its sync
+     * failed, and then it is live again after a restart. Its copies must stay (orphans
+     * at worst, for mkv gc); deleting them left a live key with no bytes. */
+    if (!a->client_gone)
+      respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
+    api_done(a);
     return;
   }
   /* The record is live and on disk: only now does the client hear 201. */
