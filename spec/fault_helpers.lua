@@ -107,6 +107,7 @@ end
 function Cluster:start(o)
   o = o or {}
   self.starts = self.starts + 1
+  self.pid, self.wrapped = nil, o.wrap ~= nil
   local argv = {}
   for _, w in ipairs(o.wrap or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = o.bin or self.bin
@@ -120,10 +121,16 @@ function Cluster:start(o)
   local p = H.spawn("mkv-" .. self.port, argv, { log = log, env = o.env, keep_signal = true })
   self.mkv = p
   if o.wait == false then return p end
-  H.eventually(function()
-    if not p:alive() then return false, "mkv exited: " .. p:log() end
-    return H.port_open(self.port)
+  -- o.may_die: a crash during startup (a failpoint, an injected sync) is an outcome,
+  -- not an error: returns nil when the process died before its port answered
+  local up = H.eventually(function()
+    if not p:alive() then
+      if o.may_die then return "died" end
+      return false, "mkv exited: " .. p:log()
+    end
+    return H.port_open(self.port) and "up"
   end, 15, "mkv on port " .. self.port)
+  if up == "died" then return nil end
   -- under a wrapper, the process to watch (RSS, fds, signals) is the server itself
   self.pid = p.pid
   if o.wrap then
@@ -136,16 +143,24 @@ function Cluster:start(o)
 end
 
 function Cluster:kill9()
-  if self.pid and self.pid ~= self.mkv.pid then T.kill(self.pid, 9) end
+  if self.wrapped and self.pid then T.kill(self.pid, 9) end
   return self.mkv:kill9()
 end
 
--- SIGTERM; the exit must be clean (0).
+-- SIGTERM (to the server itself, under a wrapper) and wait. -> the exit status (of the
+-- wrapper, if any: strace exits as its tracee did)
 function Cluster:stop()
-  if self.pid and self.pid ~= self.mkv.pid and self.mkv:alive() then
-    T.kill(self.pid, 15)
+  if not self.wrapped then return self.mkv:stop() end
+  if self.mkv.status then return self.mkv.status end
+  T.kill(self.pid, 15)
+  local st = T.wait(self.mkv.pid, 20 * H.slow)
+  if not st then
+    T.kill(self.pid, 9)
+    self.mkv:kill9()
+    error("traced mkv did not stop after SIGTERM")
   end
-  return self.mkv:stop()
+  self.mkv.status = st
+  return st
 end
 
 function Cluster:health()
