@@ -355,8 +355,9 @@ end
 -- its own keys (a key belongs to one connection, so each key's history is sequential),
 -- then all answers are read. opts: conns (6), keys_per_conn (6), rounds (20), prefix
 -- ("/f"), min_size/max_size (1 KB .. 64 KB), kill_round (the round during which mkv is
--- killed with SIGKILL, after kill_delay seconds), stop_on_unknown.
--- Returns { rounds, killed }.
+-- killed with SIGKILL, after kill_delay seconds), stop_on_5xx (stop after the first
+-- round with a 5xx answer), no_unlink (PUT and DELETE only: a rebuild from the volumes
+-- cannot know which keys were unlinked). Returns { rounds, killed, failed_round }.
 function F.workload(c, ledger, rng, opts)
   opts = opts or {}
   local nconn = opts.conns or 6
@@ -365,6 +366,7 @@ function F.workload(c, ledger, rng, opts)
   local stalled = {}
   local killed = false
   local rounds = 0
+  local failed_round
   local function conn(i)
     if not conns[i] or conns[i].eof then
       if conns[i] then conns[i]:close() end
@@ -374,7 +376,7 @@ function F.workload(c, ledger, rng, opts)
     return conns[i]
   end
   for round = 1, opts.rounds or 20 do
-    if killed then break end
+    if killed or (opts.stop_on_5xx and failed_round) then break end
     rounds = round
     local sent = {}
     for i = 1, nconn do
@@ -382,6 +384,7 @@ function F.workload(c, ledger, rng, opts)
         local key = string.format("%s/c%d/k%d", opts.prefix or "/f", i, rng.int(1, kpc))
         local x = rng.int(1, 100)
         local method = x <= 50 and "PUT" or (x <= 75 and "DELETE" or "UNLINK")
+        if opts.no_unlink and method == "UNLINK" then method = "PUT" end
         local body, md5
         if method == "PUT" then
           body = A.bytes(rng.int(opts.min_size or 1024, opts.max_size or 65536), rng.next())
@@ -408,6 +411,7 @@ function F.workload(c, ledger, rng, opts)
           s.conn.eof = true
         end
         ledger:record(s.method, s.key, s.md5, r and r.status, r and nil or tostring(err))
+        if r and r.status >= 500 and not failed_round then failed_round = round end
         if not r then
           if s.conn then s.conn:close() s.conn.eof = true end
           -- timed out with the server alive: the op may still be running; this
@@ -418,7 +422,7 @@ function F.workload(c, ledger, rng, opts)
     end
   end
   for _, cc in pairs(conns) do cc:close() end
-  return { rounds = rounds, killed = killed }
+  return { rounds = rounds, killed = killed, failed_round = failed_round }
 end
 
 -- ---- the verifier ------------------------------------------------------------------------
@@ -476,7 +480,7 @@ end
 -- The open fds of a process, not counting its keep-alive connections to the volumes
 -- (upstream pools: each worker keeps a bounded number per volume, and which worker serves
 -- a request is up to the kernel, so their count is not a leak signal). -> others, pooled
-function F.fd_census(pid, volume_ports)
+function F.fd_census(pid, volume_ports, db)
   local vp = {}
   for _, p in ipairs(volume_ports) do vp[p] = true end
   local remote = {} -- socket inode -> remote port
@@ -490,7 +494,11 @@ function F.fd_census(pid, volume_ports)
     local target = line:match(" %-> (.*)$")
     if target then
       local inode = target:match("^socket:%[(%d+)%]$")
-      if inode and vp[remote[inode]] then pooled = pooled + 1 else others = others + 1 end
+      if inode and vp[remote[inode]] then
+        pooled = pooled + 1
+      elseif not (db and target:sub(1, #db + 1) == db .. "/") then
+        others = others + 1 -- LevelDB's own files (its table cache) aside too
+      end
     end
   end
   return others, pooled
@@ -508,15 +516,15 @@ function F.verify(c, ledger, opts)
   local pid = c.pid or c.mkv.pid
   local ports = {}
   for _, v in ipairs(c.volumes) do ports[#ports + 1] = v.port end
-  local fd0, rss0 = F.fd_census(pid, ports), proc_rss_kb(pid)
+  local fd0, rss0 = F.fd_census(pid, ports, c.db), proc_rss_kb(pid)
   check_reads(c, ledger, problems)
   for _, p in ipairs(F.verify_replicas(c)) do problems[#problems + 1] = p end
   if opts.skip_v4 then return problems end
   local ok = pcall(H.eventually, function()
-    return F.fd_census(pid, ports) <= fd0
+    return F.fd_census(pid, ports, c.db) <= fd0
   end, 3, "fds back")
   if not ok then
-    local others, pooled = F.fd_census(pid, ports)
+    local others, pooled = F.fd_census(pid, ports, c.db)
     problems[#problems + 1] = string.format(
       "V4 open fds of mkv (volume connections aside): %d before the verification, %d after (and %d to volumes)",
       fd0, others, pooled)
