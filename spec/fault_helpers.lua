@@ -93,11 +93,12 @@ function F.cluster(opts)
   return c
 end
 
+-- The flags every mkv command of this cluster takes, then the command.
 function Cluster:args(command)
   local a = { "-volumes", table.concat(self.addrs, ","), "-db", self.db, "-replicas",
               tostring(self.opts.replicas or 2), "-subvolumes", "1", "-voltimeout", "5s" }
   for _, f in ipairs(self.opts.flags or {}) do a[#a + 1] = f end
-  a[#a + 1] = command
+  if command then a[#a + 1] = command end
   return a
 end
 
@@ -111,12 +112,11 @@ function Cluster:start(o)
   local argv = {}
   for _, w in ipairs(o.wrap or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = o.bin or self.bin
-  for _, w in ipairs(self:args("-port")) do argv[#argv + 1] = w end
-  argv[#argv + 1] = tostring(self.port)
-  argv[#argv + 1] = "-listen"
-  argv[#argv + 1] = "127.0.0.1"
-  argv[#argv + 1] = "server"
-  -- under strace the server is the tracer's child: the name keeps H.cleanup's checks
+  for _, w in ipairs(self:args()) do argv[#argv + 1] = w end
+  for _, w in ipairs({ "-port", tostring(self.port), "-listen", "127.0.0.1", "server" }) do
+    argv[#argv + 1] = w
+  end
+  -- keep_signal: a SIGKILL is what these specs do; H.cleanup still stops what is left
   local log = self.logdir .. "/mkv-" .. self.starts .. ".log"
   local p = H.spawn("mkv-" .. self.port, argv, { log = log, env = o.env, keep_signal = true })
   self.mkv = p
@@ -479,7 +479,9 @@ end
 
 -- The open fds of a process, not counting its keep-alive connections to the volumes
 -- (upstream pools: each worker keeps a bounded number per volume, and which worker serves
--- a request is up to the kernel, so their count is not a leak signal). -> others, pooled
+-- a request is up to the kernel, so their count is not a leak signal) nor LevelDB's files
+-- in the index directory (its table cache opens tables lazily, bounded by
+-- max_open_files). -> others, pooled
 function F.fd_census(pid, volume_ports, db)
   local vp = {}
   for _, p in ipairs(volume_ports) do vp[p] = true end
@@ -497,7 +499,7 @@ function F.fd_census(pid, volume_ports, db)
       if inode and vp[remote[inode]] then
         pooled = pooled + 1
       elseif not (db and target:sub(1, #db + 1) == db .. "/") then
-        others = others + 1 -- LevelDB's own files (its table cache) aside too
+        others = others + 1
       end
     end
   end
