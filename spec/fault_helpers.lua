@@ -510,7 +510,8 @@ end
 -- states are narrowed to what was observed. V4: after the verification traffic (its
 -- connections closed), the server holds no more fds than before it (keep-alive
 -- connections to the volumes aside) and its RSS has not grown by more than a slack.
--- opts.skip_v4.
+-- opts.skip_v2, opts.skip_v4: for loops that run V2 once at their end (a live record
+-- without its copies stays so until then: nothing repairs it behind the verifier).
 function F.verify(c, ledger, opts)
   opts = opts or {}
   local problems = {}
@@ -520,7 +521,9 @@ function F.verify(c, ledger, opts)
   for _, v in ipairs(c.volumes) do ports[#ports + 1] = v.port end
   local fd0, rss0 = F.fd_census(pid, ports, c.db), proc_rss_kb(pid)
   check_reads(c, ledger, problems)
-  for _, p in ipairs(F.verify_replicas(c)) do problems[#problems + 1] = p end
+  if not opts.skip_v2 then
+    for _, p in ipairs(F.verify_replicas(c)) do problems[#problems + 1] = p end
+  end
   if opts.skip_v4 then return problems end
   local ok = pcall(H.eventually, function()
     return F.fd_census(pid, ports, c.db) <= fd0
