@@ -355,7 +355,8 @@ end
 -- its own keys (a key belongs to one connection, so each key's history is sequential),
 -- then all answers are read. opts: conns (6), keys_per_conn (6), rounds (20), prefix
 -- ("/f"), min_size/max_size (1 KB .. 64 KB), kill_round (the round during which mkv is
--- killed with SIGKILL, after kill_delay seconds), stop_on_5xx (stop after the first
+-- killed with SIGKILL: kill_delay seconds after the kill_after-th request of the round
+-- went out; the requests after it find no server), stop_on_5xx (stop after the first
 -- round with a 5xx answer), no_unlink (PUT and DELETE only: a rebuild from the volumes
 -- cannot know which keys were unlinked). Returns { rounds, killed, failed_round }.
 function F.workload(c, ledger, rng, opts)
@@ -390,16 +391,19 @@ function F.workload(c, ledger, rng, opts)
           body = A.bytes(rng.int(opts.min_size or 1024, opts.max_size or 65536), rng.next())
           md5 = H.md5_hex(body)
         end
-        local cc = conn(i)
-        local ok = false
-        if cc then ok = cc:send(A.request(method, H.urlencode_path(key), nil, body)) end
-        sent[i] = { method = method, key = key, md5 = md5, conn = cc, sent_ok = ok }
+        if not killed then -- after the kill, nothing more is sent (nor recorded)
+          local cc = conn(i)
+          local ok = false
+          if cc then ok = cc:send(A.request(method, H.urlencode_path(key), nil, body)) end
+          sent[i] = { method = method, key = key, md5 = md5, conn = cc, sent_ok = ok }
+        end
+        -- the kill lands right after this request went out: it is in flight
+        if opts.kill_round == round and (opts.kill_after or nconn) == i then
+          H.sleep(opts.kill_delay or 0)
+          c:kill9()
+          killed = true
+        end
       end
-    end
-    if opts.kill_round == round then
-      H.sleep(opts.kill_delay or 0)
-      c:kill9()
-      killed = true
     end
     for i = 1, nconn do
       local s = sent[i]

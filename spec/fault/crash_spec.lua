@@ -32,7 +32,8 @@ describe("kill -9 at random moments under load", function()
       local kill_round = rng.int(1, 10)
       local before = ledger:counts().unknown
       local r = F.workload(c, ledger, rng, { conns = 6, keys_per_conn = 5, rounds = kill_round,
-        kill_round = kill_round, kill_delay = rng.int(0, 6) / 1000, prefix = "/rk" })
+        kill_round = kill_round, kill_after = rng.int(1, 6), kill_delay = rng.int(0, 3) / 1000,
+        prefix = "/rk" })
       assert.is_true(r.killed)
       local after = ledger:counts().unknown
       unknown = after
