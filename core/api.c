@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "mkv/failpoint.h"
 #include "mkv/fanout.h"
 #include "mkv/hash.h"
 #include "mkv/index.h"
@@ -264,6 +265,7 @@ static void on_cleanup_record_removed(mkv_index_write_t *w, int status) {
 
 static void on_cleanup_files_deleted(api_t *a) {
   mkv_req_t *req = a->req;
+  MKV_FAILPOINT("put/fail_after_files");
   if (a->dels_failed) {
     /* Leave the soft-deleted record: it names the copies that may remain, for gc. */
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d replica(s) could not be removed after "
@@ -302,11 +304,18 @@ static void on_final_written(mkv_index_write_t *w, int status) {
   if (status != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(req),
                         mkv_index_failure(req->worker->index));
-    put_fail(a, 503, "index write failed; the index is read-only until mkv restarts");
+    /* Not put_fail: the live record may have reached LevelDB's log before its sync
+     * failed, and then it is live again after a restart. Its copies must stay (orphans
+     * at worst, for mkv gc); deleting them left a live key with no bytes. */
+    if (!a->client_gone)
+      respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
+    api_done(a);
     return;
   }
   /* The record is live and on disk: only now does the client hear 201. */
+  MKV_FAILPOINT("put/after_live");
   respond_empty(req, 201);
+  MKV_FAILPOINT("put/after_reply");
   api_done(a);
 }
 
@@ -348,6 +357,7 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   mkv_buf_t rec;
   mkv_buf_init(&rec);
   mkv_record_encode(&rec, 0, cfg->md5sum ? hex : NULL, a->placement.data, a->placement.len);
+  MKV_FAILPOINT("put/before_live");
   a->index_pending++;
   a->final_started = 1;
   mkv_index_put(req->worker->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len,
@@ -381,7 +391,9 @@ static void on_mark_written(mkv_index_write_t *w, int status) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(a->req),
                         mkv_index_failure(a->req->worker->index));
     if (a->fo && !a->fo_done) mkv_fanout_abort(a->fo);
+    return;
   }
+  MKV_FAILPOINT("put/after_mark");
 }
 
 /* Content-MD5: base64 of the 16 bytes (RFC 1864); the 32 hex digits that mkv (and the Go
@@ -441,6 +453,7 @@ static void put_start(mkv_req_t *req) {
   }
 
   mkv_req_ref(req); /* held until the write (or its cleanup) has finished */
+  MKV_FAILPOINT("put/before_mark");
   /* 1. The record, soft-deleted, names the target volumes before any byte is written
    *    there: a crash from here on leaves a record that ?unlinked and gc can see. It
    *    need not be synced: losing it leaves only orphan files, never a live key. */
@@ -483,8 +496,10 @@ static void on_record_removed(mkv_index_write_t *w, int status) {
   a->index_pending--;
   if (status != 0)
     respond_text(a->req, 503, "index write failed; the index is read-only until mkv restarts");
-  else
+  else {
+    MKV_FAILPOINT("delete/after_remove");
     respond_empty(a->req, 204);
+  }
   api_done(a);
 }
 
@@ -497,6 +512,7 @@ static void on_files_deleted(api_t *a) {
     api_done(a);
     return;
   }
+  MKV_FAILPOINT("delete/after_files");
   a->index_pending++;
   mkv_index_del(req->worker->port, &a->w_final, req->key.data, req->key.len, 0,
                 on_record_removed);
@@ -512,10 +528,13 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
     return;
   }
   if (req->method == MKV_M_UNLINK) {
+    MKV_FAILPOINT("unlink/after_mark");
     respond_empty(req, 204); /* the mark is on disk; the files stay */
+    MKV_FAILPOINT("unlink/after_reply");
     api_done(a);
     return;
   }
+  MKV_FAILPOINT("delete/after_mark");
   /* The mark is on disk before any file goes. A key nginx could not hold has no file
    * to delete, and a DELETE of a path ending in '/' would remove a whole directory of
    * other keys' files: such paths are never sent. */
@@ -560,6 +579,7 @@ static void delete_start(mkv_req_t *req) {
     return;
   }
   mkv_req_ref(req);
+  MKV_FAILPOINT(req->method == MKV_M_UNLINK ? "unlink/before_mark" : "delete/before_mark");
   mkv_buf_t mark;
   mkv_buf_init(&mark);
   mkv_record_encode(&mark, 1, a->rec.has_hash ? a->rec.hash : NULL, a->rec.volumes,

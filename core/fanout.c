@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mkv/failpoint.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
 
@@ -78,6 +79,7 @@ static void on_replica_done(mkv_upreq_t *req, int err) {
      * uploads that will be deleted. */
     cancel_all(fo);
   }
+  if (ok) MKV_FAILPOINT("put/after_replica");
   if (++fo->ndone < fo->n) return;
   fo->started_done = 1;
   fo->done(fo, fo->err);

@@ -2,6 +2,7 @@
  * thread that group-commits the writes of every worker. */
 #include "mkv/index.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -118,6 +119,37 @@ static int mkdir_p(const char *dir) {
   return rc;
 }
 
+/* LevelDB with create_if_missing treats a directory without CURRENT as a new index and
+ * opens it empty, whatever tables and logs sit next to it. A directory that lost CURRENT
+ * but holds a table or a non-empty log is a damaged index, not a new one: returns the
+ * name of such a file (to be freed), or NULL. (A crash while LevelDB creates a new index
+ * leaves only a MANIFEST and an empty log: that one may be created again.) */
+static char *data_without_current(const char *dir) {
+  char *cur = mkv_sprintf("%s/CURRENT", dir);
+  struct stat st;
+  int has_current = stat(cur, &st) == 0;
+  free(cur);
+  if (has_current) return NULL;
+  DIR *d = opendir(dir);
+  if (d == NULL) return NULL;
+  char *found = NULL;
+  struct dirent *e;
+  while (found == NULL && (e = readdir(d)) != NULL) {
+    size_t n = strlen(e->d_name);
+    int table = (n > 4 && (strcmp(e->d_name + n - 4, ".ldb") == 0 ||
+                           strcmp(e->d_name + n - 4, ".sst") == 0));
+    int log = n > 4 && strcmp(e->d_name + n - 4, ".log") == 0;
+    if (log) {
+      char *path = mkv_sprintf("%s/%s", dir, e->d_name);
+      log = stat(path, &st) == 0 && st.st_size > 0;
+      free(path);
+    }
+    if (table || log) found = mkv_strdup(e->d_name);
+  }
+  closedir(d);
+  return found;
+}
+
 static void *writer_main(void *arg);
 
 int mkv_index_open(mkv_index_t **out, const char *dir, const mkv_config_t *cfg, char **err) {
@@ -169,6 +201,14 @@ int mkv_index_open(mkv_index_t **out, const char *dir, const mkv_config_t *cfg, 
   leveldb_options_set_max_file_size(idx->opts, (cfg ? cfg->leveldb.max_file_mb : 2) << 20);
   leveldb_options_set_max_open_files(idx->opts, cfg ? cfg->leveldb.max_open_files : 1000);
 
+  char *orphan = data_without_current(dir);
+  if (orphan != NULL) {
+    *err = mkv_sprintf("index %s is corrupt (its CURRENT file is missing, yet it holds %s): "
+                       "move it aside and rebuild it from the volumes with `mkv rebuild`",
+                       dir, orphan);
+    free(orphan);
+    goto fail;
+  }
   idx->db = leveldb_open(idx->opts, dir, &lerr);
   if (lerr != NULL) {
     if (strstr(lerr, "Corruption"))

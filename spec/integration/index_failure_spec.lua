@@ -67,13 +67,13 @@ describe("after a failed index write", function()
     local _, _, list = H.http("GET", url .. "/before?list")
     assert.equal('{"next":"","keys":["/before"]}', list)
 
-    -- The failed PUT deleted what it had written on the volume.
+    -- The failed PUT keeps its copy on the volume: its live record may have reached the
+    -- index's log before the write failed, and would then be live after a restart
+    -- (spec/fault/sync_spec.lua restarts and verifies). An orphan at worst, for mkv gc.
     local mkvlib = require "mkv"
     local fname = mkvlib.key_path(failed_key):match("[^/]+$")
-    H.eventually(function()
-      local out = H.sh("find " .. H.shq(v.root) .. " -type f")
-      return not out:find(fname, 1, true), out
-    end, 10, "the failed PUT's copy removed")
+    local out = H.sh("find " .. H.shq(v.root) .. " -type f")
+    assert.truthy(out:find(fname, 1, true), out)
     assert.truthy(p:log():find("index write failed", 1, true))
 
     -- It still stops cleanly (exit 0) on SIGTERM.
