@@ -546,9 +546,9 @@ static int write_chunk(upconn_t *c, mkv_upreq_t *req, mkv_chunk_t *ch) {
   upwrite_t *wr = mkv_calloc(1, sizeof(*wr));
   uv_buf_t bufs[4];
   unsigned n = 0;
-  if (c->held_head) {
-    bufs[n++] = uv_buf_init(c->held_head, (unsigned)c->held_len);
-    wr->owned = c->held_head;
+  char *owned = c->held_head; /* conn_write frees it with the write */
+  if (owned) {
+    bufs[n++] = uv_buf_init(owned, (unsigned)c->held_len);
     c->held_head = NULL;
   }
   if (req->content_length < 0) {
@@ -559,7 +559,7 @@ static int write_chunk(upconn_t *c, mkv_upreq_t *req, mkv_chunk_t *ch) {
   } else {
     bufs[n++] = uv_buf_init(ch->bytes, (unsigned)ch->len);
   }
-  return conn_write(c, bufs, n, ch, NULL, wr);
+  return conn_write(c, bufs, n, ch, owned, wr);
 }
 
 static int send_end(upconn_t *c, mkv_upreq_t *req) {
