@@ -366,7 +366,7 @@ fig { id = "list100k", what = "listing 100 000 keys page by page (limit 1000), k
     local t0 = H.now()
     local start, n, seen, dups = "", 0, {}, 0
     while true do
-      local path = "/?list&prefix=/bench/list/&limit=1000" ..
+      local path = "/bench/list/?list&limit=1000" .. -- the prefix is the path, as in Go
         (start ~= "" and ("&start=" .. H.urlencode_path(start)) or "")
       conn:send(A.request("GET", path))
       local res, why = conn:response(30)
