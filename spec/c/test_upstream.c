@@ -519,13 +519,17 @@ TEST(timeout_marks_suspect) {
   world_finish(&w);
 }
 
-TEST(put_inactivity_timeout) {
+/* The whole body is sent; the volume never answers. With hold_head (the API's PUTs) the
+ * head goes out with the body: written at once at connect time, that still leaves the
+ * volume owing its answer. */
+static void put_times_out(int hold_head) {
   world_t w;
   world_init(&w, 0);
   w.srv.no_answer = 1;
   client_t c;
   client_init(&c, MKV_UP_PUT, w.srv.host, "/p", 200);
-  c.req.content_length = 3; /* the whole body is sent; the volume never answers */
+  c.req.hold_head = hold_head;
+  c.req.content_length = 3;
   ASSERT_EQ(start(w.up, &c), 0);
   ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("abc", 3, 1, count_release, (void *)0)), 0);
   mkv_upreq_end(&c.req);
@@ -537,24 +541,12 @@ TEST(put_inactivity_timeout) {
   world_finish(&w);
 }
 
+TEST(put_inactivity_timeout) {
+  put_times_out(0);
+}
+
 TEST(put_inactivity_timeout_head_held) {
-  /* The same with the head held for the first body bytes (the API's PUTs): the whole
-   * body written at once at connect time still leaves the volume owing its answer. */
-  world_t w;
-  world_init(&w, 0);
-  w.srv.no_answer = 1;
-  client_t c;
-  client_init(&c, MKV_UP_PUT, w.srv.host, "/p", 200);
-  c.req.hold_head = 1;
-  c.req.content_length = 3;
-  ASSERT_EQ(start(w.up, &c), 0);
-  ASSERT_EQ(mkv_upreq_write(&c.req, mkv_chunk_new("abc", 3, 1, count_release, (void *)0)), 0);
-  mkv_upreq_end(&c.req);
-  PUMP_UNTIL(&w.pump, c.done_calls > 0, 10);
-  ASSERT_EQ(c.err, UV_ETIMEDOUT);
-  ASSERT_EQ(releases[0], 1);
-  client_free(&c);
-  world_finish(&w);
+  put_times_out(1);
 }
 
 TEST(put_head_held_until_the_body_on_a_reused_connection) {
