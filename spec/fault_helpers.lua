@@ -76,6 +76,17 @@ end
 local Cluster = {}
 Cluster.__index = Cluster
 
+-- One op on a new connection: the status and the response, or nil when no answer came
+-- (the server died, or was never up).
+function F.send(port, method, key, body, headers, timeout)
+  local okc, conn = pcall(A.connect, port)
+  if not okc then return nil end
+  conn:send(A.request(method, H.urlencode_path(key), headers, body))
+  local r = conn:response(timeout or 20)
+  conn:close()
+  return r and r.status, r
+end
+
 -- opts: n volumes (3), replicas (2), bin (H.mkv_bin), db (a fresh dir), flags (extra)
 function F.cluster(opts)
   opts = opts or {}

@@ -358,6 +358,33 @@ function H.raw(port, bytes, timeout, opts)
   return table.concat(got), closed
 end
 
+-- Sends `parts` on a new connection to `port` (a string, or a list of strings and
+-- numbers: a number is a pause in seconds between send() calls), then reads until the
+-- server closes or `timeout` passes. A reset counts as a close. Returns the bytes
+-- received, whether the server closed, and the seconds from connect to close/timeout.
+function H.raw_parts(port, parts, timeout)
+  if type(parts) == "string" then parts = { parts } end
+  local fd = assert(T.connect(port))
+  local t0 = H.now()
+  for _, p in ipairs(parts) do
+    if type(p) == "number" then H.sleep(p) else T.send(fd, p) end
+  end
+  local got, closed = {}, false
+  local deadline = H.now() + (timeout or 3) * H.slow
+  while H.now() < deadline do
+    local data, err = T.recv(fd, math.max(0.01, deadline - H.now()))
+    if data == "" then closed = true break end
+    if data == nil then
+      if err ~= "timeout" then closed = true end -- ECONNRESET: the server closed
+      break
+    end
+    got[#got + 1] = data
+  end
+  local elapsed = H.now() - t0
+  T.close(fd)
+  return table.concat(got), closed, elapsed
+end
+
 -- Parses the status lines of a raw response (several when pipelined).
 function H.statuses(raw)
   local out = {}

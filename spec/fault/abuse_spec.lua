@@ -35,28 +35,7 @@ local function show(s)
   end))
 end
 
--- Sends parts (strings; a number is a pause) on a new connection, reads until the
--- server closes (a reset counts) or timeout. -> bytes, closed
-local function raw(port, parts, timeout)
-  if type(parts) == "string" then parts = { parts } end
-  local fd = assert(T.connect(port))
-  for _, p in ipairs(parts) do
-    if type(p) == "number" then H.sleep(p) else T.send(fd, p) end
-  end
-  local got, closed = {}, false
-  local deadline = H.now() + (timeout or 3) * H.slow
-  while H.now() < deadline do
-    local data, err = T.recv(fd, math.max(0.01, deadline - H.now()))
-    if data == "" then closed = true break end
-    if data == nil then
-      if err ~= "timeout" then closed = true end
-      break
-    end
-    got[#got + 1] = data
-  end
-  T.close(fd)
-  return table.concat(got), closed
-end
+local raw = H.raw_parts
 
 -- mkv's fds and RSS, and checks that they come back near a baseline.
 local function usage(pid)

@@ -75,12 +75,7 @@ local POINTS = {
 
 -- One op on a new connection: the status, or nil when no answer came (the server died).
 local function send(port, method, key, body, headers)
-  local okc, conn = pcall(A.connect, port)
-  if not okc then return nil end
-  conn:send(A.request(method, H.urlencode_path(key), headers, body))
-  local r = conn:response(10)
-  conn:close()
-  return r and r.status
+  return (F.send(port, method, key, body, headers, 10))
 end
 
 describe("a crash at every step of the write order (failpoints)", function()

@@ -21,14 +21,7 @@ local function strace(inject)
            "inject=fdatasync:" .. inject }
 end
 
-local function send(port, method, key, body)
-  local okc, conn = pcall(A.connect, port)
-  if not okc then return nil end
-  conn:send(A.request(method, H.urlencode_path(key), nil, body))
-  local r = conn:response(20)
-  conn:close()
-  return r and r.status, r
-end
+local send = F.send
 
 -- PUT a, PUT b, DELETE a, UNLINK b, PUT a, PUT c: every kind of synced write
 local SCRIPT = { { "PUT", "a" }, { "PUT", "b" }, { "DELETE", "a" }, { "UNLINK", "b" },
