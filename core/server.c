@@ -1145,6 +1145,13 @@ void mkv_server_drain(mkv_server_t *s, double drain_ms, void (*done)(mkv_server_
     uv_close((uv_handle_t *)&s->listener, NULL);
     s->listening = 0;
   }
+  /* The spare is a dup of the listening socket: while it is open the kernel still
+   * completes handshakes into the backlog, so new clients would hang instead of being
+   * refused for the whole drain. */
+  if (s->listen_spare >= 0) {
+    close(s->listen_spare);
+    s->listen_spare = -1;
+  }
   for (mkv_conn_t *c = s->conns, *next; c; c = next) {
     next = c->next;
     /* Idle and half-read connections go now; one with a request in progress is closed

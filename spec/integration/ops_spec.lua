@@ -952,10 +952,12 @@ end
       local flags = { "-volumes", v3.addr, "-replicas", "1", "-subvolumes", "1", "-db", db }
       local m = H.start_mkv({ flags = flags })
       local adm = admin_addr(db)
-      local data = A.bytes(2 * 1024 * 1024, 42)
+      -- Long enough (about 6 s) that the upload cannot end inside the 3 s the listener
+      -- has to close in: a listener that stays open would show, not hide behind the exit.
+      local data = A.bytes(3 * 1024 * 1024, 42)
       local file = H.write_file(H.tmpdir("up") .. "/big", data)
       local cl = H.spawn("curl-slow", { "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                                        "--limit-rate", "800K", "-T", file, m.url .. "/drain/big" })
+                                        "--limit-rate", "500K", "-T", file, m.url .. "/drain/big" })
       -- In flight: the key is locked and bytes are coming in.
       metrics_until(adm, function(x)
         return O.get(x, "mkv_keys_locked") == 1 and O.get(x, "mkv_client_received_bytes_total") > 100000
