@@ -307,13 +307,17 @@ static void on_final_written(mkv_index_write_t *w, int status) {
     /* Not put_fail: the live record may have reached LevelDB's log before its sync
      * failed, and then it is live again after a restart. Its copies must stay (orphans
      * at worst, for mkv gc); deleting them left a live key with no bytes. */
+    unlock(a);
     if (!a->client_gone)
       respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
     api_done(a);
     return;
   }
-  /* The record is live and on disk: only now does the client hear 201. */
+  /* The record is live and on disk: only now does the client hear 201. The lock goes
+   * first: a client may send its next request on the key the moment it reads the
+   * answer, and another worker would take it while this one still held the lock (409). */
   MKV_FAILPOINT("put/after_live");
+  unlock(a);
   respond_empty(req, 201);
   MKV_FAILPOINT("put/after_reply");
   api_done(a);
@@ -494,6 +498,7 @@ static void put_start(mkv_req_t *req) {
 static void on_record_removed(mkv_index_write_t *w, int status) {
   api_t *a = w->data;
   a->index_pending--;
+  unlock(a); /* before the answer, as for a PUT's 201 */
   if (status != 0)
     respond_text(a->req, 503, "index write failed; the index is read-only until mkv restarts");
   else {
@@ -507,6 +512,7 @@ static void on_files_deleted(api_t *a) {
   mkv_req_t *req = a->req;
   if (a->dels_failed) {
     /* The record stays soft-deleted: a later DELETE (or mkv gc) finishes the job. */
+    unlock(a);
     respond_text(req, 500, "could not delete every replica; the key stays unlinked, retry the "
                            "DELETE later");
     api_done(a);
@@ -523,12 +529,14 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
   mkv_req_t *req = a->req;
   a->index_pending--;
   if (status != 0) {
+    unlock(a);
     respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
     api_done(a);
     return;
   }
   if (req->method == MKV_M_UNLINK) {
     MKV_FAILPOINT("unlink/after_mark");
+    unlock(a);
     respond_empty(req, 204); /* the mark is on disk; the files stay */
     MKV_FAILPOINT("unlink/after_reply");
     api_done(a);

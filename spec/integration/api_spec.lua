@@ -208,6 +208,34 @@ describe("PUT", function()
       -- the lock is gone with the request
       assert.equal(204, (H.http("UNLINK", c.url .. key)))
     end)
+
+    it("is let go before the answer: the next write, sent the moment it arrives, is never 409", function()
+      -- Keep-alive connections spread over the workers; each write goes out on the
+      -- next one as soon as the previous answer is read, so another worker takes it
+      -- while the first may still be finishing its request.
+      local conns = {}
+      for i = 1, 4 do conns[i] = A.connect(c.mkv.port) end
+      local n = 0
+      local function send(method, key, body)
+        n = n + 1
+        local conn = conns[n % #conns + 1]
+        conn:send(A.request(method, enc(key), nil, body))
+        local r, err = conn:response(10)
+        assert.truthy(r, err)
+        return r.status
+      end
+      local seen = {}
+      for i = 1, 300 do
+        local key = "/lock/fast/" .. (i % 3)
+        local got = { send("PUT", key, "v" .. i), send("UNLINK", key), send("DELETE", key) }
+        local want = { 201, 204, 204 }
+        for j = 1, 3 do
+          if got[j] ~= want[j] then seen[#seen + 1] = string.format("round %d op %d: %d", i, j, got[j]) end
+        end
+      end
+      for _, conn in ipairs(conns) do conn:close() end
+      assert.equal("", table.concat(seen, ", "))
+    end)
   end)
 end)
 
