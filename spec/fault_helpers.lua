@@ -87,7 +87,9 @@ function F.send(port, method, key, body, headers, timeout)
   return r and r.status, r
 end
 
--- opts: n volumes (3), replicas (2), bin (H.mkv_bin), db (a fresh dir), flags (extra)
+-- opts: n volumes (3), replicas (2), bin (H.mkv_bin), db (a fresh dir), flags (extra),
+-- config (a config.lua's text, passed with -c to every command), env (for every start),
+-- voltimeout ("5s")
 function F.cluster(opts)
   opts = opts or {}
   local c = setmetatable({ volumes = {}, addrs = {}, opts = opts }, Cluster)
@@ -101,13 +103,22 @@ function F.cluster(opts)
   c.bin = opts.bin or H.mkv_bin
   c.logdir = H.tmpdir("flog")
   c.starts = 0
+  if opts.config then
+    c.config = c.logdir .. "/config.lua"
+    H.write_file(c.config, opts.config)
+  end
   return c
 end
 
 -- The flags every mkv command of this cluster takes, then the command.
 function Cluster:args(command)
-  local a = { "-volumes", table.concat(self.addrs, ","), "-db", self.db, "-replicas",
-              tostring(self.opts.replicas or 2), "-subvolumes", "1", "-voltimeout", "5s" }
+  local a = {}
+  if self.config then a[1], a[2] = "-c", self.config end
+  for _, w in ipairs({ "-volumes", table.concat(self.addrs, ","), "-db", self.db, "-replicas",
+                       tostring(self.opts.replicas or 2), "-subvolumes", "1", "-voltimeout",
+                       self.opts.voltimeout or "5s" }) do
+    a[#a + 1] = w
+  end
   for _, f in ipairs(self.opts.flags or {}) do a[#a + 1] = f end
   if command then a[#a + 1] = command end
   return a
@@ -129,7 +140,13 @@ function Cluster:start(o)
   end
   -- keep_signal: a SIGKILL is what these specs do; H.cleanup still stops what is left
   local log = self.logdir .. "/mkv-" .. self.starts .. ".log"
-  local p = H.spawn("mkv-" .. self.port, argv, { log = log, env = o.env, keep_signal = true })
+  local env = o.env
+  if self.opts.env then
+    env = {}
+    for k, v in pairs(self.opts.env) do env[k] = v end
+    for k, v in pairs(o.env or {}) do env[k] = v end
+  end
+  local p = H.spawn("mkv-" .. self.port, argv, { log = log, env = env, keep_signal = true })
   self.mkv = p
   if o.wait == false then return p end
   -- o.may_die: a crash during startup (a failpoint, an injected sync) is an outcome,
@@ -172,6 +189,14 @@ function Cluster:stop()
   end
   self.mkv.status = st
   return st
+end
+
+-- A clean stop (SIGTERM, exit 0) and a start on the same directories and port.
+function Cluster:restart(o)
+  local st = self:stop()
+  assert(st and st.code == 0, "mkv did not stop cleanly: " .. tostring(st and (st.code or st.signal)) ..
+    "\n" .. self.mkv:log())
+  return self:start(o)
 end
 
 function Cluster:health()
@@ -555,6 +580,21 @@ function F.verify(c, ledger, opts)
     problems[#problems + 1] = string.format("V4 RSS of mkv grew from %d kB to %d kB", rss0, rss1)
   end
   return problems
+end
+
+-- Sends one write (or any op) and records it in the ledger. -> status, response
+function Ledger:send(c, method, key, body, headers, timeout)
+  local st, r = F.send(c.port, method, key, body, headers, timeout)
+  if method == "PUT" or method == "DELETE" or method == "UNLINK" then
+    self:record(method, key, method == "PUT" and H.md5_hex(body or "") or nil, st)
+  end
+  return st, r
+end
+
+-- How every fault test ends: mkv restarted on the same directories, then the verifier.
+function F.restart_and_verify(c, ledger, seed, opts)
+  c:restart()
+  F.assert_verified(c, ledger, seed, opts)
 end
 
 function F.assert_verified(c, ledger, seed, opts)
