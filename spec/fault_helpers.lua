@@ -89,7 +89,7 @@ end
 
 -- opts: n volumes (3), replicas (2), bin (H.mkv_bin), db (a fresh dir), flags (extra),
 -- config (a config.lua's text, passed with -c to every command), env (for every start),
--- voltimeout ("5s")
+-- voltimeout ("5s"), fallback (the -fallback address: its redirects read as absent)
 function F.cluster(opts)
   opts = opts or {}
   local c = setmetatable({ volumes = {}, addrs = {}, opts = opts }, Cluster)
@@ -119,18 +119,20 @@ function Cluster:args(command)
                        self.opts.voltimeout or "5s" }) do
     a[#a + 1] = w
   end
+  if self.opts.fallback then a[#a + 1], a[#a + 2] = "-fallback", self.opts.fallback end
   for _, f in ipairs(self.opts.flags or {}) do a[#a + 1] = f end
   if command then a[#a + 1] = command end
   return a
 end
 
 -- Starts mkv on the cluster's dirs and port. opts.env (e.g. MKV_FAILPOINT), opts.wrap
--- (argv words before the binary, e.g. strace), opts.bin, opts.wait (default true: until
--- the port answers; false: return at once, for starts that must fail).
+-- (argv words before the binary, e.g. strace), opts.exec_wrap (the wrapper execs mkv,
+-- e.g. prlimit: no child to look for), opts.bin, opts.wait (default true: until the port
+-- answers; false: return at once, for starts that must fail).
 function Cluster:start(o)
   o = o or {}
   self.starts = self.starts + 1
-  self.pid, self.wrapped = nil, o.wrap ~= nil
+  self.pid, self.wrapped = nil, o.wrap ~= nil and not o.exec_wrap
   local argv = {}
   for _, w in ipairs(o.wrap or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = o.bin or self.bin
@@ -161,7 +163,7 @@ function Cluster:start(o)
   if up == "died" then return nil end
   -- under a wrapper, the process to watch (RSS, fds, signals) is the server itself
   self.pid = p.pid
-  if o.wrap then
+  if self.wrapped then
     self.pid = H.eventually(function()
       local out = H.sh("pgrep -P " .. p.pid)
       return tonumber(out:match("%d+"))
@@ -335,8 +337,9 @@ end
 local Reader = {}
 Reader.__index = Reader
 
-function F.reader(port)
-  return setmetatable({ port = port, conns = {} }, Reader)
+-- fallback: the -fallback address ("127.0.0.1:port"), whose redirects mean absent.
+function F.reader(port, fallback)
+  return setmetatable({ port = port, fallback = fallback, conns = {} }, Reader)
 end
 
 function Reader:conn(port)
@@ -372,6 +375,9 @@ function Reader:read(key)
   if r.status == 404 then return ABSENT end
   if r.status ~= 302 then return nil, "GET " .. key .. " answered " .. r.status end
   local loc = r.headers.location or ""
+  if self.fallback and loc:sub(1, #self.fallback + 8) == "http://" .. self.fallback .. "/" then
+    return ABSENT -- not here: sent on to the fallback
+  end
   local port, path = loc:match("^http://127%.0%.0%.1:(%d+)(/.*)$")
   if not port then return nil, "GET " .. key .. ": odd Location " .. loc end
   local v = self:request(tonumber(port), "GET", path)
@@ -494,7 +500,7 @@ local function proc_rss_kb(pid) return H.proc_status(pid, "VmRSS") end
 
 -- V1 and V3: every key of the ledger read back through mkv and a volume.
 local function check_reads(c, ledger, problems)
-  local rd = F.reader(c.port)
+  local rd = F.reader(c.port, c.opts.fallback)
   local unknown_keys = {}
   for _, op in ipairs(ledger.ops) do
     if op.outcome == "unknown" then unknown_keys[op.key] = true end

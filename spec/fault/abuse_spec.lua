@@ -3,14 +3,16 @@
 -- bodies (slowhttptest), fifteen thousand idle connections, the connection limit and fd
 -- exhaustion (EMFILE), early answers to bodied requests followed by a smuggled
 -- request, Transfer-Encoding/Content-Length shapes, odd keys ('..', NUL, non-UTF-8,
--- CR/LF into a fallback Location). Each describe ends by checking that mkv still
--- serves and that its fds and RSS are back at the baseline.
+-- CR/LF into a fallback Location). Every write goes into a ledger, and every test ends
+-- with mkv restarted on the same directories and the shared verifier
+-- (spec/fault_helpers.lua: the bytes of every key, `mkv verify --deep`, fds, RSS).
 --
 -- MKV_ABUSE_CONNS: how many idle connections to hold (default 15000; the fd limit
 -- here is 20000 for the client and for mkv).
 local H = require "helpers"
 local A = require "api_support"
 local NS = require "netns"
+local F = require "fault_helpers"
 local T = H.T
 
 -- The whole spec runs in a private network namespace (spec/netns.lua): its ephemeral
@@ -59,17 +61,38 @@ local function timed_get(url, want)
   return took
 end
 
+-- A cluster (spec/fault_helpers.lua) started, with its ledger, the keys `seed` (key ->
+-- value) written through it, and a baseline taken once the pools are warm.
+-- -> c, ledger, base
+local function abuse_cluster(opts, seed)
+  local c = F.cluster(opts)
+  c:start()
+  local ledger = F.ledger(c.logdir .. "/ledger")
+  local first
+  for key, value in pairs(seed) do
+    assert.equal(201, (ledger:send(c, "PUT", key, value)))
+    first = first or key
+  end
+  for _ = 1, 8 do timed_get(c.url .. first) end
+  H.sleep(0.3)
+  return c, ledger, usage(c.pid)
+end
+
+-- How every test here ends: restart, verify, and a fresh baseline.
+local function verified(c, ledger, name)
+  F.restart_and_verify(c, ledger, "abuse/" .. name)
+  H.sleep(0.3)
+  return usage(c.pid)
+end
+
 -- ---------------------------------------------------------------------------------------
 describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", function()
-  local c, base
+  local c, ledger, base
   setup(function()
     private_net()
-    c = H.cluster({ n = 2, replicas = 2,
-      config = 'return { limits = { header_timeout = "2s", body_timeout = "2s", idle_timeout = "10s" } }' })
-    assert.equal(201, (H.http("PUT", c.url .. "/live", { body = "here" })))
-    for _ = 1, 8 do timed_get(c.url .. "/live") end
-    H.sleep(0.3)
-    base = usage(c.mkv.pid)
+    c, ledger, base = abuse_cluster({ n = 2, replicas = 2,
+      config = 'return { limits = { header_timeout = "2s", body_timeout = "2s", idle_timeout = "10s" } }' },
+      { ["/live"] = "here" })
   end)
   teardown(H.cleanup)
 
@@ -105,7 +128,8 @@ describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", 
     assert.truthy(plain:find("Exit status:%s*No open connections left"), "slowhttptest's exit:\n" .. plain)
     local ended = tonumber(plain:match("Test ended on (%d+)")) or 99
     assert(ended <= 6, "slowhttptest ended on second " .. ended .. ": connections lived too long")
-    eventually_back(c.mkv.pid, base, 16 * 1024)
+    eventually_back(c.pid, base, 16 * 1024)
+    base = verified(c, ledger, "slowloris")
   end)
 
   it("slow bodies (PUT, 200 connections, a byte or so a second): served, not live, fds back", function()
@@ -116,10 +140,11 @@ describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", 
     -- None of the bodies completed: the key is not live, and can be written.
     assert.equal(404, (H.http("GET", c.url .. "/slow")))
     H.eventually(function()
-      local st = H.http("PUT", c.url .. "/slow", { body = "complete" })
+      local st = ledger:send(c, "PUT", "/slow", "complete")
       return st == 201, st
     end, 10, "a PUT of /slow after the attack")
-    eventually_back(c.mkv.pid, base, 16 * 1024)
+    eventually_back(c.pid, base, 16 * 1024)
+    base = verified(c, ledger, "slow-bodies")
   end)
 
   it("mkv is alive and serving afterwards", function()
@@ -127,27 +152,25 @@ describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", 
     local st, _, body = H.http("GET", c.url .. "/live", { follow = true })
     assert.equal(200, st)
     assert.equal("here", body)
+    base = verified(c, ledger, "slow-afterwards")
   end)
 end)
 
 -- ---------------------------------------------------------------------------------------
 describe("many idle connections", function()
-  local c, base
+  local c, ledger, base
   setup(function()
     private_net()
     -- ASan's quarantine keeps freed blocks from being reused, which would read as
     -- growth from round to round: off here (as in memory_spec.lua).
     local asan = os.getenv("MKV_CHILD_ASAN_OPTIONS")
     local env = asan and { ASAN_OPTIONS = asan .. ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0" }
-    c = H.cluster({ n = 1, replicas = 1, flags = { "-workers", "2" }, env = env,
+    c, ledger, base = abuse_cluster({ n = 1, replicas = 1, flags = { "-workers", "2" }, env = env,
       -- max_connections is split evenly over the workers, but the kernel hands the
       -- connections to whichever worker accepts first (9000/6000 happens): 40000 keeps
       -- the limit out of this test (the next describe tests it).
-      config = 'return { limits = { max_connections = 40000, idle_timeout = "120s" } }' })
-    assert.equal(201, (H.http("PUT", c.url .. "/live", { body = "here" })))
-    for _ = 1, 8 do timed_get(c.url .. "/live") end
-    H.sleep(0.3)
-    base = usage(c.mkv.pid)
+      config = 'return { limits = { max_connections = 40000, idle_timeout = "120s" } }' },
+      { ["/live"] = "here" })
   end)
   teardown(H.cleanup)
 
@@ -155,7 +178,7 @@ describe("many idle connections", function()
     local fds = {}
     local t0 = H.now()
     for i = 1, n do
-      local fd, err = T.connect(c.mkv.port)
+      local fd, err = T.connect(c.port)
       if not fd then
         for j = 1, #fds do T.close(fds[j]) end
         error("connect #" .. i .. ": " .. tostring(err))
@@ -165,11 +188,11 @@ describe("many idle connections", function()
       -- dropped from a full queue would only come in after SYN-ACK retries.
       if i % 500 == 0 then
         local ok = pcall(H.eventually, function()
-          return T.fd_count(c.mkv.pid) >= base.fds + i - 1000
+          return T.fd_count(c.pid) >= base.fds + i - 1000
         end, 10, "mkv accepting")
         if not ok then
           for j = 1, #fds do T.close(fds[j]) end
-          error("mkv accepted only " .. (T.fd_count(c.mkv.pid) - base.fds) .. " of " .. i .. " connections")
+          error("mkv accepted only " .. (T.fd_count(c.pid) - base.fds) .. " of " .. i .. " connections")
         end
       end
     end
@@ -184,13 +207,13 @@ describe("many idle connections", function()
       local fds, took = hold(IDLE_CONNS)
       local ok, err = pcall(function()
         H.eventually(function()
-          local n = T.fd_count(c.mkv.pid)
+          local n = T.fd_count(c.pid)
           return n >= base.fds + IDLE_CONNS, "mkv holds " .. tostring(n) .. " fds"
         end, 20, "mkv holding all " .. IDLE_CONNS .. " connections")
         local busy = 0
         for _ = 1, 5 do busy = math.max(busy, timed_get(c.url .. "/live")) end
-        assert.equal(201, (H.http("PUT", c.url .. "/during" .. round, { body = "x" })))
-        local u = usage(c.mkv.pid)
+        assert.equal(201, (ledger:send(c, "PUT", "/during" .. round, "x")))
+        local u = usage(c.pid)
         print(string.format("\n# round %d: %d connections opened in %.2fs; mkv %d fds, VmRSS %d kB " ..
           "(baseline %d fds, %d kB); GET slowest %.3fs (%.3fs before)", round, IDLE_CONNS, took,
           u.fds, u.rss, base.fds, base.rss, busy, quiet))
@@ -200,11 +223,11 @@ describe("many idle connections", function()
       for i = 1, #fds do T.close(fds[i]) end
       if not ok then error(err, 0) end
       H.eventually(function()
-        local n = T.fd_count(c.mkv.pid)
+        local n = T.fd_count(c.pid)
         return n <= base.fds + 4, "fd count " .. tostring(n) .. ", baseline " .. base.fds
       end, 20, "the fd count back at the baseline")
       H.sleep(0.5)
-      rss_after[round] = H.proc_status(c.mkv.pid, "VmRSS")
+      rss_after[round] = H.proc_status(c.pid, "VmRSS")
     end
     print(string.format("# VmRSS after round 1: %d kB, after round 2: %d kB (baseline %d kB)",
       rss_after[1], rss_after[2], base.rss))
@@ -213,6 +236,7 @@ describe("many idle connections", function()
     -- to find, at mkv's exit in the ASan run).
     assert(rss_after[2] <= rss_after[1] + 8192, "VmRSS grew from round 1 to round 2")
     assert(rss_after[2] <= base.rss + 64 * 1024, "VmRSS stayed " .. (rss_after[2] - base.rss) .. " kB up")
+    base = verified(c, ledger, "idle")
   end)
 end)
 
@@ -235,11 +259,9 @@ describe("at the connection limit and out of fds", function()
   end
 
   it("max_connections 200 (2 workers): the surplus is closed at once, the rest served, no crash", function()
-    local c = H.cluster({ n = 1, replicas = 1, flags = { "-workers", "2" },
-      config = 'return { limits = { max_connections = 200 } }' })
-    assert.equal(201, (H.http("PUT", c.url .. "/live", { body = "here" })))
-    local base = usage(c.mkv.pid)
-    local fds, closed = open_and_count_closed(c.mkv.port, 400, 1.0)
+    local c, ledger, base = abuse_cluster({ n = 1, replicas = 1, flags = { "-workers", "2" },
+      config = 'return { limits = { max_connections = 200 } }' }, { ["/live"] = "here" })
+    local fds, closed = open_and_count_closed(c.port, 400, 1.0)
     local ok, err = pcall(function()
       print(string.format("\n# 400 connections to max_connections 200: %d closed by mkv", closed))
       -- Per worker: max_connections / workers (100 each, +1 while the surplus is being
@@ -260,23 +282,18 @@ describe("at the connection limit and out of fds", function()
     end)
     for i = 1, #fds do T.close(fds[i]) end
     if not ok then error(err, 0) end
-    eventually_back(c.mkv.pid, base, 16 * 1024)
+    eventually_back(c.pid, base, 16 * 1024)
     assert.equal(302, timed_get(c.url .. "/live") and 302)
     assert.is_true(c.mkv:alive())
+    verified(c, ledger, "max-connections")
   end)
 
   it("RLIMIT_NOFILE 256: connections past the fd limit are refused cleanly; service resumes", function()
-    local port = H.free_port()
-    local v = H.start_volume()
-    local m = H.spawn("mkv-nofile-" .. port, { "prlimit", "--nofile=256:256", H.mkv_bin, "-volumes", v.addr,
-      "-replicas", "1", "-subvolumes", "1", "-db", H.tmpdir("db") .. "/index", "-port", tostring(port),
-      "-listen", "127.0.0.1", "-workers", "2", "server" })
-    H.eventually(function()
-      if not m:alive() then error("mkv exited: " .. m:log()) end
-      return H.port_open(port)
-    end, 10, "mkv under prlimit")
-    local url = "http://127.0.0.1:" .. port
-    assert.equal(201, (H.http("PUT", url .. "/live", { body = "here" })))
+    local c = F.cluster({ n = 1, replicas = 1, flags = { "-workers", "2" } })
+    local m = c:start({ wrap = { "prlimit", "--nofile=256:256" }, exec_wrap = true })
+    local port, url = c.port, c.url
+    local ledger = F.ledger(c.logdir .. "/ledger")
+    assert.equal(201, (ledger:send(c, "PUT", "/live", "here")))
     local base = usage(m.pid)
     local fds, closed = open_and_count_closed(port, 600, 1.5)
     local ok, err = pcall(function()
@@ -291,27 +308,25 @@ describe("at the connection limit and out of fds", function()
     eventually_back(m.pid, base, 16 * 1024)
     -- Service resumes: a PUT (upstream sockets and a file) and a GET.
     H.eventually(function()
-      return H.http("PUT", url .. "/after", { body = "after" }) == 201
+      return ledger:send(c, "PUT", "/after", "after") == 201
     end, 10, "a PUT after the fd exhaustion")
     local st, _, body = H.http("GET", url .. "/after", { follow = true })
     assert.equal(200, st)
     assert.equal("after", body)
     assert.is_true(m:alive())
+    verified(c, ledger, "nofile") -- restarted without the limit
   end)
 end)
 
 -- ---------------------------------------------------------------------------------------
 describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function()
-  local c, port, base, fb
+  local c, ledger, port, base, fb
   setup(function()
     private_net()
     fb = "127.0.0.1:" .. H.free_port()
-    c = H.cluster({ n = 2, replicas = 2, flags = { "-fallback", fb } })
-    port = c.mkv.port
-    assert.equal(201, (H.http("PUT", c.url .. "/exists", { body = "old" })))
-    for _ = 1, 8 do timed_get(c.url .. "/exists") end
-    H.sleep(0.3)
-    base = usage(c.mkv.pid)
+    c, ledger, base = abuse_cluster({ n = 2, replicas = 2, fallback = fb },
+      { ["/exists"] = "old" })
+    port = c.port
   end)
   teardown(H.cleanup)
 
@@ -337,10 +352,12 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
     for _, v in ipairs(variants) do
       local resp = raw(port, v[2], 2)
       one_response(v[1], resp, 403)
+      ledger:record("PUT", "/exists", H.md5_hex(smuggled), H.statuses(resp)[1])
     end
     local st, _, body = H.http("GET", c.url .. "/exists", { follow = true })
     assert.equal(200, st)
     assert.equal("old", body)
+    base = verified(c, ledger, "early-403")
   end)
 
   it("an early 411 (a PUT with no body) followed by a request: answered in order, once each", function()
@@ -350,6 +367,8 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       "GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3)
     local st = H.statuses(resp)
     assert.same({ 411, 302, 302 }, st, show(resp))
+    ledger:record("PUT", "/nobody", H.md5_hex(""), st[1])
+    base = verified(c, ledger, "early-411")
   end)
 
   it("Transfer-Encoding and Content-Length shapes: 400 and close, one response, nothing stored", function()
@@ -372,6 +391,7 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       local resp, closed = raw(port, "PUT /" .. s[1] .. " HTTP/1.1\r\nHost: x\r\n" .. s[2] .. "\r\n" ..
         "3\r\nabc\r\n0\r\n\r\n" .. smuggled, 2)
       local st = H.statuses(resp)
+      ledger:record("PUT", "/" .. s[1], H.md5_hex("abc"), st[1])
       if not (#st == 1 and st[1] == s[3] and closed) then
         errs[#errs + 1] = s[1] .. " (want " .. s[3] .. "): " .. show(resp) .. (closed and "" or " (not closed)")
       end
@@ -379,6 +399,7 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       if list:find('"/' .. s[1] .. '"', 1, true) then errs[#errs + 1] = s[1] .. " is live" end
     end
     assert(#errs == 0, table.concat(errs, "\n"))
+    base = verified(c, ledger, "te-cl")
   end)
 
   it("keys with '..', NUL, non-UTF-8 bytes round-trip exactly and stay inside the volume root", function()
@@ -402,6 +423,7 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       local body = "v" .. i
       local before = nfiles()
       local st = H.http("PUT", c.url .. k[1], { body = body })
+      ledger:record("PUT", k[2], H.md5_hex(body), st)
       assert.equal(201, st, "PUT " .. k[1])
       local gst, _, got = H.http("GET", c.url .. k[1], { follow = true })
       assert.equal(200, gst, "GET " .. k[1])
@@ -411,11 +433,17 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       assert.equal(before + 2, nfiles())
       local _, _, keys_listed, list = A.list(c.url, "/")
       assert.is_true(A.contains(keys_listed, k[3] or k[2]), show(k[2]) .. " not listed: " .. show(list))
-      assert.equal(204, (H.http("DELETE", c.url .. k[1])))
-      assert.same({}, A.holders(c.volumes, k[2]))
+      -- Every other key stays live for the verifier's restart, which reads them back.
+      if i % 2 == 0 then
+        local dst = H.http("DELETE", c.url .. k[1])
+        ledger:record("DELETE", k[2], nil, dst)
+        assert.equal(204, dst)
+        assert.same({}, A.holders(c.volumes, k[2]))
+      end
     end
     -- Nothing was written outside the roots.
     assert.falsy(A.exists("/etc/passwd-mkv"))
+    base = verified(c, ledger, "odd-keys")
   end)
 
   it("CR/LF/NUL in a missing key: the fallback Location is one encoded line", function()
@@ -437,14 +465,16 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
       local loc = head:match("\r\n[Ll]ocation: ([^\r\n]*)")
       assert.equal("http://" .. fb .. H.urlencode_path(key), loc)
     end
+    base = verified(c, ledger, "crlf")
   end)
 
   it("afterwards mkv serves, and its fds and RSS are at the baseline", function()
     assert.is_true(c.mkv:alive(), c.mkv:log())
-    assert.equal(201, (H.http("PUT", c.url .. "/after", { body = "after" })))
+    assert.equal(201, (ledger:send(c, "PUT", "/after", "after")))
     local st, _, body = H.http("GET", c.url .. "/after", { follow = true })
     assert.equal(200, st)
     assert.equal("after", body)
-    eventually_back(c.mkv.pid, base, 16 * 1024)
+    eventually_back(c.pid, base, 16 * 1024)
+    verified(c, ledger, "afterwards")
   end)
 end)
