@@ -1,14 +1,44 @@
 -- The index's disk (testing-reliability.md §2.2 C5, L2): full (a 2 MB tmpfs, filled on
 -- cue) and corrupted (bytes flipped in a .log / .ldb / MANIFEST, CURRENT deleted). Each
 -- ends with a restart (after freeing space, or after `mkv rebuild` from the volumes)
--- and the ledger verifier. Two mkv on one index: write_safety_spec.lua ("a second mkv on
--- the same -db exits non-zero") already covers it.
+-- and the ledger verifier. Two mkv on one index: the second exits naming the lock while
+-- the first goes on writing, then the verifier.
 local H = require "helpers"
 local A = require "api_support"
 local F = require "fault_helpers"
 
 -- The status only (callers pass it straight to assert.equal).
 local function send(port, method, key, body) return (F.send(port, method, key, body)) end
+
+describe("the index locked by another process", function()
+  local c
+  teardown(function()
+    if c and c.mkv and c.mkv:alive() then c:kill9() end
+    H.cleanup()
+  end)
+
+  it("a second mkv on the same index exits non-zero saying it is in use; the first loses nothing", function()
+    local seed = F.seed("second mkv")
+    local rng = F.rng(seed)
+    c = F.cluster({ n = 3, replicas = 2 })
+    local ledger = F.ledger(c.logdir .. "/ledger")
+    c:start()
+    F.workload(c, ledger, rng, { conns = 4, keys_per_conn = 4, rounds = 6, max_size = 8192, prefix = "/lock" })
+    local args = c:args()
+    for _, w in ipairs({ "-port", tostring(H.free_port()), "-listen", "127.0.0.1", "server" }) do
+      args[#args + 1] = w
+    end
+    local code, out = H.run_mkv(args, 20)
+    assert.are_not.equal(0, code, out)
+    assert.truthy(out:lower():find("in use", 1, true), out)
+    assert.truthy(out:find(c.db, 1, true), "the message names the index: " .. out)
+    -- the first server never noticed: it goes on writing
+    F.workload(c, ledger, rng, { conns = 4, keys_per_conn = 4, rounds = 6, max_size = 8192, prefix = "/lock" })
+    assert.is_true(c.mkv:alive())
+    F.restart_and_verify(c, ledger, seed)
+    assert.equal(0, c:stop().code)
+  end)
+end)
 
 describe("the index disk full", function()
   local mnt, c
