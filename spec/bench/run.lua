@@ -183,6 +183,61 @@ local function key_file(vol_index, key)
   return base .. "/v" .. vol_index .. "/" .. h:sub(1, 2) .. "/" .. h:sub(3, 4) .. "/" .. A.base64(key)
 end
 
+-- ---- CPU accounting ----
+-- Where a request's CPU goes, from /proc (utime + stime, clock ticks) of mkv and of every
+-- nginx worker of the volumes, and from the shell's `times` for wrk. On two cores
+-- that all three share, throughput is bounded by CPU per request: these figures say
+-- how much of it is mkv's, and what a free mkv would still reach.
+local TICK_US = 1e6 / tonumber((H.sh("getconf CLK_TCK"):match("%d+")) or 100)
+
+local function ticks(pids)
+  local t = 0
+  for _, pid in ipairs(pids) do
+    local st = H.read_file("/proc/" .. pid .. "/stat") or ""
+    -- fields after the command (which may hold spaces) in parentheses
+    local rest = st:match("%) (.*)$") or ""
+    local f = {}
+    for x in rest:gmatch("%S+") do f[#f + 1] = x end
+    t = t + (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0) -- utime, stime (fields 14, 15)
+  end
+  return t
+end
+
+local function nginx_workers(which)
+  local pids = {}
+  for _, i in ipairs(which) do
+    for pid in H.sh("pgrep -P " .. vols[i].pid):gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+  end
+  return pids
+end
+
+local function seconds_of(t)
+  local mnt, sec = t:match("(%d+)m([%d%.]+)s")
+  return (tonumber(mnt) or 0) * 60 + (tonumber(sec) or 0)
+end
+
+-- Runs wrk like wrk() and accounts the CPU. which: the volumes (indexes) whose nginx
+-- serve this load. -> rps, { n = requests, mkv = us/req, nginx = us/req, wrk = us/req }
+local function wrk_cpu(url, script, args, which, want)
+  local mk, ng = { m.pid }, nginx_workers(which)
+  local m0, n0 = ticks(mk), ticks(ng)
+  local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s; times", D,
+    script and ("-s " .. H.shq(script)) or "", H.shq(url),
+    args and ("-- " .. table.concat(args, " ")) or "")
+  local out = sh_ok(cmd)
+  local m1, n1 = ticks(mk), ticks(ng)
+  local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
+  local total = tonumber(out:match("(%d+) requests in"))
+  if not rps or not total or total == 0 then error("wrk printed no rate:\n" .. out, 0) end
+  local non = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0
+  if want ~= "any" and non > total * 0.01 then error("wrk: " .. non .. " answers not 2xx/3xx on " .. url, 0) end
+  -- `times`: the shell's own times, then its children's (wrk)
+  local cu, cs = out:match("\n[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
+  local wrk_s = cu and (seconds_of(cu) + seconds_of(cs)) or 0
+  return rps, { n = total, mkv = (m1 - m0) * TICK_US / total, nginx = (n1 - n0) * TICK_US / total,
+                wrk = wrk_s * 1e6 / total }
+end
+
 -- ---- the figures ----
 -- Each: id, what, reference, target (text), and run() -> mkv value, reference value,
 -- unit; "higher" or "lower" is better for mkv's value (ratio = mkv / reference).
@@ -243,6 +298,38 @@ fig { id = "put1k_flat", what = "PUT of new 1 KB keys, replicas 3, req/s",
     local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
     local b = wrk(v1, scripts .. "/put.lua", { "/direct-putflat" .. put_round .. "/k" })
     return a, b / 3
+  end }
+
+-- CPU per request, for the two figures whose targets may be past this machine. The
+-- value is the CPU of one mkv request (mkv + every nginx it reaches + wrk), the
+-- reference that of what it is compared with (three direct PUTs; one nginx 404), both
+-- in microseconds; ratio > 1 is CPU mkv's path spends beyond the reference. The detail
+-- line gives the split and the "ceiling": the throughput ratio a free mkv (0 us) would
+-- reach with the rest of the path as measured.
+local function cpu_detail(a, b, times_ref)
+  local path = a.mkv + a.nginx + a.wrk
+  local ref = (b.nginx + b.wrk) * times_ref
+  return path, ref, string.format("mkv %.0f us, nginx %.0f us, wrk %.0f us per request; reference nginx %.0f us, wrk %.0f us (x%d); " ..
+    "by CPU %.2fx, with a free mkv %.2fx", a.mkv, a.nginx, a.wrk, b.nginx, b.wrk, times_ref, ref / path,
+    ref / (path - a.mkv))
+end
+
+fig { id = "put1k_cpu", what = "CPU per 1 KB PUT (mkv+nginx+wrk), us",
+  ref = "3 direct nginx PUTs into mkv-shaped dirs, with wrk", target = "report", unit = "us", better = "lower",
+  run = function()
+    put_round = put_round + 1
+    local _, a = wrk_cpu(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" }, { 1, 2, 3 })
+    local _, b = wrk_cpu(v1, scripts .. "/put_shaped.lua", { "/direct-put" .. put_round .. "/" }, { 1 })
+    return cpu_detail(a, b, 3)
+  end }
+
+fig { id = "get302_cpu", what = "CPU per 302 (mkv+nginx HEAD+wrk), us",
+  ref = "one nginx 404 with wrk", target = "report", unit = "us", better = "lower",
+  run = function()
+    ensure_small_keys()
+    local _, a = wrk_cpu(m.url .. small_keys[1], nil, nil, { 1, 2, 3 })
+    local _, b = wrk_cpu(v1 .. "/missing", nil, nil, { 1 }, "any")
+    return cpu_detail(a, b, 1)
   end }
 
 local del_round = 0
@@ -499,10 +586,11 @@ print(string.format("# mkv benchmark suite: %d runs per figure, wrk -t2 -c32 -d%
 print(string.format("%-52s %12s %12s %8s %15s  %s", "figure", "mkv", "reference", "ratio", "ratio spread", "target"))
 for _, f in ipairs(figures) do
   if not opts.only or opts.only[f.id] then
-    local mv, rv, ratios = {}, {}, {}
+    local mv, rv, ratios, details = {}, {}, {}, {}
     local ok, err = pcall(function()
       for r = 1, (f.absolute and 1 or opts.runs) do
-        local a, b = f.run(r)
+        local a, b, detail = f.run(r)
+        if detail then details[#details + 1] = detail end
         mv[#mv + 1] = a
         if b then
           rv[#rv + 1] = b
@@ -524,6 +612,8 @@ for _, f in ipairs(figures) do
         res.reference and string.format("%.1f", res.reference) or "-",
         res.ratio and string.format("%.2fx", res.ratio) or "-",
         res.ratio and string.format("%.2f..%.2f", lo, hi) or "-", f.target))
+      for i, d in ipairs(details) do print(string.format("#   run %d: %s", i, d)) end
+      if #details > 0 then res.details = details end
     end
   end
 end
