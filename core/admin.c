@@ -789,7 +789,7 @@ static void xfer_maybe_free(xfer_t *x) {
   mkv_upreq_free(&x->src);
   mkv_upreq_free(&x->dst);
   mkv_md5_stream_free(x->md5);
-  free(x->cur);
+  if (x->cur) mkv_chunk_free(x->cur);
   free(x);
 }
 
@@ -904,13 +904,13 @@ static int xfer_src_body(mkv_upreq_t *r, const char *at, size_t len) {
   int pause = 0;
   if (x->has_dst && x->dst_started && !x->dst_done) {
     while (len > 0) {
-      if (x->cur == NULL) x->cur = mkv_chunk_alloc(65536, 1, xfer_chunk_released, x);
-      size_t n = MKV_MIN(len, 65536 - x->cur->len);
+      if (x->cur == NULL) x->cur = mkv_chunk_alloc(MKV_CHUNK_POOLED, 1, xfer_chunk_released, x);
+      size_t n = MKV_MIN(len, MKV_CHUNK_POOLED - x->cur->len);
       memcpy(x->cur->bytes + x->cur->len, at, n);
       x->cur->len += n;
       at += n;
       len -= n;
-      if (x->cur->len == 65536) xfer_flush(x);
+      if (x->cur->len == MKV_CHUNK_POOLED) xfer_flush(x);
     }
     xfer_flush(x);
     if (x->inflight > COPY_HIGH) {

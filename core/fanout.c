@@ -11,7 +11,7 @@
 
 /* Bytes gathered into one chunk: one allocation and one write per replica for up to a
  * read buffer's worth of body, however the client sliced it. */
-#define CHUNK_CAP 65536
+#define CHUNK_CAP MKV_CHUNK_POOLED
 
 struct mkv_fanout_s {
   void *data;
@@ -158,7 +158,7 @@ void mkv_fanout_flush(mkv_fanout_t *fo) {
   if (ch == NULL || ch->len == 0) return;
   fo->cur = NULL;
   if (fo->err) {
-    free(ch);
+    mkv_chunk_free(ch);
     return;
   }
   fo->inflight += ch->len;

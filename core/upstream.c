@@ -100,19 +100,21 @@ static void maybe_free_upstream(mkv_upstream_t *up);
 
 /* ---- chunks ---- */
 
-mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_release_cb release,
-                           void *data) {
-  mkv_chunk_t *ch = mkv_malloc(sizeof(*ch) + len);
-  ch->refs = refs;
-  ch->len = len;
-  ch->release = release;
-  ch->data = data;
-  if (len) memcpy(ch->bytes, p, len);
-  return ch;
-}
+/* Enough for the default high_water (4 MiB in flight) to cycle without malloc. */
+#define POOL_MAX 64
+static _Thread_local mkv_chunk_t *pool_head; /* linked through ->data */
+static _Thread_local int pool_len;
 
 mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data) {
-  mkv_chunk_t *ch = mkv_malloc(sizeof(*ch) + cap);
+  mkv_chunk_t *ch;
+  if (cap == MKV_CHUNK_POOLED && pool_head != NULL) {
+    ch = pool_head;
+    pool_head = ch->data;
+    pool_len--;
+  } else {
+    ch = mkv_malloc(sizeof(*ch) + cap);
+    ch->cap = cap;
+  }
   ch->refs = refs;
   ch->len = 0;
   ch->release = release;
@@ -120,10 +122,37 @@ mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release,
   return ch;
 }
 
+mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_release_cb release,
+                           void *data) {
+  mkv_chunk_t *ch = mkv_chunk_alloc(len, refs, release, data);
+  ch->len = len;
+  if (len) memcpy(ch->bytes, p, len);
+  return ch;
+}
+
+void mkv_chunk_free(mkv_chunk_t *ch) {
+  if (ch->cap == MKV_CHUNK_POOLED && pool_len < POOL_MAX) {
+    ch->data = pool_head;
+    pool_head = ch;
+    pool_len++;
+    return;
+  }
+  free(ch);
+}
+
+void mkv_chunk_pool_drain(void) {
+  while (pool_head) {
+    mkv_chunk_t *next = pool_head->data;
+    free(pool_head);
+    pool_head = next;
+  }
+  pool_len = 0;
+}
+
 void mkv_chunk_unref(mkv_chunk_t *ch) {
   if (--ch->refs > 0) return;
   if (ch->release) ch->release(ch);
-  free(ch);
+  mkv_chunk_free(ch);
 }
 
 /* ---- requests ---- */

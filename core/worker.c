@@ -148,6 +148,7 @@ static void worker_main(void *arg) {
   mkv_policy_free(w->policy);
   w->policy = NULL;
   mkv_hash_thread_done();
+  mkv_chunk_pool_drain();
 }
 
 int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd,
