@@ -625,6 +625,15 @@ for _, f in ipairs(figures) do
         res.reference and string.format("%.1f", res.reference) or "-",
         res.ratio and string.format("%.2fx", res.ratio) or "-",
         res.ratio and string.format("%.2f..%.2f", lo, hi) or "-", f.target))
+      -- With few noisy runs the median of the per-run ratios and the ratio of the two
+      -- medians can disagree (the p99 figures): then both are shown.
+      if res.ratio and res.reference and res.reference ~= 0 then
+        res.ratio_of_medians = res.mkv / res.reference
+        if math.abs(res.ratio_of_medians / res.ratio - 1) > 0.1 then
+          print(string.format("#   ratio of the medians: %.2fx (the median of the per-run ratios: %.2fx)",
+            res.ratio_of_medians, res.ratio))
+        end
+      end
       for i, d in ipairs(details) do print(string.format("#   run %d: %s", i, d)) end
       if #details > 0 then res.details = details end
     end
