@@ -105,12 +105,37 @@ static void maybe_free_upstream(mkv_upstream_t *up);
 static _Thread_local mkv_chunk_t *pool_head; /* linked through ->data */
 static _Thread_local int pool_len;
 
+/* A chunk resting in the pool is poisoned for AddressSanitizer, all but its link
+ * (->data), so a use after the last unref is caught as it would be after free(). */
+#if defined(__SANITIZE_ADDRESS__)
+#define MKV_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MKV_ASAN 1
+#endif
+#endif
+#ifdef MKV_ASAN
+#include <sanitizer/asan_interface.h>
+static void chunk_poison(mkv_chunk_t *ch) {
+  ASAN_POISON_MEMORY_REGION(ch->bytes, ch->cap);
+  ASAN_POISON_MEMORY_REGION(ch, offsetof(mkv_chunk_t, data));
+}
+static void chunk_unpoison(mkv_chunk_t *ch) {
+  ASAN_UNPOISON_MEMORY_REGION(ch, offsetof(mkv_chunk_t, data));
+  ASAN_UNPOISON_MEMORY_REGION(ch->bytes, ch->cap);
+}
+#else
+#define chunk_poison(ch) ((void)(ch))
+#define chunk_unpoison(ch) ((void)(ch))
+#endif
+
 mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data) {
   mkv_chunk_t *ch;
   if (cap == MKV_CHUNK_POOLED && pool_head != NULL) {
     ch = pool_head;
     pool_head = ch->data;
     pool_len--;
+    chunk_unpoison(ch);
   } else {
     ch = mkv_malloc(sizeof(*ch) + cap);
     ch->cap = cap;
@@ -135,6 +160,7 @@ void mkv_chunk_free(mkv_chunk_t *ch) {
     ch->data = pool_head;
     pool_head = ch;
     pool_len++;
+    chunk_poison(ch);
     return;
   }
   free(ch);
@@ -143,6 +169,7 @@ void mkv_chunk_free(mkv_chunk_t *ch) {
 void mkv_chunk_pool_drain(void) {
   while (pool_head) {
     mkv_chunk_t *next = pool_head->data;
+    chunk_unpoison(pool_head);
     free(pool_head);
     pool_head = next;
   }

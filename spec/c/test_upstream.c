@@ -3,6 +3,7 @@
 #include "testserver.h"
 
 #include <signal.h>
+#include <stddef.h>
 
 #include "mkv/upstream.h"
 
@@ -873,6 +874,54 @@ TEST(close_unused_upstream) {
   loop_finish(&loop);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+TEST(chunk_pool_reuses_and_poisons) {
+  /* A released 64 KiB chunk goes back to the thread's pool and is the next one handed
+   * out; while it rests there, ASan builds must see it as poisoned (but for its link),
+   * or a use after release would pass unnoticed there. */
+  mkv_chunk_t *a = mkv_chunk_alloc(MKV_CHUNK_POOLED, 1, NULL, NULL);
+  memset(a->bytes, 'x', MKV_CHUNK_POOLED);
+  a->len = MKV_CHUNK_POOLED;
+  mkv_chunk_unref(a);
+#ifdef TEST_ASAN
+  ASSERT(__asan_address_is_poisoned(a->bytes));
+  ASSERT(__asan_address_is_poisoned(a->bytes + MKV_CHUNK_POOLED - 1));
+  ASSERT(__asan_address_is_poisoned(&a->refs));
+  ASSERT(__asan_address_is_poisoned(&a->len));
+  ASSERT(!__asan_address_is_poisoned(&a->data));
+#endif
+  mkv_chunk_t *b = mkv_chunk_alloc(MKV_CHUNK_POOLED, 2, NULL, NULL);
+  ASSERT(b == a);
+  ASSERT_EQ(b->len, 0);
+  ASSERT_EQ(b->refs, 2);
+  ASSERT_EQ(b->cap, MKV_CHUNK_POOLED);
+#ifdef TEST_ASAN
+  ASSERT(!__asan_address_is_poisoned(b->bytes));
+  ASSERT(!__asan_address_is_poisoned(b->bytes + MKV_CHUNK_POOLED - 1));
+#endif
+  b->bytes[MKV_CHUNK_POOLED - 1] = 'y';
+  mkv_chunk_unref(b);
+  mkv_chunk_unref(b);
+  /* Chunks of other sizes are never pooled. */
+  mkv_chunk_t *c = mkv_chunk_new("abc", 3, 1, NULL, NULL);
+  ASSERT(c != a);
+  mkv_chunk_unref(c);
+  mkv_chunk_pool_drain(); /* frees the poisoned chunk: LSan/ASan must stay quiet */
+  mkv_chunk_t *d = mkv_chunk_alloc(MKV_CHUNK_POOLED, 1, NULL, NULL);
+  mkv_chunk_unref(d);
+  mkv_chunk_pool_drain();
+}
+
 TEST_MAIN(T(head_status_and_length), T(head_404_and_no_content_length), T(keepalive_reuse),
           T(idle_connection_closed_by_server_is_detected),
           T(idle_connection_seen_closing_is_not_reused),
@@ -886,4 +935,4 @@ TEST_MAIN(T(head_status_and_length), T(head_404_and_no_content_length), T(keepal
           T(connect_failing_inside_start_is_deferred), T(name_resolution_tries_every_address),
           T(bad_host_is_refused_synchronously), T(cancel_in_flight), T(cancel_while_connecting),
           T(cancel_while_resolving), T(concurrent_requests_one_pool),
-          T(stats_and_close_with_idle_connections), T(close_unused_upstream))
+          T(stats_and_close_with_idle_connections), T(close_unused_upstream), T(chunk_pool_reuses_and_poisons))
