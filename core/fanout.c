@@ -9,9 +9,9 @@
 #include "mkv/index.h"
 #include "mkv/log.h"
 
-/* Bytes gathered into one chunk: one allocation and one write per replica for up to a
- * read buffer's worth of body, however the client sliced it. */
-#define CHUNK_CAP MKV_CHUNK_POOLED
+/* Bytes are gathered into chunks of MKV_CHUNK_POOLED: one (pooled) allocation and one
+ * write per replica for up to a read buffer's worth of body, however the client sliced
+ * it. */
 
 struct mkv_fanout_s {
   void *data;
@@ -180,7 +180,7 @@ void mkv_fanout_write(mkv_fanout_t *fo, const char *at, size_t len) {
     if (fo->cur == NULL) {
       /* A body of known length smaller than a chunk gets a chunk of its size: a 1 KB
        * PUT does not take (and page in) 64 KiB. */
-      size_t cap = CHUNK_CAP;
+      size_t cap = MKV_CHUNK_POOLED;
       if (fo->content_length >= 0 && fo->content_length - fo->flushed < (int64_t)cap)
         cap = fo->content_length - fo->flushed > 0 ? (size_t)(fo->content_length - fo->flushed)
                                                    : len;
