@@ -190,17 +190,31 @@ end
 -- how much of it is mkv's, and what a free mkv would still reach.
 local TICK_US = 1e6 / tonumber((H.sh("getconf CLK_TCK"):match("%d+")) or 100)
 
+-- -> utime + stime, utime (clock ticks) summed over pids
 local function ticks(pids)
-  local t = 0
+  local t, u = 0, 0
   for _, pid in ipairs(pids) do
     local st = H.read_file("/proc/" .. pid .. "/stat") or ""
     -- fields after the command (which may hold spaces) in parentheses
     local rest = st:match("%) (.*)$") or ""
     local f = {}
     for x in rest:gmatch("%S+") do f[#f + 1] = x end
-    t = t + (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0) -- utime, stime (fields 14, 15)
+    local ut = tonumber(f[12]) or 0 -- utime, stime: fields 14, 15
+    t = t + ut + (tonumber(f[13]) or 0)
+    u = u + ut
   end
-  return t
+  return t, u
+end
+
+-- The whole machine's CPU from /proc/stat: -> busy ticks, idle ticks (idle + iowait)
+local function machine_ticks()
+  local l = (H.read_file("/proc/stat") or ""):match("^cpu%s+([^\n]*)") or ""
+  local f = {}
+  for x in l:gmatch("%d+") do f[#f + 1] = tonumber(x) end
+  local idle = (f[4] or 0) + (f[5] or 0)
+  local all = 0
+  for i = 1, math.min(#f, 8) do all = all + f[i] end -- user..steal; guest time is in user
+  return all - idle, idle
 end
 
 local function nginx_workers(which)
@@ -220,12 +234,14 @@ end
 -- serve this load. -> rps, { n = requests, mkv = us/req, nginx = us/req, wrk = us/req }
 local function wrk_cpu(url, script, args, which, want)
   local mk, ng = { m.pid }, nginx_workers(which)
-  local m0, n0 = ticks(mk), ticks(ng)
+  local m0, mu0 = ticks(mk)
+  local n0 = ticks(ng)
   local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s; times", D,
     script and ("-s " .. H.shq(script)) or "", H.shq(url),
     args and ("-- " .. table.concat(args, " ")) or "")
   local out = sh_ok(cmd)
-  local m1, n1 = ticks(mk), ticks(ng)
+  local m1, mu1 = ticks(mk)
+  local n1 = ticks(ng)
   local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
   local total = tonumber(out:match("(%d+) requests in"))
   if not rps or not total or total == 0 then error("wrk printed no rate:\n" .. out, 0) end
@@ -234,8 +250,8 @@ local function wrk_cpu(url, script, args, which, want)
   -- `times`: the shell's own times, then its children's (wrk)
   local cu, cs = out:match("\n[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
   local wrk_s = cu and (seconds_of(cu) + seconds_of(cs)) or 0
-  return rps, { n = total, mkv = (m1 - m0) * TICK_US / total, nginx = (n1 - n0) * TICK_US / total,
-                wrk = wrk_s * 1e6 / total }
+  return rps, { n = total, mkv = (m1 - m0) * TICK_US / total, mkv_user = (mu1 - mu0) * TICK_US / total,
+                nginx = (n1 - n0) * TICK_US / total, wrk = wrk_s * 1e6 / total }
 end
 
 -- ---- the figures ----
@@ -304,14 +320,16 @@ fig { id = "put1k_flat", what = "PUT of new 1 KB keys, replicas 3, req/s",
 -- value is the CPU of one mkv request (mkv + every nginx it reaches + wrk), the
 -- reference that of what it is compared with (three direct PUTs; one nginx 404), both
 -- in microseconds; ratio > 1 is CPU mkv's path spends beyond the reference. The detail
--- line gives the split and the "ceiling": the throughput ratio a free mkv (0 us) would
--- reach with the rest of the path as measured.
+-- line gives the split and two "ceilings" (CPU ratios): a free mkv (0 us), and mkv with
+-- its own code free but its system calls kept (only its kernel time left) -- the floor
+-- of a process that must take the request, ask the volume and answer.
 local function cpu_detail(a, b, times_ref)
   local path = a.mkv + a.nginx + a.wrk
   local ref = (b.nginx + b.wrk) * times_ref
-  return path, ref, string.format("mkv %.0f us, nginx %.0f us, wrk %.0f us per request; reference nginx %.0f us, wrk %.0f us (x%d); " ..
-    "by CPU %.2fx, with a free mkv %.2fx", a.mkv, a.nginx, a.wrk, b.nginx, b.wrk, times_ref, ref / path,
-    ref / (path - a.mkv))
+  return path, ref, string.format("mkv %.0f us (user %.0f, kernel %.0f), nginx %.0f us, wrk %.0f us per request; " ..
+    "reference nginx %.0f us, wrk %.0f us (x%d); by CPU %.2fx, with mkv's own code free %.2fx, with a free mkv %.2fx",
+    a.mkv, a.mkv_user, a.mkv - a.mkv_user, a.nginx, a.wrk, b.nginx, b.wrk, times_ref, ref / path,
+    ref / (path - a.mkv_user), ref / (path - a.mkv))
 end
 
 fig { id = "put1k_cpu", what = "CPU per 1 KB PUT (mkv+nginx+wrk), us",
@@ -382,9 +400,50 @@ end
 -- dropped (root only; otherwise just the sync), so that neither side writes into
 -- memory the other has just dirtied. Writing 3 GB into the page cache costs this VM
 -- 2-11 s depending on that state alone, which swamped the difference being measured.
+-- Then a wait: the VM hands free memory back to its host (virtio-balloon free page
+-- reporting, in 2 MB blocks, about 2 s after they are freed), and a page the host took
+-- back faults again on first touch -- inside nginx's copy into the page cache. After a
+-- 1 s wait the dropped cache was still being handed back during the transfer, so nginx
+-- spent 6.2-12.7 CPU-s writing the same 3 GB, depending on which side ran when; after
+-- 6 s both sides start with all free memory handed back, and nginx spends the same.
 local function settle()
   H.sh("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; true")
-  H.sleep(1)
+  H.sleep(6)
+end
+
+-- CPU of a large transfer, every process on the path: mkv, the three volumes' nginx
+-- workers, the clients (curl, from the shell's `times`), and how idle the machine was.
+-- On two cores a transfer is CPU-bound when idle is near 0: the wall-time ratio then
+-- follows the CPU ratio, and mkv's share says how much of the gap is its own.
+local function children_seconds(out)
+  -- `times` prints the shell's user and system time, then its children's
+  local u, s = out:match("[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
+  if not u then error("no `times` output:\n" .. out, 0) end
+  return seconds_of(u) + seconds_of(s)
+end
+
+local function timed_transfer(cmd)
+  local ng = nginx_workers({ 1, 2, 3 })
+  local m0, mu0 = ticks({ m.pid })
+  local n0 = ticks(ng)
+  local b0, i0 = machine_ticks()
+  local t0 = H.now()
+  local out = sh_ok(cmd .. "; times")
+  local dt = H.now() - t0
+  local m1, mu1 = ticks({ m.pid })
+  local n1 = ticks(ng)
+  local b1, i1 = machine_ticks()
+  local tick = TICK_US / 1e6
+  return dt, { mkv = (m1 - m0) * tick, mkv_user = (mu1 - mu0) * tick, nginx = (n1 - n0) * tick,
+               client = children_seconds(out), idle = (i1 - i0) / math.max(1, (b1 - b0) + (i1 - i0)) }
+end
+
+local function transfer_detail(a, b)
+  local pa, pb = a.mkv + a.nginx + a.client, b.nginx + b.client
+  return string.format("CPU-s: mkv %.2f (user %.2f), nginx %.2f, curl %.2f, idle %.0f%%; reference nginx %.2f, " ..
+    "curl %.2f, idle %.0f%%; CPU of the path / the reference's %.2fx, without mkv's own %.2fx",
+    a.mkv, a.mkv_user, a.nginx, a.client, a.idle * 100, b.nginx, b.client, b.idle * 100, pa / pb,
+    (pa - a.mkv) / pb)
 end
 
 local put1g_mem = {}
@@ -395,20 +454,17 @@ fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
     settle()
     local hwm0 = status_kb(m.pid, "VmHWM")
     local rss0 = status_kb(m.pid, "VmRSS")
-    local t0 = H.now()
-    sh_ok(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d", H.shq(big), m.url, #put1g_mem))
-    local a = H.now() - t0
+    local a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d",
+      H.shq(big), m.url, #put1g_mem))
     put1g_mem[#put1g_mem + 1] = { hwm0 = hwm0, hwm1 = status_kb(m.pid, "VmHWM"), rss0 = rss0 }
     settle()
-    t0 = H.now()
     local cmds = {}
     for i = 1, 3 do
       cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-big%d",
         H.shq(big), addrs[i], #put1g_mem)
     end
-    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait) ")
-    local b = H.now() - t0
-    return a, b
+    local b, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait) ")
+    return a, b, transfer_detail(ca, cb)
   end }
 
 fig { id = "put1g_mem", what = "mkv memory growth during the 1 GB PUT, MB (VmHWM)",
@@ -433,22 +489,20 @@ fig { id = "put256x8", what = "8 concurrent 256 MB PUTs, total MB/s",
       cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s/bench/c%s-%d", H.shq(f), m.url, tag, i)
     end
     settle()
-    local t0 = H.now()
-    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait)")
-    local a = 8 * 256 / (H.now() - t0)
+    local ta, ca = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+    local a = 8 * 256 / ta
     cmds = {}
     for i = 1, 24 do
       cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-c%s-%d", H.shq(f),
         addrs[(i - 1) % 3 + 1], tag, i)
     end
     settle()
-    t0 = H.now()
-    sh_ok("(" .. table.concat(cmds, " & ") .. " & wait)")
-    local b = 8 * 256 / (H.now() - t0)
+    local tb, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+    local b = 8 * 256 / tb
     -- the space back for the next run
     sh_ok("rm -rf " .. base .. "/v1/direct-c* " .. base .. "/v2/direct-c* " .. base .. "/v3/direct-c*")
     for i = 1, 8 do H.http("DELETE", m.url .. "/bench/c" .. tag .. "-" .. i) end
-    return a, b
+    return a, b, transfer_detail(ca, cb)
   end }
 
 local listed
