@@ -404,8 +404,9 @@ end
 -- reporting, in 2 MB blocks, about 2 s after they are freed), and a page the host took
 -- back faults again on first touch -- inside nginx's copy into the page cache. After a
 -- 1 s wait the dropped cache was still being handed back during the transfer, so nginx
--- spent 6.2-12.7 CPU-s writing the same 3 GB, depending on which side ran when; after
--- 6 s both sides start with all free memory handed back, and nginx spends the same.
+-- spent 6.2-12.7 CPU-s writing the same 3 GB: the longer a transfer lasted, the more
+-- of its writes met pages handed back meanwhile (mkv's side, as a rule). After 6 s
+-- both sides start with all free memory handed back, and nginx spends the same.
 local function settle()
   H.sh("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; true")
   H.sleep(6)
