@@ -789,7 +789,7 @@ static void xfer_maybe_free(xfer_t *x) {
   mkv_upreq_free(&x->src);
   mkv_upreq_free(&x->dst);
   mkv_md5_stream_free(x->md5);
-  if (x->cur) mkv_chunk_free(x->cur);
+  mkv_chunk_free(x->cur);
   free(x);
 }
 

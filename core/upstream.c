@@ -107,13 +107,6 @@ static _Thread_local int pool_len;
 
 /* A chunk resting in the pool is poisoned for AddressSanitizer, all but its link
  * (->data), so a use after the last unref is caught as it would be after free(). */
-#if defined(__SANITIZE_ADDRESS__)
-#define MKV_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MKV_ASAN 1
-#endif
-#endif
 #ifdef MKV_ASAN
 #include <sanitizer/asan_interface.h>
 static void chunk_poison(mkv_chunk_t *ch) {
@@ -156,6 +149,7 @@ mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_releas
 }
 
 void mkv_chunk_free(mkv_chunk_t *ch) {
+  if (ch == NULL) return;
   if (ch->cap == MKV_CHUNK_POOLED && pool_len < POOL_MAX) {
     ch->data = pool_head;
     pool_head = ch;

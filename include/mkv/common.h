@@ -14,6 +14,16 @@
 #define MKV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MKV_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* MKV_ASAN: built with AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang
+ * with __has_feature); code that recycles memory poisons it then. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MKV_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MKV_ASAN 1
+#endif
+#endif
+
 #if defined(__GNUC__)
 #define MKV_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define MKV_NORETURN __attribute__((noreturn))

@@ -55,8 +55,9 @@ mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_releas
 /* Returns owned: an empty chunk (len 0) with room for `cap` bytes, to be filled. */
 mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data);
 void mkv_chunk_unref(mkv_chunk_t *ch);
-/* Frees a chunk no reference is held to (without its release callback). Chunks of
- * MKV_CHUNK_POOLED bytes go back to a small per-thread pool. */
+/* Frees a chunk no reference is held to (without its release callback); NULL is a
+ * no-op, as for free(). Chunks of MKV_CHUNK_POOLED bytes go back to a small per-thread
+ * pool. */
 void mkv_chunk_free(mkv_chunk_t *ch);
 /* Frees the calling thread's pool (at the end of a loop thread). */
 void mkv_chunk_pool_drain(void);
