@@ -230,28 +230,46 @@ local function seconds_of(t)
   return (tonumber(mnt) or 0) * 60 + (tonumber(sec) or 0)
 end
 
+-- The CPU seconds of the shell's children (wrk, curl), from `times` at the end of out.
+local function children_seconds(out)
+  -- `times` prints the shell's user and system time, then its children's
+  local u, s = out:match("[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
+  if not u then error("no `times` output:\n" .. out, 0) end
+  return seconds_of(u) + seconds_of(s)
+end
+
+-- CPU ticks of mkv (total and user) and of the given nginx workers, and of the whole
+-- machine (busy, idle): cpu_since(cpu_now(ng), ng) is what was spent in between.
+local function cpu_now(ng)
+  local mk, mku = ticks({ m.pid })
+  local busy, idle = machine_ticks()
+  return { mkv = mk, mkv_user = mku, nginx = ticks(ng), busy = busy, idle = idle }
+end
+
+local function cpu_since(c0, ng)
+  local c1 = cpu_now(ng)
+  local d = {}
+  for k, v in pairs(c1) do d[k] = v - c0[k] end
+  return d
+end
+
 -- Runs wrk like wrk() and accounts the CPU. which: the volumes (indexes) whose nginx
 -- serve this load. -> rps, { n = requests, mkv = us/req, nginx = us/req, wrk = us/req }
 local function wrk_cpu(url, script, args, which, want)
-  local mk, ng = { m.pid }, nginx_workers(which)
-  local m0, mu0 = ticks(mk)
-  local n0 = ticks(ng)
+  local ng = nginx_workers(which)
+  local c0 = cpu_now(ng)
   local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s; times", D,
     script and ("-s " .. H.shq(script)) or "", H.shq(url),
     args and ("-- " .. table.concat(args, " ")) or "")
   local out = sh_ok(cmd)
-  local m1, mu1 = ticks(mk)
-  local n1 = ticks(ng)
+  local c = cpu_since(c0, ng)
   local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
   local total = tonumber(out:match("(%d+) requests in"))
   if not rps or not total or total == 0 then error("wrk printed no rate:\n" .. out, 0) end
   local non = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0
   if want ~= "any" and non > total * 0.01 then error("wrk: " .. non .. " answers not 2xx/3xx on " .. url, 0) end
-  -- `times`: the shell's own times, then its children's (wrk)
-  local cu, cs = out:match("\n[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
-  local wrk_s = cu and (seconds_of(cu) + seconds_of(cs)) or 0
-  return rps, { n = total, mkv = (m1 - m0) * TICK_US / total, mkv_user = (mu1 - mu0) * TICK_US / total,
-                nginx = (n1 - n0) * TICK_US / total, wrk = wrk_s * 1e6 / total }
+  return rps, { n = total, mkv = c.mkv * TICK_US / total, mkv_user = c.mkv_user * TICK_US / total,
+                nginx = c.nginx * TICK_US / total, wrk = children_seconds(out) * 1e6 / total }
 end
 
 -- ---- the figures ----
@@ -416,27 +434,17 @@ end
 -- workers, the clients (curl, from the shell's `times`), and how idle the machine was.
 -- On two cores a transfer is CPU-bound when idle is near 0: the wall-time ratio then
 -- follows the CPU ratio, and mkv's share says how much of the gap is its own.
-local function children_seconds(out)
-  -- `times` prints the shell's user and system time, then its children's
-  local u, s = out:match("[%dms%.]+ [%dms%.]+\n([%dms%.]+) ([%dms%.]+)%s*$")
-  if not u then error("no `times` output:\n" .. out, 0) end
-  return seconds_of(u) + seconds_of(s)
-end
 
 local function timed_transfer(cmd)
   local ng = nginx_workers({ 1, 2, 3 })
-  local m0, mu0 = ticks({ m.pid })
-  local n0 = ticks(ng)
-  local b0, i0 = machine_ticks()
+  local c0 = cpu_now(ng)
   local t0 = H.now()
   local out = sh_ok(cmd .. "; times")
   local dt = H.now() - t0
-  local m1, mu1 = ticks({ m.pid })
-  local n1 = ticks(ng)
-  local b1, i1 = machine_ticks()
+  local c = cpu_since(c0, ng)
   local tick = TICK_US / 1e6
-  return dt, { mkv = (m1 - m0) * tick, mkv_user = (mu1 - mu0) * tick, nginx = (n1 - n0) * tick,
-               client = children_seconds(out), idle = (i1 - i0) / math.max(1, (b1 - b0) + (i1 - i0)) }
+  return dt, { mkv = c.mkv * tick, mkv_user = c.mkv_user * tick, nginx = c.nginx * tick,
+               client = children_seconds(out), idle = c.idle / math.max(1, c.busy + c.idle) }
 end
 
 local function transfer_detail(a, b)
