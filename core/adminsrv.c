@@ -213,6 +213,11 @@ static void metrics_extra(mkv_buf_t *out, void *arg) {
   for (int i = 0; i < 4; i++)
     mkv_buf_addf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", names[i][0], names[i][1],
                  names[i][0], names[i][0], v[i]);
+  /* Durable commits wait for the disk: on a filesystem shared with busy volumes (ext4,
+   * data=ordered) one fsync can wait for their writeback, and every PUT answer with it. */
+  mkv_buf_addf(out, "# HELP mkv_index_sync_seconds_total Time the index writer spent in "
+                    "fsynced batch writes.\n# TYPE mkv_index_sync_seconds_total counter\n"
+                    "mkv_index_sync_seconds_total %.6f\n", (double)st.sync_ns / 1e9);
   mkv_buf_addf(out, "# HELP mkv_index_writable 1 while index writes work; 0 after a write "
                     "error (writes answer 503 until a restart).\n# TYPE mkv_index_writable gauge\n"
                     "mkv_index_writable %d\n", mkv_index_failure(w->index) ? 0 : 1);

@@ -39,6 +39,7 @@ struct mkv_index_s {
   char failure[512];
 
   _Atomic unsigned long long batches, writes, syncs, failed_writes;
+  _Atomic unsigned long long sync_ns; /* time spent in synced batch writes */
 };
 
 struct mkv_index_port_s {
@@ -303,6 +304,7 @@ void mkv_index_stats(mkv_index_t *idx, mkv_index_stats_t *st) {
   st->batches = idx->batches;
   st->writes = idx->writes;
   st->syncs = idx->syncs;
+  st->sync_ns = idx->sync_ns;
   st->failed_writes = idx->failed_writes;
 }
 
@@ -399,7 +401,9 @@ static void *writer_main(void *arg) {
       status = MKV_EINDEX;
     } else {
       char *err = NULL;
+      uint64_t t0 = sync ? mkv_now_ns() : 0;
       leveldb_write(idx->db, sync ? idx->wopts_sync : idx->wopts_nosync, wb, &err);
+      if (sync) idx->sync_ns += mkv_now_ns() - t0;
       if (err != NULL) {
         /* LevelDB keeps failing every write after an I/O error (its background error is
          * sticky); say so once and turn the index read-only. */

@@ -76,6 +76,7 @@ const char *mkv_index_failure(mkv_index_t *idx);
 /* Counters for logs and metrics. */
 typedef struct mkv_index_stats_s {
   unsigned long long batches, writes, syncs, failed_writes;
+  unsigned long long sync_ns; /* wall time the writer spent in synced writes (the fsync) */
 } mkv_index_stats_t;
 void mkv_index_stats(mkv_index_t *idx, mkv_index_stats_t *st);
 /* LevelDB's own statistics text ("leveldb.stats"); returns owned, or NULL. */

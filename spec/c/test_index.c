@@ -284,12 +284,14 @@ TEST(sync_counts) {
   PUMP_UNTIL(&c.pump, c.ncb == 1, 10);
   mkv_index_stats(idx, &st);
   ASSERT_EQ(st.syncs, 0); /* an unsynced write is not a sync */
+  ASSERT_EQ(st.sync_ns, 0); /* nor is its time */
 
   submit_puts(&c, 1, 1, 1);
   PUMP_UNTIL(&c.pump, c.ncb == 2, 10);
   mkv_index_stats(idx, &st);
   ASSERT_EQ(st.syncs, 1);
   ASSERT_EQ(st.writes, 2);
+  ASSERT(st.sync_ns > 0); /* the synced write's time is counted */
   check_all_called_once(&c);
   wctx_finish(&c);
   mkv_index_close(idx);

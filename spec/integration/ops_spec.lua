@@ -293,6 +293,7 @@ describe("operations", function()
         mkv_volume_request_duration_seconds = "histogram", mkv_keys_locked = "gauge",
         mkv_index_batches_total = "counter", mkv_index_writes_total = "counter",
         mkv_index_syncs_total = "counter", mkv_index_failed_writes_total = "counter",
+        mkv_index_sync_seconds_total = "counter",
         mkv_index_writable = "gauge", mkv_leveldb_files = "gauge",
         mkv_leveldb_memory_bytes = "gauge", mkv_config_reloads_total = "counter",
       }
@@ -352,6 +353,7 @@ describe("operations", function()
                      "index writes +" .. delta(m1, m0, "mkv_index_writes_total"))
       assert.is_true(delta(m1, m0, "mkv_index_batches_total") >= 1)
       assert.is_true(delta(m1, m0, "mkv_index_syncs_total") >= 1)
+      assert.is_true(delta(m1, m0, "mkv_index_sync_seconds_total") > 0, "no time counted in the syncs")
       for _, v in ipairs({ v1, v2 }) do
         local lab = { volume = v.addr }
         local sent = delta(m1, m0, "mkv_volume_sent_bytes_total", lab)
