@@ -401,7 +401,7 @@ static void *writer_main(void *arg) {
       status = MKV_EINDEX;
     } else {
       char *err = NULL;
-      uint64_t t0 = sync ? mkv_now_ns() : 0;
+      uint64_t t0 = mkv_now_ns();
       leveldb_write(idx->db, sync ? idx->wopts_sync : idx->wopts_nosync, wb, &err);
       if (sync) idx->sync_ns += mkv_now_ns() - t0;
       if (err != NULL) {

@@ -202,7 +202,7 @@ function Cluster:restart(o)
 end
 
 function Cluster:health()
-  local addr = (H.read_file(self.db .. "/mkv.admin") or ""):match("[^\r\n]+")
+  local addr = H.admin_addr(self.db)
   if not addr then return nil, "no admin address" end
   local st, _, body = H.http("GET", "http://" .. addr .. "/health")
   return st, body

@@ -49,6 +49,12 @@ function H.read_file(path)
   return s
 end
 
+-- The running mkv's admin address ("host:port"), from the line it writes to <db>/mkv.admin;
+-- nil until that line is whole.
+function H.admin_addr(db)
+  return (H.read_file(db .. "/mkv.admin") or ""):match("^(%S+:%d+)\n$")
+end
+
 function H.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)

@@ -17,9 +17,7 @@ local enc = H.urlencode_path
 -- The admin listener's address, from <db>/mkv.admin. The API port accepts connections
 -- (the kernel's backlog) a moment before the file is written: wait for a whole line.
 local function admin_addr(db)
-  return H.eventually(function()
-    return (H.read_file(db .. "/mkv.admin") or ""):match("^(%S+:%d+)\n$")
-  end, 5, "<db>/mkv.admin")
+  return H.eventually(function() return H.admin_addr(db) end, 5, "<db>/mkv.admin")
 end
 
 local function scrape(admin)
