@@ -182,6 +182,21 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
       mkv_buf_addf(out, "\"} %llu\n", rd((const mkv_ctr_t *)((const char *)&volumes[i] + vc[k].off)));
     }
   }
+  help(out, "mkv_volume_connections", "gauge",
+       "Connections to a volume open now, by state: idle (kept alive in a worker's pool) or "
+       "busy (connecting, carrying a request, or finishing one).");
+  for (int i = 0; i < nv; i++) {
+    /* Two gauges read one after the other: clamp what a move in between could skew. */
+    long long open = MKV_MAX((long long)rd(&volumes[i].conns), 0);
+    long long idle = MKV_MIN(MKV_MAX((long long)rd(&volumes[i].idle_conns), 0), open);
+    static const char *const state[2] = {"idle", "busy"};
+    long long v[2] = {idle, open - idle};
+    for (int k = 0; k < 2; k++) {
+      mkv_buf_adds(out, "mkv_volume_connections{volume=\"");
+      add_label(out, volumes[i].host);
+      mkv_buf_addf(out, "\",state=\"%s\"} %lld\n", state[k], v[k]);
+    }
+  }
   help(out, "mkv_volume_request_duration_seconds", "histogram",
        "Time a volume took to answer a request (a PUT: its whole body), by volume.");
   for (int i = 0; i < nv; i++) {

@@ -379,16 +379,38 @@ static void on_conn_handle_closed(uv_handle_t *h) {
   maybe_free_upstream(up);
 }
 
+/* The volume's shared connection gauges (/metrics), when it has an entry. */
+static void gauge_add(pool_t *p, int idle, int delta) {
+  if (p->vm)
+    mkv_ctr_add_shared(idle ? &p->vm->idle_conns : &p->vm->conns,
+                       (unsigned long long)(long long)delta);
+}
+
+static void idle_push(upconn_t *c) {
+  pool_t *p = c->pool;
+  c->state = C_IDLE;
+  c->next_idle = p->idle;
+  p->idle = c;
+  p->nidle++;
+  gauge_add(p, 1, +1);
+}
+
+static void idle_unlink(pool_t *p, upconn_t **pp) {
+  upconn_t *c = *pp;
+  *pp = c->next_idle;
+  c->next_idle = NULL;
+  p->nidle--;
+  gauge_add(p, 1, -1);
+}
+
 static void idle_remove(upconn_t *c) {
   pool_t *p = c->pool;
   for (upconn_t **pp = &p->idle; *pp; pp = &(*pp)->next_idle) {
     if (*pp == c) {
-      *pp = c->next_idle;
-      p->nidle--;
-      break;
+      idle_unlink(p, pp);
+      return;
     }
   }
-  c->next_idle = NULL;
 }
 
 static void conn_close(upconn_t *c) {
@@ -398,6 +420,7 @@ static void conn_close(upconn_t *c) {
   else
     c->pool->nactive--;
   c->state = C_CLOSING;
+  gauge_add(c->pool, 0, -1); /* uv_close closes the socket now */
   free(c->held_head);
   c->held_head = NULL;
   uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
@@ -415,6 +438,7 @@ static upconn_t *conn_new(pool_t *p) {
   c->creq.data = c;
   p->nactive++;
   p->up->live++;
+  gauge_add(p, 0, +1);
   return c;
 }
 
@@ -463,10 +487,7 @@ static void conn_release(upconn_t *c) {
     c->reading = 1;
   }
   p->nactive--;
-  c->state = C_IDLE;
-  c->next_idle = p->idle;
-  p->idle = c;
-  p->nidle++;
+  idle_push(c);
   c->idle_since = uv_now(p->up->loop);
   arm_timer(c, IDLE_TIMEOUT_MS);
 }
@@ -868,8 +889,7 @@ static void dispatch(mkv_upreq_t *req, int fresh_only) {
   }
   while (!fresh_only && p->idle) {
     upconn_t *c = p->idle;
-    p->idle = c->next_idle;
-    p->nidle--;
+    idle_unlink(p, &p->idle);
     uv_timer_stop(&c->timer);
     /* Idle connections are read, so a volume's close is usually seen before reuse. The
      * race that is left costs a HEAD, GET or DELETE only a retry on a fresh connection

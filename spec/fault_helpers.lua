@@ -21,6 +21,7 @@
 -- test with all of them and the seed. spec/fault/verifier_spec.lua proves it can fail.
 local H = require "helpers"
 local A = require "api_support"
+local O = require "ops_helpers"
 local T = H.T
 
 local F = {}
@@ -206,6 +207,15 @@ function Cluster:health()
   if not addr then return nil, "no admin address" end
   local st, _, body = H.http("GET", "http://" .. addr .. "/health")
   return st, body
+end
+
+-- The admin listener's /metrics, parsed (ops_helpers.lua); nil, why when unreachable.
+function Cluster:metrics()
+  local addr = H.admin_addr(self.db)
+  if not addr then return nil, "no admin address" end
+  local st, _, body = H.http("GET", "http://" .. addr .. "/metrics")
+  if st ~= 200 then return nil, "/metrics answered " .. tostring(st) end
+  return O.parse(body)
 end
 
 -- Runs an mkv command (verify, rebuild ...) on the cluster's index: inside the running
@@ -523,35 +533,6 @@ local function check_reads(c, ledger, problems)
   rd:close()
 end
 
--- The open fds of a process, not counting its keep-alive connections to the volumes
--- (upstream pools: each worker keeps a bounded number per volume, and which worker serves
--- a request is up to the kernel, so their count is not a leak signal) nor LevelDB's files
--- in the index directory (its table cache opens tables lazily, bounded by
--- max_open_files). -> others, pooled
-function F.fd_census(pid, volume_ports, db)
-  local vp = {}
-  for _, p in ipairs(volume_ports) do vp[p] = true end
-  local remote = {} -- socket inode -> remote port
-  for line in (H.read_file("/proc/net/tcp") or ""):gmatch("[^\n]+") do
-    local rport, inode = line:match("^%s*%d+: %x+:%x+ %x+:(%x+) %x+ %x+:%x+ %x+:%x+ %x+%s+%d+%s+%d+%s+(%d+)")
-    if rport then remote[inode] = tonumber(rport, 16) end
-  end
-  local out = H.sh("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
-  local others, pooled = 0, 0
-  for line in out:gmatch("[^\n]+") do
-    local target = line:match(" %-> (.*)$")
-    if target then
-      local inode = target:match("^socket:%[(%d+)%]$")
-      if inode and vp[remote[inode]] then
-        pooled = pooled + 1
-      elseif not (db and target:sub(1, #db + 1) == db .. "/") then
-        others = others + 1
-      end
-    end
-  end
-  return others, pooled
-end
-
 -- The whole check after a restart. Returns problems (a list of strings); the ledger's
 -- states are narrowed to what was observed. V4: after the verification traffic (its
 -- connections closed), the server holds no more fds than before it (keep-alive
@@ -565,17 +546,17 @@ function F.verify(c, ledger, opts)
   local pid = c.pid or c.mkv.pid
   local ports = {}
   for _, v in ipairs(c.volumes) do ports[#ports + 1] = v.port end
-  local fd0, rss0 = F.fd_census(pid, ports, c.db), proc_rss_kb(pid)
+  local fd0, rss0 = H.fd_census(pid, ports, c.db), proc_rss_kb(pid)
   check_reads(c, ledger, problems)
   if not opts.skip_v2 then
     for _, p in ipairs(F.verify_replicas(c)) do problems[#problems + 1] = p end
   end
   if opts.skip_v4 then return problems end
   local ok = pcall(H.eventually, function()
-    return F.fd_census(pid, ports, c.db) <= fd0
+    return H.fd_census(pid, ports, c.db) <= fd0
   end, 3, "fds back")
   if not ok then
-    local others, pooled = F.fd_census(pid, ports, c.db)
+    local others, pooled = H.fd_census(pid, ports, c.db)
     problems[#problems + 1] = string.format(
       "V4 open fds of mkv (volume connections aside): %d before the verification, %d after (and %d to volumes)",
       fd0, others, pooled)

@@ -398,6 +398,38 @@ function H.statuses(raw)
   return out
 end
 
+-- The open fds of a process, not counting its keep-alive connections to the volumes
+-- (upstream pools: each worker keeps a bounded number per volume, and which worker serves
+-- a request is up to the kernel, so their count is not a leak signal; /metrics'
+-- mkv_volume_connections accounts for them) nor LevelDB's files in the index directory
+-- (its table cache opens tables lazily, bounded by max_open_files).
+-- -> others, pooled, { [volume port] = its sockets }
+function H.fd_census(pid, volume_ports, db)
+  local vp = {}
+  for _, p in ipairs(volume_ports) do vp[p] = true end
+  local remote = {} -- socket inode -> remote port (this network namespace's table)
+  for line in (H.read_file("/proc/net/tcp") or ""):gmatch("[^\n]+") do
+    local rport, inode = line:match("^%s*%d+: %x+:%x+ %x+:(%x+) %x+ %x+:%x+ %x+:%x+ %x+%s+%d+%s+%d+%s+(%d+)")
+    if rport then remote[inode] = tonumber(rport, 16) end
+  end
+  local out = H.sh("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+  local others, pooled, by_port = 0, 0, {}
+  for line in out:gmatch("[^\n]+") do
+    local target = line:match(" %-> (.*)$")
+    if target then
+      local inode = target:match("^socket:%[(%d+)%]$")
+      local port = inode and remote[inode]
+      if port and vp[port] then
+        pooled = pooled + 1
+        by_port[port] = (by_port[port] or 0) + 1
+      elseif not (db and target:sub(1, #db + 1) == db .. "/") then
+        others = others + 1
+      end
+    end
+  end
+  return others, pooled, by_port
+end
+
 function H.proc_status(pid, field)
   local s = H.read_file("/proc/" .. pid .. "/status") or ""
   return tonumber(s:match(field .. ":%s*(%d+)"))

@@ -1,6 +1,7 @@
--- spec/ops_helpers.lua: tools for spec/integration/ops_spec.lua -- a strict parser of
--- the Prometheus text format (0.0.4) that mkv's /metrics speaks, lookups and deltas of
--- its series, and a parser of the access log's lines (Common Log Format + seconds).
+-- spec/ops_helpers.lua: tools for spec/integration/ops_spec.lua and the fault cluster's
+-- Cluster:metrics -- a strict parser of the Prometheus text format (0.0.4) that mkv's
+-- /metrics speaks, lookups and deltas of its series, and a parser of the access log's
+-- lines (Common Log Format + seconds).
 local O = {}
 
 -- ---- Prometheus text format ----

@@ -38,6 +38,9 @@ typedef struct mkv_vol_metrics_s {
   char host[256];
   mkv_ctr_t requests, errors, timeouts, bytes_sent, bytes_received;
   mkv_hist_t latency;
+  /* Gauges, moved by +1 and -1 (modulo 2^64) with shared adds: connections open (from
+   * the first connect to the close, so one fd each) and, of those, idle in a pool. */
+  mkv_ctr_t conns, idle_conns;
 } mkv_vol_metrics_t;
 
 /* Single-writer add (the owning thread only). */

@@ -288,7 +288,8 @@ describe("operations", function()
         mkv_policy_errors_total = "counter", mkv_volume_requests_total = "counter",
         mkv_volume_errors_total = "counter", mkv_volume_timeouts_total = "counter",
         mkv_volume_sent_bytes_total = "counter", mkv_volume_received_bytes_total = "counter",
-        mkv_volume_request_duration_seconds = "histogram", mkv_keys_locked = "gauge",
+        mkv_volume_request_duration_seconds = "histogram", mkv_volume_connections = "gauge",
+        mkv_keys_locked = "gauge",
         mkv_index_batches_total = "counter", mkv_index_writes_total = "counter",
         mkv_index_syncs_total = "counter", mkv_index_failed_writes_total = "counter",
         mkv_index_sync_seconds_total = "counter",
@@ -419,6 +420,65 @@ describe("operations", function()
       assert.equal(0, O.get(m2, "mkv_keys_locked"))
       local m3 = scrape(admin)
       assert.equal(O.sum(m2, "mkv_requests_total"), O.sum(m3, "mkv_requests_total"))
+    end)
+
+    it("counts the connections to each volume, busy during an upload, idle after; each one a socket", function()
+      local vs = { v1, v2 }
+      local function conns(x, v, state)
+        return O.get(x, "mkv_volume_connections", { volume = v.addr, state = state })
+      end
+      local function show(x)
+        local t = {}
+        for _, v in ipairs(vs) do
+          t[#t + 1] = string.format("%s busy %d idle %d", v.addr, conns(x, v, "busy"), conns(x, v, "idle"))
+        end
+        return table.concat(t, "; ")
+      end
+      -- Every connection the gauges count is one socket of mkv's to that volume.
+      local function sockets_match()
+        H.eventually(function()
+          local x = scrape(admin)
+          local _, _, by_port = H.fd_census(m.pid, { v1.port, v2.port })
+          for _, v in ipairs(vs) do
+            local open = conns(x, v, "busy") + conns(x, v, "idle")
+            if (by_port[v.port] or 0) ~= open then
+              return false, string.format("%s: %d sockets; %s", v.addr, by_port[v.port] or 0, show(x))
+            end
+          end
+          return true
+        end, 5, "one socket per counted connection")
+      end
+      -- A PUT whose client pauses halfway through its body: an upload open to both volumes.
+      local fd = assert(T.connect(m.port))
+      T.send(fd, "PUT /met/conns HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" .. ("a"):rep(1000))
+      metrics_until(admin, function(x)
+        return conns(x, v1, "busy") == 1 and conns(x, v2, "busy") == 1, show(x)
+      end, "one busy connection to each volume")
+      sockets_match()
+      T.send(fd, ("b"):rep(1000))
+      local resp = T.recv(fd, 5) or ""
+      T.close(fd)
+      assert.truthy(resp:match("^HTTP/1%.1 201"), resp)
+      -- Done: the uploads' connections are kept alive, idle in the pools.
+      metrics_until(admin, function(x)
+        return conns(x, v1, "busy") == 0 and conns(x, v2, "busy") == 0 and
+          conns(x, v1, "idle") >= 1 and conns(x, v2, "idle") >= 1, show(x)
+      end, "no busy connection, some idle to each volume")
+      sockets_match()
+      -- A client that leaves mid-body: mkv abandons the half-sent uploads, so it closes
+      -- those connections (they are not reusable), and the gauges drop them.
+      local m0 = scrape(admin)
+      fd = assert(T.connect(m.port))
+      T.send(fd, "PUT /met/conns2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" .. ("a"):rep(1000))
+      metrics_until(admin, function(x)
+        return conns(x, v1, "busy") == 1 and conns(x, v2, "busy") == 1, show(x)
+      end, "the second upload busy on both volumes")
+      T.close(fd)
+      metrics_until(admin, function(x)
+        return conns(x, v1, "busy") == 0 and conns(x, v2, "busy") == 0 and
+          req_count(x, "PUT", 499) == req_count(m0, "PUT", 499) + 1, show(x)
+      end, "the abandoned uploads closed")
+      sockets_match()
     end)
 
     describe("with a volume down", function()
