@@ -39,15 +39,19 @@ end
 
 local raw = H.raw_parts
 
--- mkv's fds and RSS, and checks that they come back near a baseline.
-local function usage(pid)
-  return { fds = T.fd_count(pid), rss = H.proc_status(pid, "VmRSS") }
+-- mkv's fds (its keep-alive connections to the volumes and LevelDB's files aside: how
+-- many the pools keep depends on which worker served what, see H.fd_census) and RSS,
+-- and checks that they come back to a baseline.
+local function usage(c)
+  local ports = {}
+  for i, v in ipairs(c.volumes) do ports[i] = v.port end
+  return { fds = (H.fd_census(c.pid, ports, c.db)), rss = H.proc_status(c.pid, "VmRSS") }
 end
 
-local function eventually_back(pid, base, rss_slack_kb, what)
+local function eventually_back(c, base, rss_slack_kb, what)
   H.eventually(function()
-    local u = usage(pid)
-    return u.fds <= base.fds + 4 and u.rss <= base.rss + rss_slack_kb,
+    local u = usage(c)
+    return u.fds <= base.fds and u.rss <= base.rss + rss_slack_kb,
       string.format("fds %d (baseline %d), VmRSS %d kB (baseline %d kB)", u.fds, base.fds, u.rss, base.rss)
   end, 15, what or "mkv's fds and RSS back at the baseline")
 end
@@ -75,14 +79,14 @@ local function abuse_cluster(opts, seed)
   end
   for _ = 1, 8 do timed_get(c.url .. first) end
   H.sleep(0.3)
-  return c, ledger, usage(c.pid)
+  return c, ledger, usage(c)
 end
 
 -- How every test here ends: restart, verify, and a fresh baseline.
 local function verified(c, ledger, name)
   F.restart_and_verify(c, ledger, "abuse/" .. name)
   H.sleep(0.3)
-  return usage(c.pid)
+  return usage(c)
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -128,7 +132,7 @@ describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", 
     assert.truthy(plain:find("Exit status:%s*No open connections left"), "slowhttptest's exit:\n" .. plain)
     local ended = tonumber(plain:match("Test ended on (%d+)")) or 99
     assert(ended <= 6, "slowhttptest ended on second " .. ended .. ": connections lived too long")
-    eventually_back(c.pid, base, 16 * 1024)
+    eventually_back(c, base, 16 * 1024)
     base = verified(c, ledger, "slowloris")
   end)
 
@@ -143,7 +147,7 @@ describe("slow clients with slowhttptest (header_timeout 2s, body_timeout 2s)", 
       local st = ledger:send(c, "PUT", "/slow", "complete")
       return st == 201, st
     end, 10, "a PUT of /slow after the attack")
-    eventually_back(c.pid, base, 16 * 1024)
+    eventually_back(c, base, 16 * 1024)
     base = verified(c, ledger, "slow-bodies")
   end)
 
@@ -213,7 +217,7 @@ describe("many idle connections", function()
         local busy = 0
         for _ = 1, 5 do busy = math.max(busy, timed_get(c.url .. "/live")) end
         assert.equal(201, (ledger:send(c, "PUT", "/during" .. round, "x")))
-        local u = usage(c.pid)
+        local u = usage(c)
         print(string.format("\n# round %d: %d connections opened in %.2fs; mkv %d fds, VmRSS %d kB " ..
           "(baseline %d fds, %d kB); GET slowest %.3fs (%.3fs before)", round, IDLE_CONNS, took,
           u.fds, u.rss, base.fds, base.rss, busy, quiet))
@@ -223,8 +227,8 @@ describe("many idle connections", function()
       for i = 1, #fds do T.close(fds[i]) end
       if not ok then error(err, 0) end
       H.eventually(function()
-        local n = T.fd_count(c.pid)
-        return n <= base.fds + 4, "fd count " .. tostring(n) .. ", baseline " .. base.fds
+        local n = usage(c).fds
+        return n <= base.fds, "fd count " .. tostring(n) .. ", baseline " .. base.fds
       end, 20, "the fd count back at the baseline")
       H.sleep(0.5)
       rss_after[round] = H.proc_status(c.pid, "VmRSS")
@@ -282,7 +286,7 @@ describe("at the connection limit and out of fds", function()
     end)
     for i = 1, #fds do T.close(fds[i]) end
     if not ok then error(err, 0) end
-    eventually_back(c.pid, base, 16 * 1024)
+    eventually_back(c, base, 16 * 1024)
     assert.equal(302, timed_get(c.url .. "/live") and 302)
     assert.is_true(c.mkv:alive())
     verified(c, ledger, "max-connections")
@@ -294,7 +298,7 @@ describe("at the connection limit and out of fds", function()
     local port, url = c.port, c.url
     local ledger = F.ledger(c.logdir .. "/ledger")
     assert.equal(201, (ledger:send(c, "PUT", "/live", "here")))
-    local base = usage(m.pid)
+    local base = usage(c)
     local fds, closed = open_and_count_closed(port, 600, 1.5)
     local ok, err = pcall(function()
       print(string.format("\n# 600 connections to mkv with 256 fds: %d closed by mkv; mkv holds %d fds",
@@ -305,7 +309,7 @@ describe("at the connection limit and out of fds", function()
     end)
     for i = 1, #fds do T.close(fds[i]) end
     if not ok then error(err, 0) end
-    eventually_back(m.pid, base, 16 * 1024)
+    eventually_back(c, base, 16 * 1024)
     -- Service resumes: a PUT (upstream sockets and a file) and a GET.
     H.eventually(function()
       return ledger:send(c, "PUT", "/after", "after") == 201
@@ -474,7 +478,7 @@ describe("smuggling shapes and odd keys (n=2, replicas=2, -fallback)", function(
     local st, _, body = H.http("GET", c.url .. "/after", { follow = true })
     assert.equal(200, st)
     assert.equal("after", body)
-    eventually_back(c.pid, base, 16 * 1024)
+    eventually_back(c, base, 16 * 1024)
     verified(c, ledger, "afterwards")
   end)
 end)
