@@ -319,6 +319,76 @@ fig { id = "get302", what = "GET of an existing key (302 after one HEAD), req/s"
     return a, b
   end }
 
+-- The same 4-hop path (client -> index -> HEAD to a volume -> 302) served by nginx
+-- itself: auth_request sends each GET's HEAD to a volume over keep-alive connections
+-- (round robin over the three, as mkv spreads its probes over the replicas), then the
+-- static handler's 404 becomes a 302 by error_page. It shows what the machine allows
+-- for this path with the reference server in mkv's place.
+local nginx_index
+local PROBE = "/bench-probe/3a/d3/cHJvYmU="
+local function ensure_nginx_index()
+  if nginx_index then return nginx_index end
+  for _, v in ipairs(vols) do
+    local st = H.http("PUT", "http://" .. v.addr .. PROBE, { body = string.rep("p", 1024) })
+    assert(st == 201 or st == 204, "PUT " .. PROBE .. " to " .. v.addr .. ": " .. tostring(st))
+  end
+  local state = H.tmpdir("nginx-index")
+  local port = H.free_port()
+  local conf = table.concat({
+    (H.T.getuid() == 0) and "user root;" or "",
+    "daemon off;", "worker_processes auto;", "pid " .. state .. "/nginx.pid;",
+    "error_log stderr warn;", "events { worker_connections 4096; }",
+    "http {",
+    "  access_log off;",
+    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
+    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
+    "  scgi_temp_path " .. state .. "/s;",
+    "  upstream vols { server " .. addrs[1] .. "; server " .. addrs[2] .. "; server " .. addrs[3] ..
+      "; keepalive 64; }",
+    "  server {",
+    "    listen 127.0.0.1:" .. port .. ";",
+    "    location / {",
+    "      auth_request /probe;",
+    "      root " .. state .. "/empty;",
+    "      error_page 404 " .. v1 .. PROBE .. ";",
+    "    }",
+    "    location = /probe {",
+    "      internal;",
+    "      proxy_pass http://vols" .. PROBE .. ";",
+    "      proxy_method HEAD;",
+    "      proxy_pass_request_body off;",
+    '      proxy_set_header Content-Length "";',
+    "      proxy_http_version 1.1;",
+    '      proxy_set_header Connection "";',
+    "    }",
+    "  }",
+    "}",
+  }, "\n")
+  H.write_file(state .. "/nginx.conf", conf)
+  local p = H.spawn("nginx-index", { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
+  H.eventually(function()
+    if not p:alive() then error("nginx as the index exited: " .. p:log(), 0) end
+    return H.port_open(port)
+  end, 10, "nginx as the index")
+  nginx_index = "http://127.0.0.1:" .. port .. "/k"
+  local st = H.http("GET", nginx_index)
+  assert(st == 302, "nginx as the index answered " .. tostring(st) .. ": " .. p:log())
+  return nginx_index
+end
+
+fig { id = "get302_nginx", what = "GET 302: mkv against nginx doing the same, req/s",
+  ref = "nginx as the index: a keep-alive HEAD to a volume (auth_request), then a 302",
+  target = "report", unit = "req/s", better = "higher",
+  run = function()
+    ensure_small_keys()
+    local url = ensure_nginx_index()
+    local a = wrk(m.url .. small_keys[1])
+    local b = wrk(url)
+    local c = wrk(v1 .. "/missing", nil, nil, "any")
+    return a, b, string.format("against the nginx 404 figure: mkv %.2fx, nginx doing the same %.2fx",
+      a / c, b / c)
+  end }
+
 -- Two references for the 1 KB PUT. nginx's own work differs with the path: a PUT into
 -- a directory that does not exist yet costs nginx a failed rename and a mkdir per level
 -- (create_full_put_path), about twice a PUT into one flat directory. mkv's layout (the Go
