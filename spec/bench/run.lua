@@ -319,6 +319,38 @@ fig { id = "get302", what = "GET of an existing key (302 after one HEAD), req/s"
     return a, b
   end }
 
+-- An nginx of our own (worker_processes auto, as the volumes and mkv's workers), with
+-- `http_lines` in its http block and `lines` in its one server. -> base URL, process
+local function start_nginx(name, http_lines, lines)
+  local state = H.tmpdir(name)
+  local port = H.free_port()
+  local conf = {
+    (H.T.getuid() == 0) and "user root;" or "",
+    "daemon off;", "worker_processes auto;", "pid " .. state .. "/nginx.pid;",
+    "error_log stderr warn;", "events { worker_connections 4096; }",
+    "http {",
+    "  access_log off;",
+    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
+    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
+    "  scgi_temp_path " .. state .. "/s;",
+    "  proxy_http_version 1.1;",
+    '  proxy_set_header Connection "";',
+  }
+  for _, l in ipairs(http_lines) do conf[#conf + 1] = "  " .. l end
+  conf[#conf + 1] = "  server {"
+  conf[#conf + 1] = "    listen 127.0.0.1:" .. port .. ";"
+  conf[#conf + 1] = "    client_max_body_size 0;"
+  for _, l in ipairs(lines) do conf[#conf + 1] = "    " .. l end
+  conf[#conf + 1] = "  }\n}"
+  H.write_file(state .. "/nginx.conf", table.concat(conf, "\n"))
+  local p = H.spawn(name, { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
+  H.eventually(function()
+    if not p:alive() then error(name .. " exited: " .. p:log(), 0) end
+    return H.port_open(port)
+  end, 10, name)
+  return "http://127.0.0.1:" .. port, p
+end
+
 -- The same 4-hop path (client -> index -> HEAD to a volume -> 302) served by nginx
 -- itself: auth_request sends each GET's HEAD to a volume over keep-alive connections
 -- (round robin over the three, as mkv spreads its probes over the replicas), then the
@@ -332,45 +364,26 @@ local function ensure_nginx_index()
     local st = H.http("PUT", "http://" .. v.addr .. PROBE, { body = string.rep("p", 1024) })
     assert(st == 201 or st == 204, "PUT " .. PROBE .. " to " .. v.addr .. ": " .. tostring(st))
   end
-  local state = H.tmpdir("nginx-index")
-  local port = H.free_port()
-  local conf = table.concat({
-    (H.T.getuid() == 0) and "user root;" or "",
-    "daemon off;", "worker_processes auto;", "pid " .. state .. "/nginx.pid;",
-    "error_log stderr warn;", "events { worker_connections 4096; }",
-    "http {",
-    "  access_log off;",
-    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
-    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
-    "  scgi_temp_path " .. state .. "/s;",
-    "  upstream vols { server " .. addrs[1] .. "; server " .. addrs[2] .. "; server " .. addrs[3] ..
-      "; keepalive 64; }",
-    "  server {",
-    "    listen 127.0.0.1:" .. port .. ";",
-    "    location / {",
-    "      auth_request /probe;",
-    "      root " .. state .. "/empty;",
-    "      error_page 404 " .. v1 .. PROBE .. ";",
-    "    }",
-    "    location = /probe {",
-    "      internal;",
-    "      proxy_pass http://vols" .. PROBE .. ";",
-    "      proxy_method HEAD;",
-    "      proxy_pass_request_body off;",
-    '      proxy_set_header Content-Length "";',
-    "      proxy_http_version 1.1;",
-    '      proxy_set_header Connection "";',
-    "    }",
-    "  }",
+  local empty = H.tmpdir("nginx-index-root")
+  local url, p = start_nginx("nginx-index", {
+    "upstream bench_vols { server " .. table.concat(addrs, "; server ") .. "; keepalive 64; }",
+  }, {
+    "location / {",
+    "  auth_request /probe;",
+    "  root " .. empty .. ";",
+    "  error_page 404 " .. v1 .. PROBE .. ";",
     "}",
-  }, "\n")
-  H.write_file(state .. "/nginx.conf", conf)
-  local p = H.spawn("nginx-index", { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
-  H.eventually(function()
-    if not p:alive() then error("nginx as the index exited: " .. p:log(), 0) end
-    return H.port_open(port)
-  end, 10, "nginx as the index")
-  nginx_index = "http://127.0.0.1:" .. port .. "/k"
+    "location = /probe {",
+    "  internal;",
+    "  proxy_pass http://bench_vols" .. PROBE .. ";",
+    "  proxy_method HEAD;",
+    "  proxy_pass_request_body off;",
+    -- proxy_set_header here replaces the http block's: Connection "" again (keep-alive)
+    '  proxy_set_header Content-Length "";',
+    '  proxy_set_header Connection "";',
+    "}",
+  })
+  nginx_index = url .. "/k"
   local st = H.http("GET", nginx_index)
   assert(st == 302, "nginx as the index answered " .. tostring(st) .. ": " .. p:log())
   return nginx_index
@@ -413,6 +426,40 @@ fig { id = "put1k_flat", what = "PUT of new 1 KB keys, replicas 3, req/s",
     local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
     local b = wrk(v1, scripts .. "/put.lua", { "/direct-putflat" .. put_round .. "/k" })
     return a, b / 3
+  end }
+
+-- The 1 KB PUT's fan-out done by nginx itself: each PUT proxied to one volume and
+-- mirrored to the two others, over keep-alive connections, into mkv-shaped dirs. The
+-- client's answer is the first volume's and the mirrors' answers are ignored; there is
+-- no index, no MD5 and no all-replicas check: less work than mkv does, on the same path.
+local nginx_mirror
+local function ensure_nginx_mirror()
+  if nginx_mirror then return nginx_mirror end
+  local ups = {}
+  for i, a in ipairs(addrs) do ups[i] = "upstream bench_v" .. i .. " { server " .. a .. "; keepalive 64; }" end
+  nginx_mirror = start_nginx("nginx-mirror", ups, {
+    "location / { mirror /bench-m2; mirror /bench-m3; proxy_pass http://bench_v1; }",
+    "location = /bench-m2 { internal; proxy_pass http://bench_v2$request_uri; }",
+    "location = /bench-m3 { internal; proxy_pass http://bench_v3$request_uri; }",
+  })
+  local st = H.http("PUT", nginx_mirror .. "/bench-mirror-check/ab/cd/k", { body = "x" })
+  assert(st == 201, "nginx mirroring PUTs answered " .. tostring(st))
+  for i = 1, 3 do
+    assert(A.exists(base .. "/v" .. i .. "/bench-mirror-check/ab/cd/k"), "no mirrored copy on volume " .. i)
+  end
+  return nginx_mirror
+end
+
+fig { id = "put1k_nginx", what = "PUT 1 KB x3: mkv against nginx's own fan-out, req/s",
+  ref = "nginx proxying each PUT to a volume and mirroring it to the two others", target = "report",
+  unit = "req/s", better = "higher",
+  run = function()
+    put_round = put_round + 1
+    local url = ensure_nginx_mirror()
+    local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
+    local b = wrk(url, scripts .. "/put_shaped.lua", { "/mirror-put" .. put_round .. "/" })
+    local c = wrk(v1, scripts .. "/put_shaped.lua", { "/direct-putm" .. put_round .. "/" })
+    return a, b, string.format("against direct PUTs / 3: mkv %.2fx, nginx's fan-out %.2fx", a / (c / 3), b / (c / 3))
   end }
 
 -- CPU per request, for the two figures whose targets may be past this machine. The
