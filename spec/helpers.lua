@@ -180,6 +180,42 @@ function H.start_volume(opts)
   return p
 end
 
+-- An nginx of a test's own (not a volume), in the foreground on 127.0.0.1:<port>:
+-- opts.http (lines of the http block), opts.server (lines of its one server block),
+-- opts.workers (worker_processes, default 1), opts.port. -> the process, with .port,
+-- .addr and .url
+function H.start_nginx(name, opts)
+  local state = H.tmpdir(name)
+  local port = opts.port or H.free_port()
+  local conf = {
+    (T.getuid() == 0) and "user root;" or "",
+    "daemon off;",
+    "worker_processes " .. tostring(opts.workers or 1) .. ";",
+    "pid " .. state .. "/nginx.pid;",
+    "error_log stderr warn;",
+    "events { worker_connections 4096; }",
+    "http {",
+    "  access_log off;",
+    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
+    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
+    "  scgi_temp_path " .. state .. "/s;",
+  }
+  for _, l in ipairs(opts.http or {}) do conf[#conf + 1] = "  " .. l end
+  conf[#conf + 1] = "  server {"
+  conf[#conf + 1] = "    listen 127.0.0.1:" .. port .. ";"
+  for _, l in ipairs(opts.server or {}) do conf[#conf + 1] = "    " .. l end
+  conf[#conf + 1] = "  }"
+  conf[#conf + 1] = "}"
+  H.write_file(state .. "/nginx.conf", table.concat(conf, "\n"))
+  local p = spawn(name, { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
+  p.port, p.addr, p.url = port, "127.0.0.1:" .. port, "http://127.0.0.1:" .. port
+  H.eventually(function()
+    if not p:alive() then error(name .. " exited: " .. p:log(), 0) end
+    return port_open(port)
+  end, 10, name .. " on port " .. port)
+  return p
+end
+
 -- The mkv server: opts.flags (list of argv words before the command), opts.config (a
 -- Lua source string written to a file), opts.args (extra words after "server").
 function H.start_mkv(opts)

@@ -118,35 +118,13 @@ end
 -- A volume that answers HEAD from root's files but closes the connection on every GET
 -- without a word (nginx's 444): to mkv's probe it is healthy, to a reader it is broken.
 function P.start_flaky_volume(port, root)
-  local state = H.tmpdir("flaky")
-  local conf = table.concat({
-    (T.getuid() == 0) and "user root;" or "",
-    "daemon off;",
-    "worker_processes 1;",
-    "pid " .. state .. "/nginx.pid;",
-    "error_log stderr warn;",
-    "events { worker_connections 256; }",
-    "http {",
-    "  access_log off;",
-    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
-    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
-    "  scgi_temp_path " .. state .. "/s;",
-    "  server {",
-    "    listen 127.0.0.1:" .. port .. ";",
-    "    location / {",
-    "      root " .. root .. ";",
-    "      if ($request_method = GET) { return 444; }",
-    "    }",
-    "  }",
+  local p = H.start_nginx("flaky-" .. port, { port = port, server = {
+    "location / {",
+    "  root " .. root .. ";",
+    "  if ($request_method = GET) { return 444; }",
     "}",
-  }, "\n")
-  H.write_file(state .. "/nginx.conf", conf)
-  local p = H.spawn("flaky-" .. port, { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
-  p.port, p.addr, p.root = port, "127.0.0.1:" .. port, root
-  H.eventually(function()
-    if not p:alive() then error("flaky nginx exited: " .. p:log()) end
-    return H.port_open(port)
-  end, 10, "flaky volume on " .. port)
+  } })
+  p.root = root
   return p
 end
 

@@ -322,33 +322,12 @@ fig { id = "get302", what = "GET of an existing key (302 after one HEAD), req/s"
 -- An nginx of our own (worker_processes auto, as the volumes and mkv's workers), with
 -- `http_lines` in its http block and `lines` in its one server. -> base URL, process
 local function start_nginx(name, http_lines, lines)
-  local state = H.tmpdir(name)
-  local port = H.free_port()
-  local conf = {
-    (H.T.getuid() == 0) and "user root;" or "",
-    "daemon off;", "worker_processes auto;", "pid " .. state .. "/nginx.pid;",
-    "error_log stderr warn;", "events { worker_connections 4096; }",
-    "http {",
-    "  access_log off;",
-    "  client_body_temp_path " .. state .. "/b; proxy_temp_path " .. state .. "/p;",
-    "  fastcgi_temp_path " .. state .. "/f; uwsgi_temp_path " .. state .. "/u;",
-    "  scgi_temp_path " .. state .. "/s;",
-    "  proxy_http_version 1.1;",
-    '  proxy_set_header Connection "";',
-  }
-  for _, l in ipairs(http_lines) do conf[#conf + 1] = "  " .. l end
-  conf[#conf + 1] = "  server {"
-  conf[#conf + 1] = "    listen 127.0.0.1:" .. port .. ";"
-  conf[#conf + 1] = "    client_max_body_size 0;"
-  for _, l in ipairs(lines) do conf[#conf + 1] = "    " .. l end
-  conf[#conf + 1] = "  }\n}"
-  H.write_file(state .. "/nginx.conf", table.concat(conf, "\n"))
-  local p = H.spawn(name, { "nginx", "-p", state, "-e", "stderr", "-c", state .. "/nginx.conf" })
-  H.eventually(function()
-    if not p:alive() then error(name .. " exited: " .. p:log(), 0) end
-    return H.port_open(port)
-  end, 10, name)
-  return "http://127.0.0.1:" .. port, p
+  local http = { "proxy_http_version 1.1;", 'proxy_set_header Connection "";' }
+  for _, l in ipairs(http_lines) do http[#http + 1] = l end
+  local server = { "client_max_body_size 0;" }
+  for _, l in ipairs(lines) do server[#server + 1] = l end
+  local p = H.start_nginx(name, { workers = "auto", http = http, server = server })
+  return p.url, p
 end
 
 -- The same 4-hop path (client -> index -> HEAD to a volume -> 302) served by nginx
