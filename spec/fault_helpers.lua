@@ -544,19 +544,17 @@ function F.verify(c, ledger, opts)
   local problems = {}
   for _, a in ipairs(ledger.anomalies) do problems[#problems + 1] = "history " .. a end
   local pid = c.pid or c.mkv.pid
-  local ports = {}
-  for _, v in ipairs(c.volumes) do ports[#ports + 1] = v.port end
-  local fd0, rss0 = H.fd_census(pid, ports, c.db), proc_rss_kb(pid)
+  local fd0, rss0 = H.fd_census(pid, c.volumes, c.db), proc_rss_kb(pid)
   check_reads(c, ledger, problems)
   if not opts.skip_v2 then
     for _, p in ipairs(F.verify_replicas(c)) do problems[#problems + 1] = p end
   end
   if opts.skip_v4 then return problems end
   local ok = pcall(H.eventually, function()
-    return H.fd_census(pid, ports, c.db) <= fd0
+    return H.fd_census(pid, c.volumes, c.db) <= fd0
   end, 3, "fds back")
   if not ok then
-    local others, pooled = H.fd_census(pid, ports, c.db)
+    local others, pooled = H.fd_census(pid, c.volumes, c.db)
     problems[#problems + 1] = string.format(
       "V4 open fds of mkv (volume connections aside): %d before the verification, %d after (and %d to volumes)",
       fd0, others, pooled)

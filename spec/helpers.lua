@@ -439,10 +439,11 @@ end
 -- a request is up to the kernel, so their count is not a leak signal; /metrics'
 -- mkv_volume_connections accounts for them) nor LevelDB's files in the index directory
 -- (its table cache opens tables lazily, bounded by max_open_files).
+-- volumes: the started volumes (anything with a .port).
 -- -> others, pooled, { [volume port] = its sockets }
-function H.fd_census(pid, volume_ports, db)
+function H.fd_census(pid, volumes, db)
   local vp = {}
-  for _, p in ipairs(volume_ports) do vp[p] = true end
+  for _, v in ipairs(volumes) do vp[v.port] = true end
   local remote = {} -- socket inode -> remote port (this network namespace's table)
   for line in (H.read_file("/proc/net/tcp") or ""):gmatch("[^\n]+") do
     local rport, inode = line:match("^%s*%d+: %x+:%x+ %x+:(%x+) %x+ %x+:%x+ %x+:%x+ %x+%s+%d+%s+%d+%s+(%d+)")

@@ -43,9 +43,7 @@ local raw = H.raw_parts
 -- many the pools keep depends on which worker served what, see H.fd_census) and RSS,
 -- and checks that they come back to a baseline.
 local function usage(c)
-  local ports = {}
-  for i, v in ipairs(c.volumes) do ports[i] = v.port end
-  return { fds = (H.fd_census(c.pid, ports, c.db)), rss = H.proc_status(c.pid, "VmRSS") }
+  return { fds = (H.fd_census(c.pid, c.volumes, c.db)), rss = H.proc_status(c.pid, "VmRSS") }
 end
 
 local function eventually_back(c, base, rss_slack_kb, what)

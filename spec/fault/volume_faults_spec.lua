@@ -38,18 +38,12 @@ describe("volume faults in a private network namespace (n=3, replicas=3)", funct
 
   local function hwm() return H.proc_status(c.pid, "VmHWM") end
 
-  local function volume_ports()
-    local ports = {}
-    for i, v in ipairs(vols) do ports[i] = v.port end
-    return ports
-  end
-
   -- Warm the pools, let the connections settle, take the fd baseline (again after
   -- every restart): fds other than the connections to volumes and LevelDB's files.
   local function take_baseline()
     for _ = 1, 8 do assert.equal(302, (H.http("GET", url .. readkeys[1]))) end
     H.sleep(0.3)
-    baseline_fds = H.fd_census(c.pid, volume_ports(), c.db)
+    baseline_fds = H.fd_census(c.pid, vols, c.db)
   end
 
   -- How each test ends.
@@ -145,7 +139,7 @@ describe("volume faults in a private network namespace (n=3, replicas=3)", funct
       if not m then return false, why end
       local busy = O.sum(m, "mkv_volume_connections", { state = "busy" })
       local open = O.sum(m, "mkv_volume_connections")
-      local others, sockets = H.fd_census(c.pid, volume_ports(), c.db)
+      local others, sockets = H.fd_census(c.pid, vols, c.db)
       return busy == 0 and sockets == open and others <= baseline_fds, string.format(
         "%d busy and %d idle connections to volumes by /metrics, %d sockets to them, " ..
         "%d other fds (baseline %d)", busy, open - busy, sockets, others, baseline_fds)

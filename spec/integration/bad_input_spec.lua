@@ -124,9 +124,7 @@ describe("bad input and abuse (n=3, replicas=2)", function()
   -- mkv's fds other than its keep-alive connections to the volumes and LevelDB's files:
   -- how many the pools keep depends on which worker served what (H.fd_census).
   local function other_fds()
-    local ports = {}
-    for i, v in ipairs(c.volumes) do ports[i] = v.port end
-    return (H.fd_census(pid, ports, c.db))
+    return (H.fd_census(pid, c.volumes, c.db))
   end
 
   local function status_of(method, path, opts)

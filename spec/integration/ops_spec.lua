@@ -438,7 +438,7 @@ describe("operations", function()
       local function sockets_match()
         H.eventually(function()
           local x = scrape(admin)
-          local _, _, by_port = H.fd_census(m.pid, { v1.port, v2.port })
+          local _, _, by_port = H.fd_census(m.pid, vs)
           for _, v in ipairs(vs) do
             local open = conns(x, v, "busy") + conns(x, v, "idle")
             if (by_port[v.port] or 0) ~= open then
