@@ -1,0 +1,288 @@
+/* relay: the floor of a replicating PUT, for the benchmark suite. It does only what any
+ * index server must do with a PUT's bytes, and nothing else: read the body once, MD5 it
+ * (unless -n), write it to every volume, and answer 201 when every volume answered 2xx.
+ * No index, no placement policy, no key lock, no timeouts, no error recovery: a thread
+ * per client connection with blocking I/O and one keep-alive connection per volume.
+ *
+ *   relay [-n] -l PORT HOST:PORT...
+ *
+ * A request for key K (the path, "/" included) goes to /xx/yy/B on every volume: xx and
+ * yy the first two bytes of MD5(K) in hex, B the base64 of K, as mkv (and the Go
+ * original) lay a key out with subvolumes 1, so both write the same files. Only
+ * PUT with a Content-Length is served; anything else closes the connection. The bench
+ * compares mkv with it on the same volumes, a moment apart: mkv's cost above this floor
+ * is its own, and the floor's ratio to the direct references is what the machine
+ * allows an index server on that path. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define MAXVOL 8
+#define CHUNK (64 * 1024)
+#define HEADMAX 8192
+
+typedef struct {
+  char host[64];
+  struct sockaddr_in addr;
+} volume_t;
+
+static volume_t vols[MAXVOL];
+static int nvols;
+static int do_md5 = 1;
+
+/* A connection with a little read-ahead: the bytes after a head are the body's. */
+typedef struct {
+  int fd;
+  char buf[HEADMAX];
+  size_t len;
+} conn_t;
+
+static int write_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n > 0) {
+    ssize_t w = write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    c += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int writev_all(int fd, struct iovec *iov, int n) {
+  while (n > 0) {
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    while (n > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+/* Reads until a whole head is in c->buf; returns its length (through "\r\n\r\n"), or -1
+ * (closed, error, head too large). */
+static long read_head(conn_t *c) {
+  for (;;) {
+    char *e = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+    if (e) return e + 4 - c->buf;
+    if (c->len == sizeof c->buf) return -1;
+    ssize_t r = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    c->len += (size_t)r;
+  }
+}
+
+static void consume(conn_t *c, size_t n) {
+  memmove(c->buf, c->buf + n, c->len - n);
+  c->len -= n;
+}
+
+/* The value of header `name` in head [p, p+n), as a number; -1 if absent. */
+static long long header_num(const char *p, size_t n, const char *name) {
+  size_t nl = strlen(name);
+  const char *end = p + n;
+  for (const char *l = p; l < end;) {
+    const char *eol = memmem(l, (size_t)(end - l), "\r\n", 2);
+    if (!eol) break;
+    if ((size_t)(eol - l) > nl + 1 && strncasecmp(l, name, nl) == 0 && l[nl] == ':')
+      return strtoll(l + nl + 1, NULL, 10);
+    l = eol + 2;
+  }
+  return -1;
+}
+
+static int connect_volume(const volume_t *v) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, (const struct sockaddr *)&v->addr, sizeof v->addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Reads one answer from a volume: its status, with any body skipped. -1: broken. */
+static int read_answer(conn_t *c) {
+  long h = read_head(c);
+  if (h < 12) return -1;
+  int status = atoi(c->buf + 9);
+  long long cl = header_num(c->buf, (size_t)h, "Content-Length");
+  consume(c, (size_t)h);
+  while (cl > 0) {
+    if (c->len == 0) {
+      ssize_t r = read(c->fd, c->buf, sizeof c->buf);
+      if (r <= 0) return -1;
+      c->len = (size_t)r;
+    }
+    size_t take = (size_t)cl < c->len ? (size_t)cl : c->len;
+    consume(c, take);
+    cl -= (long long)take;
+  }
+  return status;
+}
+
+static void *serve(void *arg) {
+  conn_t *cl = malloc(sizeof *cl);
+  conn_t *up = calloc((size_t)nvols, sizeof *up);
+  char *chunk = malloc(CHUNK);
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  if (!cl || !up || !chunk || !md) goto out;
+  cl->fd = (int)(intptr_t)arg;
+  cl->len = 0;
+  for (int i = 0; i < nvols; i++) {
+    up[i].len = 0;
+    if ((up[i].fd = connect_volume(&vols[i])) < 0) goto out;
+  }
+  for (;;) {
+    long h = read_head(cl);
+    if (h < 0 || strncmp(cl->buf, "PUT /", 5) != 0) break;
+    long long len = header_num(cl->buf, (size_t)h, "Content-Length");
+    if (len < 0) break;
+    int expect = memmem(cl->buf, (size_t)h, "\r\nExpect: 100-continue", 22) != NULL;
+    const char *k = cl->buf + 4, *sp = memchr(k, ' ', (size_t)h - 4);
+    if (!sp || sp - k > 700) break;
+    int kl = (int)(sp - k);
+    unsigned char d[16], key[1024];
+    unsigned int dl;
+    EVP_Digest(k, (size_t)kl, d, &dl, EVP_md5(), NULL);
+    EVP_EncodeBlock(key, (const unsigned char *)k, kl);
+    consume(cl, (size_t)h);
+    if (do_md5) EVP_DigestInit_ex(md, EVP_md5(), NULL);
+    /* The head goes to every volume with the first bytes of the body, as mkv sends it;
+     * but alone, before "100 Continue", when the client waits for that (curl does for
+     * large uploads, and waits a second without it), again as mkv does. How the body's
+     * first bytes reach nginx decides how its temp file is written (see run.lua,
+     * put1g_floor), so the floor must do here exactly what mkv does. */
+    int first = 1, bad = 0;
+    long long left = len;
+    if (expect) {
+      static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      for (int i = 0; i < nvols; i++) {
+        char hd[1300];
+        int m = snprintf(hd, sizeof hd, "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: %s\r\n"
+                         "Content-Length: %lld\r\n\r\n", d[0], d[1], (char *)key, vols[i].host, len);
+        if (write_all(up[i].fd, hd, (size_t)m) != 0) goto out;
+      }
+      if (write_all(cl->fd, cont, sizeof cont - 1) != 0) goto out;
+      first = 0;
+    }
+    do {
+      size_t n;
+      if (cl->len > 0) {
+        n = cl->len < (size_t)left ? cl->len : (size_t)left;
+        memcpy(chunk, cl->buf, n);
+        consume(cl, n);
+      } else if (left > 0) {
+        ssize_t r = read(cl->fd, chunk, (size_t)left < CHUNK ? (size_t)left : CHUNK);
+        if (r <= 0) goto out;
+        n = (size_t)r;
+      } else {
+        n = 0;
+      }
+      left -= (long long)n;
+      if (do_md5) EVP_DigestUpdate(md, chunk, n);
+      for (int i = 0; i < nvols; i++) {
+        char hd[1300];
+        struct iovec iov[2];
+        int iovn = 0;
+        if (first) {
+          int m = snprintf(hd, sizeof hd, "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: %s\r\n"
+                           "Content-Length: %lld\r\n\r\n", d[0], d[1], (char *)key, vols[i].host, len);
+          iov[iovn++] = (struct iovec){hd, (size_t)m};
+        }
+        if (n) iov[iovn++] = (struct iovec){chunk, n};
+        if (writev_all(up[i].fd, iov, iovn) != 0) goto out;
+      }
+      first = 0;
+    } while (left > 0);
+    if (do_md5) EVP_DigestFinal_ex(md, d, &dl);
+    for (int i = 0; i < nvols; i++) {
+      int st = read_answer(&up[i]);
+      if (st < 0) goto out;
+      if (st < 200 || st > 299) bad = 1;
+    }
+    static const char ok[] = "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    static const char fail[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+    if (write_all(cl->fd, bad ? fail : ok, bad ? sizeof fail - 1 : sizeof ok - 1)) break;
+  }
+out:
+  if (cl) close(cl->fd);
+  for (int i = 0; up && i < nvols; i++)
+    if (up[i].fd > 0) close(up[i].fd);
+  free(cl);
+  free(up);
+  free(chunk);
+  EVP_MD_CTX_free(md);
+  return NULL;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: relay [-n] -l PORT HOST:PORT...\n");
+  exit(2);
+}
+
+int main(int argc, char **argv) {
+  int port = 0, opt;
+  while ((opt = getopt(argc, argv, "nl:")) != -1) {
+    if (opt == 'n') do_md5 = 0;
+    else if (opt == 'l') port = atoi(optarg);
+    else usage();
+  }
+  if (port <= 0 || optind >= argc) usage();
+  for (int i = optind; i < argc && nvols < MAXVOL; i++, nvols++) {
+    volume_t *v = &vols[nvols];
+    snprintf(v->host, sizeof v->host, "%s", argv[i]);
+    char *colon = strrchr(argv[i], ':');
+    if (!colon) usage();
+    *colon = 0;
+    v->addr.sin_family = AF_INET;
+    v->addr.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, argv[i], &v->addr.sin_addr) != 1) usage();
+  }
+  signal(SIGPIPE, SIG_IGN);
+  int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(ls, (struct sockaddr *)&a, sizeof a) != 0 || listen(ls, 512) != 0) {
+    perror("relay: listen");
+    return 1;
+  }
+  printf("relay: listening on 127.0.0.1:%d, %d volumes, md5 %s\n", port, nvols,
+         do_md5 ? "on" : "off");
+  fflush(stdout);
+  for (;;) {
+    int fd = accept(ls, NULL, NULL);
+    if (fd < 0) continue;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, serve, (void *)(intptr_t)fd) != 0) close(fd);
+    pthread_attr_destroy(&at);
+  }
+}
