@@ -16,7 +16,9 @@ typedef enum { MKV_LOG_ERROR = 0, MKV_LOG_WARN, MKV_LOG_INFO, MKV_LOG_DEBUG } mk
 
 void mkv_log_set_level(mkv_log_level_t level);
 int mkv_log_enabled(mkv_log_level_t level);
-void mkv_log_set_thread_name(const char *name); /* borrows: a string literal or static */
+/* The log's name for this thread, and its kernel name "mkv-<name>" (not for the main
+ * thread: the process's own name stays "mkv"). Borrows: a string literal or static. */
+void mkv_log_set_thread_name(const char *name);
 void mkv_log(mkv_log_level_t level, const char *fmt, ...) MKV_PRINTF(2, 3);
 
 typedef struct mkv_log_limit_s {

@@ -280,6 +280,22 @@ describe("operations", function()
       assert.equal(201, (put(m.url, "/met/warmup", "w")))
     end)
 
+    it("names its threads for top -H and perf, and keeps the process's name", function()
+      local names = {}
+      for tid in H.sh("ls /proc/" .. m.pid .. "/task"):gmatch("%d+") do
+        local comm = (H.read_file("/proc/" .. m.pid .. "/task/" .. tid .. "/comm") or ""):gsub("%s+$", "")
+        names[comm] = (names[comm] or 0) + 1
+      end
+      assert.equal("mkv", (H.read_file("/proc/" .. m.pid .. "/comm") or ""):gsub("%s+$", ""))
+      assert.equal(1, names["mkv-index"])
+      assert.equal(1, names["mkv-admin"])
+      -- workers = 0: one per CPU this process may run on (uv_available_parallelism), up to 64
+      local cores = math.min(64, tonumber((H.sh("nproc"):match("%d+"))))
+      for i = 1, cores do assert.equal(1, names["mkv-w" .. i], "worker " .. i) end
+      assert.is_nil(names["mkv-w0"])
+      assert.is_nil(names["mkv-w" .. (cores + 1)])
+    end)
+
     it("is well-formed Prometheus text with every documented family", function()
       local mt, text = scrape(admin)
       local want = {
