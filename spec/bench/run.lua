@@ -19,8 +19,16 @@ local json = require "json"
 -- A JSON writer for the results (strings, numbers, lists, nested tables with string keys).
 local function encode(v)
   local t = type(v)
-  if t == "number" then return v ~= v and "null" or string.format("%.17g", v) end
-  if t == "string" then return string.format("%q", v):gsub("\\\n", "\\n") end
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end -- no JSON for them
+    return string.format("%.17g", v)
+  end
+  if t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c)
+      if c == '"' or c == "\\" then return "\\" .. c end
+      return string.format("\\u%04x", c:byte())
+    end) .. '"'
+  end
   if t == "boolean" then return tostring(v) end
   if t ~= "table" then return "null" end
   local parts = {}
@@ -31,7 +39,7 @@ local function encode(v)
   local keys = {}
   for k in pairs(v) do keys[#keys + 1] = k end
   table.sort(keys, function(x, y) return tostring(x) < tostring(y) end)
-  for _, k in ipairs(keys) do parts[#parts + 1] = string.format("%q", tostring(k)) .. ":" .. encode(v[k]) end
+  for _, k in ipairs(keys) do parts[#parts + 1] = encode(tostring(k)) .. ":" .. encode(v[k]) end
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
@@ -253,18 +261,21 @@ local function index_sync_seconds()
   return v
 end
 
--- The CPU ticks of mkv's index-writer thread (named mkv-index in the kernel).
+-- The CPU ticks of mkv's threads named mkv-index in the kernel: the index writer, and
+-- LevelDB's compaction thread, which the writer starts (a thread inherits its creator's
+-- name). Summed: which of them runs at a given moment does not change the total.
 local function index_thread_ticks()
+  local t = 0
   for tid in H.sh("ls /proc/" .. m.pid .. "/task"):gmatch("%d+") do
     local dir = "/proc/" .. m.pid .. "/task/" .. tid
     if (H.read_file(dir .. "/comm") or ""):match("^mkv%-index") then
       local rest = (H.read_file(dir .. "/stat") or ""):match("%) (.*)$") or ""
       local f = {}
       for x in rest:gmatch("%S+") do f[#f + 1] = x end
-      return (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0)
+      t = t + (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0)
     end
   end
-  return 0
+  return t
 end
 
 -- CPU ticks of mkv (total, user, its index writer's) and of the given nginx workers, and
@@ -526,7 +537,7 @@ fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the floor (relay.c), 
 local function cpu_detail(a, b, times_ref)
   local path = a.mkv + a.nginx + a.wrk
   local ref = (b.nginx + b.wrk) * times_ref
-  return path, ref, string.format("mkv %.0f us (user %.0f, kernel %.0f; its index writer %.0f), nginx %.0f us, wrk %.0f us, " ..
+  return path, ref, string.format("mkv %.0f us (user %.0f, kernel %.0f; its index writer and compaction %.0f), nginx %.0f us, wrk %.0f us, " ..
     "charged to no one %.0f us, idle %.0f us per request; reference nginx %.0f us, wrk %.0f us, charged to no " ..
     "one %.0f us, idle %.0f us (x%d); by CPU %.2fx, with mkv's own code free %.2fx, with a free mkv %.2fx",
     a.mkv, a.mkv_user, a.mkv - a.mkv_user, a.mkv_index, a.nginx, a.wrk, a.other, a.idle, b.nginx, b.wrk, b.other, b.idle,

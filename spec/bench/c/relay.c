@@ -41,6 +41,7 @@ typedef struct {
 static volume_t vols[MAXVOL];
 static int nvols;
 static int do_md5 = 1;
+static EVP_MD *md5_algo; /* fetched once: EVP_md5() per call takes a lock in OpenSSL 3 */
 
 /* A connection with a little read-ahead: the bytes after a head are the body's. */
 typedef struct {
@@ -98,18 +99,27 @@ static void consume(conn_t *c, size_t n) {
   c->len -= n;
 }
 
-/* The value of header `name` in head [p, p+n), as a number; -1 if absent. */
-static long long header_num(const char *p, size_t n, const char *name) {
+/* The value of header `name` (any case) in head [p, p+n), leading blanks skipped; NULL if
+ * absent. */
+static const char *header_find(const char *p, size_t n, const char *name) {
   size_t nl = strlen(name);
   const char *end = p + n;
   for (const char *l = p; l < end;) {
     const char *eol = memmem(l, (size_t)(end - l), "\r\n", 2);
     if (!eol) break;
-    if ((size_t)(eol - l) > nl + 1 && strncasecmp(l, name, nl) == 0 && l[nl] == ':')
-      return strtoll(l + nl + 1, NULL, 10);
+    if ((size_t)(eol - l) > nl + 1 && strncasecmp(l, name, nl) == 0 && l[nl] == ':') {
+      const char *v = l + nl + 1;
+      while (v < eol && (*v == ' ' || *v == '\t')) v++;
+      return v;
+    }
     l = eol + 2;
   }
-  return -1;
+  return NULL;
+}
+
+static long long header_num(const char *p, size_t n, const char *name) {
+  const char *v = header_find(p, n, name);
+  return v ? strtoll(v, NULL, 10) : -1;
 }
 
 static int connect_volume(const volume_t *v) {
@@ -145,12 +155,14 @@ static int read_answer(conn_t *c) {
 }
 
 static void *serve(void *arg) {
+  int fd = (int)(intptr_t)arg;
   conn_t *cl = malloc(sizeof *cl);
   conn_t *up = calloc((size_t)nvols, sizeof *up);
+  for (int i = 0; up && i < nvols; i++) up[i].fd = -1;
   char *chunk = malloc(CHUNK);
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   if (!cl || !up || !chunk || !md) goto out;
-  cl->fd = (int)(intptr_t)arg;
+  cl->fd = fd;
   cl->len = 0;
   for (int i = 0; i < nvols; i++) {
     up[i].len = 0;
@@ -161,16 +173,17 @@ static void *serve(void *arg) {
     if (h < 0 || strncmp(cl->buf, "PUT /", 5) != 0) break;
     long long len = header_num(cl->buf, (size_t)h, "Content-Length");
     if (len < 0) break;
-    int expect = memmem(cl->buf, (size_t)h, "\r\nExpect: 100-continue", 22) != NULL;
+    const char *ex = header_find(cl->buf, (size_t)h, "Expect");
+    int expect = ex && strncasecmp(ex, "100-continue", 12) == 0;
     const char *k = cl->buf + 4, *sp = memchr(k, ' ', (size_t)h - 4);
     if (!sp || sp - k > 700) break;
     int kl = (int)(sp - k);
     unsigned char d[16], key[1024];
     unsigned int dl;
-    EVP_Digest(k, (size_t)kl, d, &dl, EVP_md5(), NULL);
+    EVP_Digest(k, (size_t)kl, d, &dl, md5_algo, NULL);
     EVP_EncodeBlock(key, (const unsigned char *)k, kl);
     consume(cl, (size_t)h);
-    if (do_md5) EVP_DigestInit_ex(md, EVP_md5(), NULL);
+    if (do_md5) EVP_DigestInit_ex(md, md5_algo, NULL);
     /* The head goes to every volume with the first bytes of the body, as mkv sends it;
      * but alone, before "100 Continue", when the client waits for that (curl does for
      * large uploads, and waits a second without it), again as mkv does. How the body's
@@ -229,9 +242,9 @@ static void *serve(void *arg) {
     if (write_all(cl->fd, bad ? fail : ok, bad ? sizeof fail - 1 : sizeof ok - 1)) break;
   }
 out:
-  if (cl) close(cl->fd);
+  close(fd);
   for (int i = 0; up && i < nvols; i++)
-    if (up[i].fd > 0) close(up[i].fd);
+    if (up[i].fd >= 0) close(up[i].fd);
   free(cl);
   free(up);
   free(chunk);
@@ -263,6 +276,11 @@ int main(int argc, char **argv) {
     if (inet_pton(AF_INET, argv[i], &v->addr.sin_addr) != 1) usage();
   }
   signal(SIGPIPE, SIG_IGN);
+  md5_algo = EVP_MD_fetch(NULL, "MD5", NULL);
+  if (!md5_algo) {
+    fprintf(stderr, "relay: OpenSSL has no MD5\n");
+    return 1;
+  }
   int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -276,7 +294,10 @@ int main(int argc, char **argv) {
   fflush(stdout);
   for (;;) {
     int fd = accept(ls, NULL, NULL);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      usleep(10000); /* EMFILE and the like: do not spin */
+      continue;
+    }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     pthread_t t;
     pthread_attr_t at;
