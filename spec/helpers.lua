@@ -467,6 +467,16 @@ function H.fd_census(pid, volumes, db)
   return others, pooled, by_port
 end
 
+-- The threads of process pid: -> list of { tid = number, comm = its name in the kernel }
+function H.threads(pid)
+  local out = {}
+  for tid in H.sh("ls /proc/" .. pid .. "/task 2>/dev/null"):gmatch("%d+") do
+    local comm = (H.read_file("/proc/" .. pid .. "/task/" .. tid .. "/comm") or ""):gsub("%s+$", "")
+    out[#out + 1] = { tid = tonumber(tid), comm = comm }
+  end
+  return out
+end
+
 function H.proc_status(pid, field)
   local s = H.read_file("/proc/" .. pid .. "/status") or ""
   return tonumber(s:match(field .. ":%s*(%d+)"))

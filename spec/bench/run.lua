@@ -203,17 +203,22 @@ end
 local TICK_US = 1e6 / tonumber((H.sh("getconf CLK_TCK"):match("%d+")) or 100)
 
 -- -> utime + stime, utime (clock ticks) summed over pids
+-- A process's or a thread's stat file (/proc/PID/stat, /proc/PID/task/TID/stat):
+-- -> utime + stime, utime
+local function stat_ticks(path)
+  -- fields after the command (which may hold spaces) in parentheses
+  local rest = (H.read_file(path) or ""):match("%) (.*)$") or ""
+  local f = {}
+  for x in rest:gmatch("%S+") do f[#f + 1] = x end
+  local ut = tonumber(f[12]) or 0 -- utime, stime: fields 14, 15
+  return ut + (tonumber(f[13]) or 0), ut
+end
+
 local function ticks(pids)
   local t, u = 0, 0
   for _, pid in ipairs(pids) do
-    local st = H.read_file("/proc/" .. pid .. "/stat") or ""
-    -- fields after the command (which may hold spaces) in parentheses
-    local rest = st:match("%) (.*)$") or ""
-    local f = {}
-    for x in rest:gmatch("%S+") do f[#f + 1] = x end
-    local ut = tonumber(f[12]) or 0 -- utime, stime: fields 14, 15
-    t = t + ut + (tonumber(f[13]) or 0)
-    u = u + ut
+    local a, b = stat_ticks("/proc/" .. pid .. "/stat")
+    t, u = t + a, u + b
   end
   return t, u
 end
@@ -266,14 +271,8 @@ end
 -- name). Summed: which of them runs at a given moment does not change the total.
 local function index_thread_ticks()
   local t = 0
-  for tid in H.sh("ls /proc/" .. m.pid .. "/task"):gmatch("%d+") do
-    local dir = "/proc/" .. m.pid .. "/task/" .. tid
-    if (H.read_file(dir .. "/comm") or ""):match("^mkv%-index") then
-      local rest = (H.read_file(dir .. "/stat") or ""):match("%) (.*)$") or ""
-      local f = {}
-      for x in rest:gmatch("%S+") do f[#f + 1] = x end
-      t = t + (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0)
-    end
+  for _, th in ipairs(H.threads(m.pid)) do
+    if th.comm == "mkv-index" then t = t + stat_ticks("/proc/" .. m.pid .. "/task/" .. th.tid .. "/stat") end
   end
   return t
 end
@@ -503,6 +502,13 @@ local function ensure_relay()
   return relay
 end
 
+-- Runs f and g, f first in odd rounds and g first in even ones: the volumes' cost drifts
+-- within a run (their directories fill, their page cache grows), and neither side
+-- should always get the fresher machine.
+local function in_turn(round, f, g)
+  if round % 2 == 1 then f(); g() else g(); f() end
+end
+
 -- wrk on url, and the CPU the process pid spent meanwhile: -> req/s, us per request
 local function wrk_pid_cpu(pid, url, script, args)
   local t0 = ticks({ pid })
@@ -518,10 +524,11 @@ fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the floor (relay.c), 
     put_round = put_round + 1
     local r = ensure_relay()
     local a, ac, b, bc
-    -- in turn first: the volumes' cost drifts within a run (their directories fill)
-    local function side_mkv() a, ac = wrk_pid_cpu(m.pid, m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" }) end
-    local function side_relay() b, bc = wrk_pid_cpu(r.pid, r.url, scripts .. "/put.lua", { "/relay-put" .. put_round .. "/k" }) end
-    if put_round % 2 == 0 then side_mkv(); side_relay() else side_relay(); side_mkv() end
+    in_turn(put_round, function()
+      b, bc = wrk_pid_cpu(r.pid, r.url, scripts .. "/put.lua", { "/relay-put" .. put_round .. "/k" })
+    end, function()
+      a, ac = wrk_pid_cpu(m.pid, m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
+    end)
     local c = wrk(v1, scripts .. "/put_shaped.lua", { "/direct-putr" .. put_round .. "/" })
     return a, b, string.format("CPU per PUT: mkv %.0f us, the relay %.0f us; against direct PUTs / 3: " ..
       "mkv %.2fx, the floor %.2fx", ac, bc, a / (c / 3), b / (c / 3))
@@ -698,17 +705,15 @@ fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the floor (re
     local key = "/bench/floorbig" .. floor_round
     local rkey = "/relay-big" .. floor_round
     local a, ca, b, rc
-    local function side_mkv()
-      settle()
-      a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), m.url, key))
-    end
-    local function side_relay()
+    in_turn(floor_round, function()
       settle()
       local t0 = ticks({ r.pid })
       b = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), r.url, rkey))
       rc = (ticks({ r.pid }) - t0) * TICK_US / 1e6
-    end
-    if floor_round % 2 == 0 then side_mkv(); side_relay() else side_relay(); side_mkv() end
+    end, function()
+      settle()
+      a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), m.url, key))
+    end)
     settle()
     local cmds = {}
     for i = 1, 3 do

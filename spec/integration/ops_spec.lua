@@ -287,10 +287,7 @@ describe("operations", function()
       local names
       H.eventually(function() -- each thread names itself when it first runs
         names = {}
-        for tid in H.sh("ls /proc/" .. m.pid .. "/task"):gmatch("%d+") do
-          local comm = (H.read_file("/proc/" .. m.pid .. "/task/" .. tid .. "/comm") or ""):gsub("%s+$", "")
-          names[comm] = (names[comm] or 0) + 1
-        end
+        for _, th in ipairs(H.threads(m.pid)) do names[th.comm] = (names[th.comm] or 0) + 1 end
         for i = 1, n do if not names["mkv-w" .. i] then return false end end
         return names["mkv-index"] and names["mkv-admin"]
       end, 5, "named threads")

@@ -1,10 +1,11 @@
 /* relay: the floor of a replicating PUT, for the benchmark suite. It does only what any
  * index server must do with a PUT's bytes, and nothing else: read the body once, MD5 it
- * (unless -n), write it to every volume, and answer 201 when every volume answered 2xx.
- * No index, no placement policy, no key lock, no timeouts, no error recovery: a thread
- * per client connection with blocking I/O and one keep-alive connection per volume.
+ * (the digest is not kept: the work is what counts), write it to every volume, and
+ * answer 201 when every volume answered 2xx. No index, no placement policy, no key lock,
+ * no timeouts, no error recovery: a thread per client connection with blocking I/O and
+ * one keep-alive connection per volume.
  *
- *   relay [-n] -l PORT HOST:PORT...
+ *   relay -l PORT HOST:PORT...
  *
  * A request for key K (the path, "/" included) goes to /xx/yy/B on every volume: xx and
  * yy the first two bytes of MD5(K) in hex, B the base64 of K, as mkv (and the Go
@@ -40,7 +41,6 @@ typedef struct {
 
 static volume_t vols[MAXVOL];
 static int nvols;
-static int do_md5 = 1;
 static EVP_MD *md5_algo; /* fetched once: EVP_md5() per call takes a lock in OpenSSL 3 */
 
 /* A connection with a little read-ahead: the bytes after a head are the body's. */
@@ -179,11 +179,16 @@ static void *serve(void *arg) {
     if (!sp || sp - k > 700) break;
     int kl = (int)(sp - k);
     unsigned char d[16], key[1024];
-    unsigned int dl;
-    EVP_Digest(k, (size_t)kl, d, &dl, md5_algo, NULL);
+    EVP_Digest(k, (size_t)kl, d, NULL, md5_algo, NULL);
     EVP_EncodeBlock(key, (const unsigned char *)k, kl);
     consume(cl, (size_t)h);
-    if (do_md5) EVP_DigestInit_ex(md, md5_algo, NULL);
+    char heads[MAXVOL][1300]; /* each volume's request head: key <= 700 bytes fits */
+    size_t hlen[MAXVOL];
+    for (int i = 0; i < nvols; i++)
+      hlen[i] = (size_t)snprintf(heads[i], sizeof heads[i], "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: "
+                                 "%s\r\nContent-Length: %lld\r\n\r\n", d[0], d[1], (char *)key,
+                                 vols[i].host, len);
+    EVP_DigestInit_ex(md, md5_algo, NULL);
     /* The head goes to every volume with the first bytes of the body, as mkv sends it;
      * but alone, before "100 Continue", when the client waits for that (curl does for
      * large uploads, and waits a second without it), again as mkv does. How the body's
@@ -193,12 +198,8 @@ static void *serve(void *arg) {
     long long left = len;
     if (expect) {
       static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-      for (int i = 0; i < nvols; i++) {
-        char hd[1300];
-        int m = snprintf(hd, sizeof hd, "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: %s\r\n"
-                         "Content-Length: %lld\r\n\r\n", d[0], d[1], (char *)key, vols[i].host, len);
-        if (write_all(up[i].fd, hd, (size_t)m) != 0) goto out;
-      }
+      for (int i = 0; i < nvols; i++)
+        if (write_all(up[i].fd, heads[i], hlen[i]) != 0) goto out;
       if (write_all(cl->fd, cont, sizeof cont - 1) != 0) goto out;
       first = 0;
     }
@@ -216,22 +217,18 @@ static void *serve(void *arg) {
         n = 0;
       }
       left -= (long long)n;
-      if (do_md5) EVP_DigestUpdate(md, chunk, n);
+      EVP_DigestUpdate(md, chunk, n);
       for (int i = 0; i < nvols; i++) {
-        char hd[1300];
         struct iovec iov[2];
         int iovn = 0;
-        if (first) {
-          int m = snprintf(hd, sizeof hd, "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: %s\r\n"
-                           "Content-Length: %lld\r\n\r\n", d[0], d[1], (char *)key, vols[i].host, len);
-          iov[iovn++] = (struct iovec){hd, (size_t)m};
-        }
+        if (first) iov[iovn++] = (struct iovec){heads[i], hlen[i]};
         if (n) iov[iovn++] = (struct iovec){chunk, n};
         if (writev_all(up[i].fd, iov, iovn) != 0) goto out;
       }
       first = 0;
     } while (left > 0);
-    if (do_md5) EVP_DigestFinal_ex(md, d, &dl);
+    unsigned char body_md5[16];
+    EVP_DigestFinal_ex(md, body_md5, NULL); /* computed as mkv must; nothing keeps it */
     for (int i = 0; i < nvols; i++) {
       int st = read_answer(&up[i]);
       if (st < 0) goto out;
@@ -253,15 +250,14 @@ out:
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: relay [-n] -l PORT HOST:PORT...\n");
+  fprintf(stderr, "usage: relay -l PORT HOST:PORT...\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   int port = 0, opt;
-  while ((opt = getopt(argc, argv, "nl:")) != -1) {
-    if (opt == 'n') do_md5 = 0;
-    else if (opt == 'l') port = atoi(optarg);
+  while ((opt = getopt(argc, argv, "l:")) != -1) {
+    if (opt == 'l') port = atoi(optarg);
     else usage();
   }
   if (port <= 0 || optind >= argc) usage();
@@ -289,8 +285,7 @@ int main(int argc, char **argv) {
     perror("relay: listen");
     return 1;
   }
-  printf("relay: listening on 127.0.0.1:%d, %d volumes, md5 %s\n", port, nvols,
-         do_md5 ? "on" : "off");
+  printf("relay: listening on 127.0.0.1:%d, %d volumes\n", port, nvols);
   fflush(stdout);
   for (;;) {
     int fd = accept(ls, NULL, NULL);
