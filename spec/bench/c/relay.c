@@ -13,12 +13,22 @@
  * PUT with a Content-Length is served; anything else closes the connection. The bench
  * compares mkv with it on the same volumes, a moment apart: mkv's cost above this floor
  * is its own, and the floor's ratio to the direct references is what the machine
- * allows an index server on that path. */
+ * allows an index server on that path.
+ *
+ *   relay -l PORT -d DIR HOST:PORT...
+ *
+ * With -d, the floor of a durable one: it keeps a LevelDB index in DIR and writes each
+ * key's record in mkv's order -- soft-deleted with its volumes before the body is sent
+ * (not synced), live with the body's MD5 once every volume answered (synced) -- and
+ * answers 201 only after that. Each connection's thread writes its own records, and
+ * LevelDB's own group commit puts the synced ones of concurrent threads under one
+ * fsync, the least machinery a synced record per PUT can have. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <leveldb/c.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,6 +52,10 @@ typedef struct {
 static volume_t vols[MAXVOL];
 static int nvols;
 static EVP_MD *md5_algo; /* fetched once: EVP_md5() per call takes a lock in OpenSSL 3 */
+static leveldb_t *db;    /* -d: the index */
+static leveldb_writeoptions_t *wo_sync, *wo_nosync;
+static leveldb_readoptions_t *ro;
+static char volume_list[MAXVOL * 64]; /* the record's volumes, "h1:p1,h2:p2,..." */
 
 /* A connection with a little read-ahead: the bytes after a head are the body's. */
 typedef struct {
@@ -154,6 +168,48 @@ static int read_answer(conn_t *c) {
   return status;
 }
 
+/* Writes key k's record (the Go original's format, as mkv writes it): soft-deleted with
+ * its volumes when md5 is NULL, else live with the hex MD5. 0, or -1 (reported). */
+static int record(const char *k, size_t kl, const unsigned char *md5,
+                  const leveldb_writeoptions_t *wo) {
+  char v[sizeof volume_list + 64];
+  size_t n = 0;
+  if (md5) {
+    memcpy(v, "HASH", 4);
+    for (int i = 0; i < 16; i++) snprintf(v + 4 + 2 * i, 3, "%02x", md5[i]);
+    n = 36;
+  } else {
+    memcpy(v, "DELETED", 7);
+    n = 7;
+  }
+  size_t vl = strlen(volume_list);
+  memcpy(v + n, volume_list, vl);
+  n += vl;
+  char *err = NULL;
+  leveldb_put(db, wo, k, kl, v, n, &err);
+  if (err) {
+    fprintf(stderr, "relay: index write failed: %s\n", err);
+    leveldb_free(err);
+    return -1;
+  }
+  return 0;
+}
+
+/* 1 if key k has a live record, 0 if none or soft-deleted, -1 on a read error. */
+static int exists(const char *k, size_t kl) {
+  char *err = NULL;
+  size_t n = 0;
+  char *v = leveldb_get(db, ro, k, kl, &n, &err);
+  if (err) {
+    fprintf(stderr, "relay: index read failed: %s\n", err);
+    leveldb_free(err);
+    return -1;
+  }
+  int live = v && !(n >= 7 && memcmp(v, "DELETED", 7) == 0);
+  leveldb_free(v);
+  return live;
+}
+
 static void *serve(void *arg) {
   int fd = (int)(intptr_t)arg;
   conn_t *cl = malloc(sizeof *cl);
@@ -179,8 +235,10 @@ static void *serve(void *arg) {
     if (!sp || sp - k > 700) break;
     int kl = (int)(sp - k);
     unsigned char d[16], key[1024];
-    EVP_Digest(k, (size_t)kl, d, NULL, md5_algo, NULL);
-    EVP_EncodeBlock(key, (const unsigned char *)k, kl);
+    char name[701]; /* the key (the bench's need no percent-decoding), kept past consume() */
+    memcpy(name, k, (size_t)kl);
+    EVP_Digest(name, (size_t)kl, d, NULL, md5_algo, NULL);
+    EVP_EncodeBlock(key, (const unsigned char *)name, kl);
     consume(cl, (size_t)h);
     char heads[MAXVOL][1300]; /* each volume's request head: key <= 700 bytes fits */
     size_t hlen[MAXVOL];
@@ -188,6 +246,27 @@ static void *serve(void *arg) {
       hlen[i] = (size_t)snprintf(heads[i], sizeof heads[i], "PUT /%02x/%02x/%s HTTP/1.1\r\nHost: "
                                  "%s\r\nContent-Length: %lld\r\n\r\n", d[0], d[1], (char *)key,
                                  vols[i].host, len);
+    if (db) { /* a live key is not overwritten (403, as mkv): look first */
+      int live = exists(name, (size_t)kl);
+      if (live < 0) goto out;
+      if (live) {
+        static const char no[] = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        if (expect) break; /* the body was never asked for: close instead */
+        for (long long skip = len; skip > 0;) { /* the body, read and dropped */
+          if (cl->len == 0) {
+            ssize_t r = read(cl->fd, cl->buf, sizeof cl->buf);
+            if (r <= 0) goto out;
+            cl->len = (size_t)r;
+          }
+          size_t take = (size_t)skip < cl->len ? (size_t)skip : cl->len;
+          consume(cl, take);
+          skip -= (long long)take;
+        }
+        if (write_all(cl->fd, no, sizeof no - 1) != 0) goto out;
+        continue;
+      }
+      if (record(name, (size_t)kl, NULL, wo_nosync) != 0) goto out;
+    }
     EVP_DigestInit_ex(md, md5_algo, NULL);
     /* The head goes to every volume with the first bytes of the body, as mkv sends it;
      * but alone, before "100 Continue", when the client waits for that (curl does for
@@ -228,12 +307,13 @@ static void *serve(void *arg) {
       first = 0;
     } while (left > 0);
     unsigned char body_md5[16];
-    EVP_DigestFinal_ex(md, body_md5, NULL); /* computed as mkv must; nothing keeps it */
+    EVP_DigestFinal_ex(md, body_md5, NULL); /* computed as mkv must; -d keeps it */
     for (int i = 0; i < nvols; i++) {
       int st = read_answer(&up[i]);
       if (st < 0) goto out;
       if (st < 200 || st > 299) bad = 1;
     }
+    if (db && !bad && record(name, (size_t)kl, body_md5, wo_sync) != 0) goto out;
     static const char ok[] = "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
     static const char fail[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
     if (write_all(cl->fd, bad ? fail : ok, bad ? sizeof fail - 1 : sizeof ok - 1)) break;
@@ -250,14 +330,16 @@ out:
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: relay -l PORT HOST:PORT...\n");
+  fprintf(stderr, "usage: relay -l PORT [-d INDEX_DIR] HOST:PORT...\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   int port = 0, opt;
-  while ((opt = getopt(argc, argv, "l:")) != -1) {
+  const char *dir = NULL;
+  while ((opt = getopt(argc, argv, "l:d:")) != -1) {
     if (opt == 'l') port = atoi(optarg);
+    else if (opt == 'd') dir = optarg;
     else usage();
   }
   if (port <= 0 || optind >= argc) usage();
@@ -270,6 +352,29 @@ int main(int argc, char **argv) {
     v->addr.sin_family = AF_INET;
     v->addr.sin_port = htons((uint16_t)atoi(colon + 1));
     if (inet_pton(AF_INET, argv[i], &v->addr.sin_addr) != 1) usage();
+    size_t used = strlen(volume_list);
+    snprintf(volume_list + used, sizeof volume_list - used, "%s%s", nvols ? "," : "", v->host);
+  }
+  if (dir) { /* mkv's LevelDB options where they change the cost of a write */
+    leveldb_options_t *o = leveldb_options_create();
+    leveldb_options_set_create_if_missing(o, 1);
+    leveldb_options_set_paranoid_checks(o, 1);
+    leveldb_options_set_write_buffer_size(o, 16 << 20);
+    leveldb_options_set_max_file_size(o, 2 << 20);
+    leveldb_options_set_filter_policy(o, leveldb_filterpolicy_create_bloom(10));
+    leveldb_options_set_cache(o, leveldb_cache_create_lru(64 << 20));
+    leveldb_options_set_compression(o, leveldb_snappy_compression);
+    char *err = NULL;
+    db = leveldb_open(o, dir, &err);
+    if (err) {
+      fprintf(stderr, "relay: cannot open the index %s: %s\n", dir, err);
+      return 1;
+    }
+    wo_sync = leveldb_writeoptions_create();
+    leveldb_writeoptions_set_sync(wo_sync, 1);
+    wo_nosync = leveldb_writeoptions_create();
+    ro = leveldb_readoptions_create();
+    leveldb_readoptions_set_verify_checksums(ro, 1);
   }
   signal(SIGPIPE, SIG_IGN);
   md5_algo = EVP_MD_fetch(NULL, "MD5", NULL);
@@ -285,7 +390,8 @@ int main(int argc, char **argv) {
     perror("relay: listen");
     return 1;
   }
-  printf("relay: listening on 127.0.0.1:%d, %d volumes\n", port, nvols);
+  printf("relay: listening on 127.0.0.1:%d, %d volumes%s%s\n", port, nvols, dir ? ", index " : "",
+         dir ? dir : "");
   fflush(stdout);
   for (;;) {
     int fd = accept(ls, NULL, NULL);
