@@ -4,7 +4,7 @@
 -- runs, with the ratio's spread (min..max).
 --
 --   luajit spec/bench/run.lua [--runs N] [--seconds S] [--only id,id] [--json FILE]
---                             [--compare OLD.json] [--big-index N]
+--                             [--compare OLD.json] [--big-index N] [--fs private|shared]
 --
 -- From the repository root, after deploy/setup (it uses build/mkv, build/ratebench and
 -- build/ldbtool). A cluster of 3 nginx volumes (deploy/volume) and mkv (replicas 3,
@@ -43,7 +43,7 @@ local function encode(v)
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
-local opts = { runs = 3, seconds = 5, big_index = 10000000, json = "build/bench-results.json" }
+local opts = { runs = 3, seconds = 5, big_index = 10000000, json = "build/bench-results.json", fs = "private" }
 do
   local i = 1
   while i <= #arg do
@@ -55,9 +55,10 @@ do
     elseif a == "--json" then opts.json = v; i = i + 1
     elseif a == "--compare" then opts.compare = v; i = i + 1
     elseif a == "--big-index" then opts.big_index = tonumber(v); i = i + 1
+    elseif a == "--fs" and (v == "private" or v == "shared") then opts.fs = v; i = i + 1
     else
       io.stderr:write("usage: luajit spec/bench/run.lua [--runs N] [--seconds S] [--only id,...] " ..
-        "[--json FILE] [--compare OLD.json] [--big-index N]\n")
+        "[--json FILE] [--compare OLD.json] [--big-index N] [--fs private|shared]\n")
       os.exit(2)
     end
     i = i + 1
@@ -134,22 +135,26 @@ end
 ]])
 H.write_file(scripts .. "/head.lua", 'wrk.method = "HEAD"\n')
 
--- Runs wrk; returns requests/s of the answers that had the expected status class
--- (want "2xx3xx": wrk's own count; want "any": all), and the raw output.
-local function wrk(url, script, args, want)
-  local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s", D,
+-- Runs wrk for secs (default --seconds); returns requests/s of the answers that had the
+-- expected status class (want "2xx3xx": wrk's own count; want "any": all), the raw
+-- output, and the two numbers of that rate: those answers, and wrk's seconds.
+local function wrk(url, script, args, want, secs)
+  local cmd = string.format("wrk -t2 -c32 -d%ds --timeout 10s %s %s %s", secs or D,
     script and ("-s " .. H.shq(script)) or "", H.shq(url),
     args and ("-- " .. table.concat(args, " ")) or "")
   local out = sh_ok(cmd)
-  local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
-  local total = tonumber(out:match("(%d+) requests in"))
+  local total, t, unit = out:match("(%d+) requests in ([%d%.]+)(%a+)")
+  total, t = tonumber(total), tonumber(t)
   local non = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0
   local sockerr = out:match("Socket errors:[^\n]*")
   if sockerr then error("wrk: " .. sockerr .. " on " .. url .. "\n" .. out, 0) end
-  if not rps or not total then error("wrk printed no rate:\n" .. out, 0) end
-  if want == "any" then return rps, out end
-  if non > total * 0.01 then error(string.format("wrk: %d of %d answers were not 2xx/3xx on %s", non, total, url), 0) end
-  return rps * (total - non) / total, out
+  if not total or not t or t == 0 then error("wrk printed no rate:\n" .. out, 0) end
+  t = t * ({ us = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 })[unit]
+  if want ~= "any" then
+    if non > total * 0.01 then error(string.format("wrk: %d of %d answers were not 2xx/3xx on %s", non, total, url), 0) end
+    total = total - non
+  end
+  return total / t, out, total, t
 end
 
 local function ratebench(rate, secs, method, want, urls)
@@ -166,9 +171,79 @@ local function status_kb(pid, field)
   return tonumber(tostring(v):match("(%d+)"))
 end
 
+-- ---- where the data lives ----
+-- On these machines the root filesystem is ext4 without a journal, and there ext4 checks
+-- every free inode it considers for a new file against the inode's deletion time: one
+-- deleted in the last 5 s -- 300 s while its inode table block is still dirty -- is
+-- skipped, after a read of that block. After a bulk delete (a test run, or this suite's
+-- own cleanup) every file and directory created nearby walks past all those inodes:
+-- seen here, 45 % of the machine's CPU in nginx's open() and mkdir() (recently_deleted,
+-- find_get_block_common), direct 1 KB PUTs down from 10 000/s to 1 500/s for minutes,
+-- and a figure whose two sides met that state differently was noise. So by default
+-- (--fs private, as root) the volumes live on a filesystem of the run's own, as a
+-- volume server's disk would be: ext4 with its journal (mkfs's defaults), on a loop
+-- device with direct I/O, made empty at the start and thrown away at the end (its image
+-- file is unlinked as soon as it is attached, so nothing is left on the disk if the
+-- suite dies). The index stays on the root filesystem, in a directory of its own: on
+-- another filesystem than the volumes', as on another machine, its fsync no longer waits
+-- for their metadata; on the real disk rather than a second loop device, whose fsync
+-- costs two flushes (its own journal's and its image file's) and the loop's workers,
+-- which slowed a durable PUT by a third for nothing LevelDB does. The index creates a
+-- file per 16 MB of records: the deletions above do not reach it. --fs shared (or not
+-- root) keeps the volumes under /tmp as well.
+local mounts = {}
+local function private_fs(name, size)
+  -- not H.tmpdir: H.cleanup would empty it file by file before it is unmounted
+  local dir = sh_ok("mktemp -d /tmp/mkv-bench-" .. name .. "-XXXXXX"):gsub("%s+$", "")
+  local img = H.root .. "/build/bench-" .. name .. ".img"
+  os.remove(img)
+  local dev
+  local ok, err = pcall(function()
+    sh_ok(string.format("truncate -s %s %s && mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=0 %s",
+      size, H.shq(img), H.shq(img)))
+    dev = sh_ok("losetup --direct-io=on -f --show " .. H.shq(img)):match("(/dev/loop%d+)")
+    if not dev then error("losetup gave no device", 0) end
+    sh_ok(string.format("mount -o noatime %s %s", dev, H.shq(dir)))
+  end)
+  os.remove(img) -- the loop device holds it open; its space goes when it is detached
+  if not ok then
+    if dev then H.sh("losetup -d " .. dev) end
+    H.sh("rmdir " .. H.shq(dir))
+    return nil, err
+  end
+  mounts[#mounts + 1] = { dir = dir, dev = dev }
+  return dir
+end
+
+-- After H.cleanup (nothing holds a file there any more); a lazy unmount otherwise, and
+-- a busy loop device detaches itself when its last user closes it.
+local function release_fs()
+  for i = #mounts, 1, -1 do
+    local mt = mounts[i]
+    local _, code = H.sh("umount " .. H.shq(mt.dir))
+    if code ~= 0 then H.sh("umount -l " .. H.shq(mt.dir)) end
+    H.sh("losetup -d " .. mt.dev .. "; rmdir " .. H.shq(mt.dir))
+  end
+  mounts = {}
+end
+-- Also when the suite dies of an error: luajit closes its state on the way out, which
+-- runs this finalizer.
+local fs_guard = newproxy(true)
+getmetatable(fs_guard).__gc = function() release_fs() end
+
+local data_dir, fs_note
+if opts.fs == "private" then
+  local err
+  data_dir, err = private_fs("volumes", "64G")
+  if not data_dir then fs_note = "no private filesystem (" .. tostring(err):gsub("%s+", " "):sub(1, 120) .. ")" end
+else
+  fs_note = "--fs shared"
+end
+local index_dir = H.tmpdir("bench-index")
+
 -- ---- the cluster ----
 
-local base = H.tmpdir("bench")
+local base = data_dir or H.tmpdir("bench")
 local vols = {}
 local function start_volumes()
   for i = 1, 3 do
@@ -180,7 +255,7 @@ local function start_volumes()
 end
 start_volumes()
 local addrs = { vols[1].addr, vols[2].addr, vols[3].addr }
-local db = base .. "/index"
+local db = index_dir .. "/index"
 local m
 local function start_mkv()
   m = H.start_mkv({ flags = { "-volumes", table.concat(addrs, ","), "-db", db, "-replicas", "3",
@@ -319,6 +394,31 @@ local function wrk_cpu(url, script, args, which, want)
   return rps, r
 end
 
+-- The rates of several sides measured in turns: --seconds turns of one second per side,
+-- each turn starting one side further down the list. Back to back, D seconds each, two
+-- sides met different machines: the cost of the volumes' file creation drifts over
+-- minutes and jumps for seconds (free memory handed back to the host, writeback), and
+-- one figure's per-run ratio spread from 0.5 to 1.6 within a run. In turns, every side
+-- meets the same drift. A side: { url, script, args = function(turn) -> list, want,
+-- pid (its CPU is then accounted) }. -> a list of req/s, a list of CPU us per request
+local function in_turns(sides)
+  local n, t, cpu = {}, {}, {}
+  for i = 1, #sides do n[i], t[i], cpu[i] = 0, 0, 0 end
+  for turn = 1, D do
+    for j = 0, #sides - 1 do
+      local i = (turn - 1 + j) % #sides + 1
+      local sd = sides[i]
+      local t0 = sd.pid and ticks({ sd.pid })
+      local _, _, good, secs = wrk(sd.url, sd.script, sd.args and sd.args(turn), sd.want, 1)
+      if sd.pid then cpu[i] = cpu[i] + (ticks({ sd.pid }) - t0) * TICK_US end
+      n[i], t[i] = n[i] + good, t[i] + secs
+    end
+  end
+  local rates, per = {}, {}
+  for i = 1, #sides do rates[i], per[i] = n[i] / t[i], cpu[i] / math.max(1, n[i]) end
+  return rates, per
+end
+
 -- ---- the figures ----
 -- Each: id, what, reference, target (text), and run() -> mkv value, reference value,
 -- unit; "higher" or "lower" is better for mkv's value (ratio = mkv / reference).
@@ -329,9 +429,8 @@ local function fig(t) figures[#figures + 1] = t end
 fig { id = "get404", what = "GET of a missing key (404), req/s",
   ref = "nginx answering a 404 for a missing file", target = ">= 1.0", unit = "req/s", better = "higher",
   run = function()
-    local a = wrk(m.url .. "/bench/missing", nil, nil, "any")
-    local b = wrk(v1 .. "/missing", nil, nil, "any")
-    return a, b
+    local r = in_turns({ { url = m.url .. "/bench/missing", want = "any" }, { url = v1 .. "/missing", want = "any" } })
+    return r[1], r[2]
   end }
 
 local small_keys
@@ -350,9 +449,8 @@ fig { id = "get302", what = "GET of an existing key (302 after one HEAD), req/s"
   ref = "nginx answering a 404 for a missing file", target = ">= 0.45", unit = "req/s", better = "higher",
   run = function()
     ensure_small_keys()
-    local a = wrk(m.url .. small_keys[1])
-    local b = wrk(v1 .. "/missing", nil, nil, "any")
-    return a, b
+    local r = in_turns({ { url = m.url .. small_keys[1] }, { url = v1 .. "/missing", want = "any" } })
+    return r[1], r[2]
   end }
 
 -- An nginx of our own (worker_processes auto, as the volumes and mkv's workers), with
@@ -410,9 +508,8 @@ fig { id = "get302_nginx", what = "GET 302: mkv against nginx doing the same, re
   run = function()
     ensure_small_keys()
     local url = ensure_nginx_index()
-    local a = wrk(m.url .. small_keys[1])
-    local b = wrk(url)
-    local c = wrk(v1 .. "/missing", nil, nil, "any")
+    local r = in_turns({ { url = m.url .. small_keys[1] }, { url = url }, { url = v1 .. "/missing", want = "any" } })
+    local a, b, c = r[1], r[2], r[3]
     return a, b, string.format("against the nginx 404 figure: mkv %.2fx, nginx doing the same %.2fx",
       a / c, b / c)
   end }
@@ -423,14 +520,22 @@ fig { id = "get302_nginx", what = "GET 302: mkv against nginx doing the same, re
 -- original's, kept byte for byte) puts nearly every new key in a new directory, so
 -- "put1k" compares with nginx PUTs spread the same way; "put1k_flat" with the flat ones.
 local put_round = 0
+-- A side of in_turns that PUTs new 1 KB keys to url: a prefix of its own per round and
+-- turn; shaped: spread over two levels of hex directories as mkv lays keys out.
+local function put_side(url, prefix, shaped, pid)
+  return { url = url, pid = pid, script = scripts .. (shaped and "/put_shaped.lua" or "/put.lua"),
+           args = function(turn)
+             return { string.format("%s%d-%d/%s", prefix, put_round, turn, shaped and "" or "k") }
+           end }
+end
+
 fig { id = "put1k", what = "PUT of new 1 KB keys, replicas 3, req/s",
   ref = "nginx answering 1 KB PUTs directly into mkv-shaped dirs, / 3", target = ">= 0.8",
   unit = "req/s", better = "higher",
   run = function()
     put_round = put_round + 1
-    local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
-    local b = wrk(v1, scripts .. "/put_shaped.lua", { "/direct-put" .. put_round .. "/" })
-    return a, b / 3
+    local r = in_turns({ put_side(m.url, "/bench/put"), put_side(v1, "/direct-put", true) })
+    return r[1], r[2] / 3
   end }
 
 fig { id = "put1k_flat", what = "PUT of new 1 KB keys, replicas 3, req/s",
@@ -438,9 +543,8 @@ fig { id = "put1k_flat", what = "PUT of new 1 KB keys, replicas 3, req/s",
   unit = "req/s", better = "higher",
   run = function()
     put_round = put_round + 1
-    local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
-    local b = wrk(v1, scripts .. "/put.lua", { "/direct-putflat" .. put_round .. "/k" })
-    return a, b / 3
+    local r = in_turns({ put_side(m.url, "/bench/put"), put_side(v1, "/direct-putflat") })
+    return r[1], r[2] / 3
   end }
 
 -- The 1 KB PUT's fan-out done by nginx itself: each PUT proxied to one volume and
@@ -471,67 +575,71 @@ fig { id = "put1k_nginx", what = "PUT 1 KB x3: mkv against nginx's own fan-out, 
   run = function()
     put_round = put_round + 1
     local url = ensure_nginx_mirror()
-    local a = wrk(m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
-    local b = wrk(url, scripts .. "/put_shaped.lua", { "/mirror-put" .. put_round .. "/" })
-    local c = wrk(v1, scripts .. "/put_shaped.lua", { "/direct-putm" .. put_round .. "/" })
+    local r = in_turns({ put_side(m.url, "/bench/put"), put_side(url, "/mirror-put", true),
+                         put_side(v1, "/direct-putm", true) })
+    local a, b, c = r[1], r[2], r[3]
     return a, b, string.format("against direct PUTs / 3: mkv %.2fx, nginx's fan-out %.2fx", a / (c / 3), b / (c / 3))
   end }
 
 -- The floor of a replicating PUT: spec/bench/c/relay.c, a thread per client connection
 -- that reads the body once, MD5s it, writes it to the three volumes and answers 201
--- once all three have -- no index, no policy, no key lock, no timeouts or recovery --
--- on the same volumes, into the same files mkv would write (its key layout). mkv
--- against it is what mkv's own machinery costs (above all the index's synced group
--- commit); the floor against the direct references is what this machine allows any
--- index server on that path, measured rather than argued.
-local relay
-local function ensure_relay()
-  if relay then return relay end
+-- once all three have -- no policy, no key lock, no timeouts or recovery -- on the same
+-- volumes, into the same files mkv would write (its key layout). Two of them: the bare
+-- floor, with no index at all, and the durable floor (-d), which also keeps mkv's
+-- records in a LevelDB index of its own next to mkv's: soft-deleted before the body,
+-- live and synced before the 201, the synced writes of concurrent connections grouped
+-- under one fsync by LevelDB itself. A PUT that is acknowledged only once its record is
+-- on disk cannot cost less than the durable floor: mkv against it is what mkv's own
+-- machinery costs, and the floors against the direct references are what this machine
+-- allows any index server on that path, measured rather than argued.
+local relays = {}
+local function ensure_relay(durable)
+  local kind = durable and "durable" or "bare"
+  if relays[kind] then return relays[kind] end
   local port = H.free_port()
-  local p = H.spawn("relay", { BIN .. "/relay", "-l", tostring(port), addrs[1], addrs[2], addrs[3] })
+  local argv = { BIN .. "/relay", "-l", tostring(port), addrs[1], addrs[2], addrs[3] }
+  if durable then table.insert(argv, 2, "-d"); table.insert(argv, 3, index_dir .. "/relay-index") end
+  local p = H.spawn("relay-" .. kind, argv)
   H.eventually(function()
     if not p:alive() then error("relay exited: " .. p:log(), 0) end
     return H.port_open(port)
   end, 10, "relay on port " .. port)
-  relay = { pid = p.pid, url = "http://127.0.0.1:" .. port }
-  local st = H.http("PUT", relay.url .. "/bench-relay-check", { body = "x" })
+  local r = { pid = p.pid, url = "http://127.0.0.1:" .. port }
+  local key = "/bench-relay-check-" .. kind
+  local st = H.http("PUT", r.url .. key, { body = "x" })
   assert(st == 201, "the relay answered " .. tostring(st) .. ": " .. p:log())
   for i = 1, 3 do
-    assert(A.exists(key_file(i, "/bench-relay-check")), "the relay wrote no copy on volume " .. i)
+    assert(A.exists(key_file(i, key)), "the relay wrote no copy on volume " .. i)
   end
-  return relay
+  if durable then
+    st = H.http("PUT", r.url .. key, { body = "x" })
+    assert(st == 403, "the durable relay let a live key be overwritten: " .. tostring(st))
+  end
+  relays[kind] = r
+  return r
 end
 
--- Runs f and g, f first in odd rounds and g first in even ones: the volumes' cost drifts
--- within a run (their directories fill, their page cache grows), and neither side
--- should always get the fresher machine.
-local function in_turn(round, f, g)
-  if round % 2 == 1 then f(); g() else g(); f() end
+-- Runs the functions in fns one after another, each round starting one further down the
+-- list: no side should always get the fresher machine (for the transfers that are too
+-- long to take in turns of a second).
+local function in_turn(round, fns)
+  for i = 0, #fns - 1 do fns[(round - 1 + i) % #fns + 1]() end
 end
 
--- wrk on url, and the CPU the process pid spent meanwhile: -> req/s, us per request
-local function wrk_pid_cpu(pid, url, script, args)
-  local t0 = ticks({ pid })
-  local rps, out = wrk(url, script, args)
-  local n = tonumber(out:match("(%d+) requests in")) or 1
-  return rps, (ticks({ pid }) - t0) * TICK_US / math.max(1, n)
-end
-
-fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the floor (relay.c), req/s",
-  ref = "a minimal relay: body read once, MD5, written to the 3 volumes; no index", target = "report",
-  unit = "req/s", better = "higher",
+fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the durable floor, req/s",
+  ref = "relay.c -d: body read once, MD5, written to the 3 volumes, a synced LevelDB record per PUT",
+  target = "report", unit = "req/s", better = "higher",
   run = function()
     put_round = put_round + 1
-    local r = ensure_relay()
-    local a, ac, b, bc
-    in_turn(put_round, function()
-      b, bc = wrk_pid_cpu(r.pid, r.url, scripts .. "/put.lua", { "/relay-put" .. put_round .. "/k" })
-    end, function()
-      a, ac = wrk_pid_cpu(m.pid, m.url, scripts .. "/put.lua", { "/bench/put" .. put_round .. "/k" })
-    end)
-    local c = wrk(v1, scripts .. "/put_shaped.lua", { "/direct-putr" .. put_round .. "/" })
-    return a, b, string.format("CPU per PUT: mkv %.0f us, the relay %.0f us; against direct PUTs / 3: " ..
-      "mkv %.2fx, the floor %.2fx", ac, bc, a / (c / 3), b / (c / 3))
+    local rd, r = ensure_relay(true), ensure_relay(false)
+    local rate, cpu = in_turns({ put_side(m.url, "/bench/putf", false, m.pid),
+      put_side(rd.url, "/drelay-put", false, rd.pid), put_side(r.url, "/relay-put", false, r.pid),
+      put_side(v1, "/direct-putr", true) })
+    local a, d, b, c = rate[1], rate[2], rate[3], rate[4]
+    local ac, dc, bc = cpu[1], cpu[2], cpu[3]
+    return a, d, string.format("CPU per PUT: mkv %.0f us, the durable floor %.0f us, the bare floor %.0f us; " ..
+      "against direct PUTs / 3: mkv %.2fx, the durable floor %.2fx, the bare floor %.2fx; mkv / the bare floor %.2fx",
+      ac, dc, bc, a / (c / 3), d / (c / 3), b / (c / 3), a / b)
   end }
 
 -- CPU per request, for the two figures whose targets may be past this machine. The
@@ -666,27 +774,37 @@ end
 local put1g_mem = {}
 fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
   ref = "three parallel curl -T of the file to the three volumes", target = "<= 1.15", unit = "s", better = "lower",
-  run = function()
+  run = function(round)
     ensure_big()
-    settle()
-    local hwm0 = status_kb(m.pid, "VmHWM")
-    local rss0 = status_kb(m.pid, "VmRSS")
-    local a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d",
-      H.shq(big), m.url, #put1g_mem))
-    put1g_mem[#put1g_mem + 1] = { hwm0 = hwm0, hwm1 = status_kb(m.pid, "VmHWM"), rss0 = rss0 }
-    settle()
-    local cmds = {}
-    for i = 1, 3 do
-      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-big%d",
-        H.shq(big), addrs[i], #put1g_mem)
-    end
-    local b, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait) ")
+    local a, ca, b, cb
+    -- in turn first: the first large transfer after a while pays more for the same
+    -- bytes (seen: nginx 20 CPU-s for the 6 GB one time, 12 the next, on either side)
+    in_turn(round, { function()
+      settle()
+      local hwm0 = status_kb(m.pid, "VmHWM")
+      local rss0 = status_kb(m.pid, "VmRSS")
+      a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d",
+        H.shq(big), m.url, round))
+      put1g_mem[#put1g_mem + 1] = { hwm0 = hwm0, hwm1 = status_kb(m.pid, "VmHWM"), rss0 = rss0 }
+    end, function()
+      settle()
+      local cmds = {}
+      for i = 1, 3 do
+        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-big%d",
+          H.shq(big), addrs[i], round)
+      end
+      b, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait) ")
+    end })
+    -- the space back for the next runs
+    local st = H.http("DELETE", m.url .. "/bench/big" .. round)
+    assert(st == 204, "DELETE /bench/big" .. round .. ": " .. tostring(st))
+    for i = 1, 3 do os.remove(base .. "/v" .. i .. "/direct-big" .. round) end
     return a, b, transfer_detail(ca, cb)
   end }
 
 -- The 1 GB PUT through the floor (relay.c, above) and through mkv, on the same volumes,
 -- in turn first; then the direct reference. Each side's copies are deleted after the
--- run: six more gigabytes per run would not fit with put1g's.
+-- run.
 -- On these machines (Linux 6.18 in a Firecracker VM) most of nginx's CPU in a large PUT
 -- is filling its temp file, and that costs 3 to 7 times more when the 1 MB writes land
 -- 1 MB-aligned (large page-cache folios) than when they are offset by a few bytes: a
@@ -695,17 +813,17 @@ fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
 -- "Expect: 100-continue" -- and offset when body bytes came with the head. So the relay
 -- sends the head exactly when mkv does, or it would be measured on a cheaper kernel path.
 local floor_round = 0
-fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the floor (relay.c), s",
-  ref = "the minimal relay: body read once, MD5, written to the 3 volumes; no index", target = "report",
+fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the durable floor, s",
+  ref = "relay.c -d: body read once, MD5, written to the 3 volumes, a synced record", target = "report",
   unit = "s", better = "lower",
   run = function()
     ensure_big()
-    local r = ensure_relay()
+    local r = ensure_relay(true)
     floor_round = floor_round + 1
     local key = "/bench/floorbig" .. floor_round
     local rkey = "/relay-big" .. floor_round
     local a, ca, b, rc
-    in_turn(floor_round, function()
+    in_turn(floor_round, { function()
       settle()
       local t0 = ticks({ r.pid })
       b = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), r.url, rkey))
@@ -713,7 +831,7 @@ fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the floor (re
     end, function()
       settle()
       a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), m.url, key))
-    end)
+    end })
     settle()
     local cmds = {}
     for i = 1, 3 do
@@ -742,27 +860,33 @@ fig { id = "put1g_mem", what = "mkv memory growth during the 1 GB PUT, MB (VmHWM
 
 fig { id = "put256x8", what = "8 concurrent 256 MB PUTs, total MB/s",
   ref = "24 parallel direct curl PUTs of the same file", target = ">= 0.85", unit = "MB/s", better = "higher",
-  run = function()
+  run = function(round)
     local f = base .. "/v256"
     if not H.read_file(f .. ".ok") then
       sh_ok("head -c 256M /dev/urandom > " .. H.shq(f) .. " && touch " .. H.shq(f .. ".ok"))
     end
     local tag = tostring(math.random(1e9))
-    local cmds = {}
-    for i = 1, 8 do
-      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s/bench/c%s-%d", H.shq(f), m.url, tag, i)
-    end
-    settle()
-    local ta, ca = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
-    local a = 8 * 256 / ta
-    cmds = {}
-    for i = 1, 24 do
-      cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-c%s-%d", H.shq(f),
-        addrs[(i - 1) % 3 + 1], tag, i)
-    end
-    settle()
-    local tb, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
-    local b = 8 * 256 / tb
+    local a, ca, b, cb
+    in_turn(round, { function() -- in turn first, as put1g
+      local cmds = {}
+      for i = 1, 8 do
+        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s/bench/c%s-%d", H.shq(f), m.url, tag, i)
+      end
+      settle()
+      local ta
+      ta, ca = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+      a = 8 * 256 / ta
+    end, function()
+      local cmds = {}
+      for i = 1, 24 do
+        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-c%s-%d", H.shq(f),
+          addrs[(i - 1) % 3 + 1], tag, i)
+      end
+      settle()
+      local tb
+      tb, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+      b = 8 * 256 / tb
+    end })
     -- the space back for the next run
     sh_ok("rm -rf " .. base .. "/v1/direct-c* " .. base .. "/v2/direct-c* " .. base .. "/v3/direct-c*")
     for i = 1, 8 do H.http("DELETE", m.url .. "/bench/c" .. tag .. "-" .. i) end
@@ -827,7 +951,7 @@ fig { id = "p99_302", what = "p99 latency of the 302 at a fixed 1 000 req/s, ms"
 local index_sets = {}
 local function index_set(name, n)
   if index_sets[name] then return index_sets[name] end
-  local dir = base .. "/index-" .. name
+  local dir = index_dir .. "/index-" .. name
   local prefix = "/bench/ix-" .. name .. "/"
   local out = sh_ok(string.format("%s/ldbtool fill %s %d %s %s", BIN, H.shq(dir), n, prefix,
     table.concat(addrs, ",")))
@@ -914,6 +1038,8 @@ fig { id = "hung", what = "a volume hung (SIGSTOP): 302 req/s",
 local results = {}
 print(string.format("# mkv benchmark suite: %d runs per figure, wrk -t2 -c32 -d%ds; medians; ratio = mkv / reference",
   opts.runs, D))
+print("# volumes: " .. (data_dir and ("on a fresh ext4 of their own (" .. data_dir .. ")") or
+  ("under /tmp, on the root filesystem: " .. fs_note)) .. "; the index under /tmp (" .. index_dir .. ")")
 print(string.format("%-52s %12s %12s %8s %15s  %s", "figure", "mkv", "reference", "ratio", "ratio spread", "target"))
 for _, f in ipairs(figures) do
   if not opts.only or opts.only[f.id] then
@@ -958,6 +1084,8 @@ for _, f in ipairs(figures) do
   end
 end
 
+results._fs = data_dir and "private" or "shared"
+
 local fh = io.open(opts.json, "w")
 if fh then
   fh:write(encode(results))
@@ -980,3 +1108,4 @@ if opts.compare then
 end
 
 H.cleanup()
+release_fs()
