@@ -143,13 +143,13 @@ local function wrk(url, script, args, want, secs)
     script and ("-s " .. H.shq(script)) or "", H.shq(url),
     args and ("-- " .. table.concat(args, " ")) or "")
   local out = sh_ok(cmd)
-  local total, t, unit = out:match("(%d+) requests in ([%d%.]+)(%a+)")
-  total, t = tonumber(total), tonumber(t)
+  local total = tonumber(out:match("(%d+) requests in"))
+  local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
   local non = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0
   local sockerr = out:match("Socket errors:[^\n]*")
   if sockerr then error("wrk: " .. sockerr .. " on " .. url .. "\n" .. out, 0) end
-  if not total or not t or t == 0 then error("wrk printed no rate:\n" .. out, 0) end
-  t = t * ({ us = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 })[unit]
+  if not total or not rps or rps == 0 then error("wrk printed no rate:\n" .. out, 0) end
+  local t = total / rps -- wrk's own seconds, to more digits than its "requests in 1.00s"
   if want ~= "any" then
     if non > total * 0.01 then error(string.format("wrk: %d of %d answers were not 2xx/3xx on %s", non, total, url), 0) end
     total = total - non
@@ -181,17 +181,16 @@ end
 -- find_get_block_common), direct 1 KB PUTs down from 10 000/s to 1 500/s for minutes,
 -- and a figure whose two sides met that state differently was noise. So by default
 -- (--fs private, as root) the volumes live on a filesystem of the run's own: ext4 on a
--- loop device with direct I/O, made empty at the start and thrown away at the end (its
--- image file is unlinked as soon as it is attached, so nothing is left on the disk if
--- the suite dies). Without a journal, as the root filesystem, so the large transfers
--- take the kernel paths they took before; noatime, so that reads write nothing (with a
--- journal and atime, the first read of each value after 12 GB of uploads waited for the
--- journal: the 302's p99 was 134 ms, against 2.9 ms with noatime). The index
--- stays on the root filesystem, in a directory of its own: on the real disk rather than
--- a second loop device, whose fsync costs two flushes (its own and its image file's) and
--- the loop's workers, which slowed a durable PUT by a third for nothing LevelDB does.
--- It creates a file per 16 MB of records: the deletions above barely reach it. --fs
--- shared (or not root) keeps the volumes under /tmp as well.
+-- loop device with direct I/O, made empty at the start and thrown away at the end. Its
+-- image file is unlinked as soon as it is attached: when the suite dies of an error its
+-- finalizer releases the device and nothing is left; when it is killed, the next run
+-- releases what it left (release_stale). Without a journal, as the root filesystem, so
+-- that the large transfers take the kernel paths they took before; noatime, so that a
+-- GET writes nothing. The index stays on the root filesystem, in a directory of its own:
+-- on the real disk rather than a second loop device, whose fsync costs two flushes (its
+-- own and its image file's) and the loop's workers, which slowed a durable PUT by a
+-- third for nothing LevelDB does. It creates a file per 16 MB of records: the deletions
+-- above barely reach it. --fs shared (or not root) keeps the volumes under /tmp too.
 local mounts = {}
 local function private_fs(name, size)
   -- not H.tmpdir: H.cleanup would empty it file by file before it is unmounted
@@ -228,13 +227,35 @@ local function release_fs()
   mounts = {}
 end
 -- Also when the suite dies of an error: luajit closes its state on the way out, which
--- runs this finalizer.
+-- runs this finalizer (os.exit would skip it: nothing calls it after the mount).
 local fs_guard = newproxy(true)
 getmetatable(fs_guard).__gc = function() release_fs() end
+
+-- What a killed run left: loop devices on an unlinked build/bench-*.img and their
+-- mounts, and the processes it never stopped: its volumes' nginx (their command lines
+-- name the mount), its mkv and durable relay (they name a bench index directory; this
+-- run has not made its own yet).
+local function release_stale()
+  local out = H.sh("losetup -l -n -O NAME,BACK-FILE 2>/dev/null")
+  for dev, file in out:gmatch("(/dev/loop%d+)%s+(%S+) %(deleted%)") do
+    if file == H.root .. "/build/bench-volumes.img" then
+      -- (each pattern's first character bracketed: the shell running pkill has the
+      -- pattern in its own command line, and must not match it)
+      H.sh("pkill -f -- '[m]kv-spec-bench-index-'")
+      for mnt in H.sh("findmnt -n -o TARGET -S " .. dev):gmatch("[^\n]+") do
+        H.sh("pkill -f -- " .. H.shq("[" .. mnt:sub(1, 1) .. "]" .. mnt:sub(2)) .. "; sleep 1")
+        H.sh("umount " .. H.shq(mnt) .. " || umount -l " .. H.shq(mnt) .. "; rmdir " .. H.shq(mnt))
+      end
+      H.sh("losetup -d " .. dev)
+      io.stderr:write("bench: released " .. dev .. " and stopped what a killed run left running\n")
+    end
+  end
+end
 
 local data_dir, fs_note
 if opts.fs == "private" then
   local err
+  release_stale()
   data_dir, err = private_fs("volumes", "64G")
   if not data_dir then fs_note = "no private filesystem (" .. tostring(err):gsub("%s+", " "):sub(1, 120) .. ")" end
 else
@@ -395,23 +416,39 @@ local function wrk_cpu(url, script, args, which, want)
   return rps, r
 end
 
+-- The order of the sides in turn t (1-based) of n sides: forwards in odd turns and
+-- backwards in even ones, the start moving on every two turns, so that each side starts
+-- as often as the others and follows each of them (a plain rotation keeps the same
+-- predecessor: with four sides, mkv always ran right after the direct PUTs).
+local function turn_order(t, n)
+  local order, start = {}, math.floor((t - 1) / 2) % n
+  for j = 0, n - 1 do order[#order + 1] = (start + j) % n + 1 end
+  if t % 2 == 0 then
+    for j = 1, math.floor(n / 2) do order[j], order[n + 1 - j] = order[n + 1 - j], order[j] end
+  end
+  return order
+end
+
 -- The rates of several sides measured in turns: --seconds turns of one second per side,
--- each turn starting one side further down the list. Back to back, D seconds each, two
--- sides met different machines: the cost of the volumes' file creation drifts over
--- minutes and jumps for seconds (free memory handed back to the host, writeback), and
--- one figure's per-run ratio spread from 0.5 to 1.6 within a run. In turns, every side
--- meets the same drift. A side: { url, script, args = function(turn) -> list, want,
--- pid (its CPU is then accounted) }. -> a list of req/s, a list of CPU us per request
+-- in turn_order. Back to back, D seconds each, two sides met different machines: the
+-- cost of the volumes' file creation drifts over minutes and jumps for seconds (free
+-- memory handed back to the host, writeback), and one figure's per-run ratio spread
+-- from 0.5 to 1.6 within a run; nginx against itself, back to back, 0.97..1.52, and in
+-- turns 0.97..1.04. A side: { url, script, args = function(turn) -> list, want, pid
+-- (its CPU is then accounted), before/after (run around each of its turns, untimed) }.
+-- -> a list of req/s, a list of CPU us per request
 local function in_turns(sides)
   local n, t, cpu = {}, {}, {}
   for i = 1, #sides do n[i], t[i], cpu[i] = 0, 0, 0 end
   for turn = 1, D do
-    for j = 0, #sides - 1 do
-      local i = (turn - 1 + j) % #sides + 1
+    for _, i in ipairs(turn_order(turn, #sides)) do
       local sd = sides[i]
+      if sd.before then sd.before() end
       local t0 = sd.pid and ticks({ sd.pid })
-      local _, _, good, secs = wrk(sd.url, sd.script, sd.args and sd.args(turn), sd.want, 1)
+      local ok, err, _, good, secs = pcall(wrk, sd.url, sd.script, sd.args and sd.args(turn), sd.want, 1)
       if sd.pid then cpu[i] = cpu[i] + (ticks({ sd.pid }) - t0) * TICK_US end
+      if sd.after then sd.after() end
+      if not ok then error(err, 0) end
       n[i], t[i] = n[i] + good, t[i] + secs
     end
   end
@@ -582,17 +619,18 @@ fig { id = "put1k_nginx", what = "PUT 1 KB x3: mkv against nginx's own fan-out, 
     return a, b, string.format("against direct PUTs / 3: mkv %.2fx, nginx's fan-out %.2fx", a / (c / 3), b / (c / 3))
   end }
 
--- The floor of a replicating PUT: spec/bench/c/relay.c, a thread per client connection
--- that reads the body once, MD5s it, writes it to the three volumes and answers 201
--- once all three have -- no policy, no key lock, no timeouts or recovery -- on the same
--- volumes, into the same files mkv would write (its key layout). Two of them: the bare
--- floor, with no index at all, and the durable floor (-d), which also keeps mkv's
--- records in a LevelDB index of its own next to mkv's: soft-deleted before the body,
--- live and synced before the 201, the synced writes of concurrent connections grouped
--- under one fsync by LevelDB itself. A PUT that is acknowledged only once its record is
--- on disk cannot cost less than the durable floor: mkv against it is what mkv's own
--- machinery costs, and the floors against the direct references are what this machine
--- allows any index server on that path, measured rather than argued.
+-- A replicating PUT done the plainest way: spec/bench/c/relay.c, a thread per client
+-- connection that reads the body once, MD5s it, writes it to the three volumes and
+-- answers 201 once all three have -- no policy, no key lock, no timeouts or recovery --
+-- on the same volumes, into the same files mkv would write (its key layout). Two of
+-- them: the bare relay, with no index at all (the floor of the fan-out alone), and the
+-- durable relay (-d), which also keeps mkv's records in a LevelDB index of its own next
+-- to mkv's (a lookup, the soft-deleted mark, the live record synced before the 201),
+-- the synced writes of concurrent connections grouped by LevelDB's own writer queue.
+-- The durable relay is not a strict lower bound (LevelDB groups less than mkv's writer
+-- thread does: see relay.c), but it is the same durable work without mkv's machinery:
+-- mkv against it is what that machinery costs, and the relays against the direct
+-- references are what this machine gives such a server on that path, measured.
 local relays = {}
 local function ensure_relay(durable)
   local kind = durable and "durable" or "bare"
@@ -627,7 +665,7 @@ local function in_turn(round, fns)
   for i = 0, #fns - 1 do fns[(round - 1 + i) % #fns + 1]() end
 end
 
-fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the durable floor, req/s",
+fig { id = "put1k_dfloor", what = "PUT 1 KB x3: mkv against the durable relay, req/s",
   ref = "relay.c -d: body read once, MD5, written to the 3 volumes, a synced LevelDB record per PUT",
   target = "report", unit = "req/s", better = "higher",
   run = function()
@@ -638,8 +676,8 @@ fig { id = "put1k_floor", what = "PUT 1 KB x3: mkv against the durable floor, re
       put_side(v1, "/direct-putr", true) })
     local a, d, b, c = rate[1], rate[2], rate[3], rate[4]
     local ac, dc, bc = cpu[1], cpu[2], cpu[3]
-    return a, d, string.format("CPU per PUT: mkv %.0f us, the durable floor %.0f us, the bare floor %.0f us; " ..
-      "against direct PUTs / 3: mkv %.2fx, the durable floor %.2fx, the bare floor %.2fx; mkv / the bare floor %.2fx",
+    return a, d, string.format("CPU per PUT: mkv %.0f us, the durable relay %.0f us, the bare relay %.0f us; " ..
+      "against direct PUTs / 3: mkv %.2fx, the durable relay %.2fx, the bare relay %.2fx; mkv / the bare relay %.2fx",
       ac, dc, bc, a / (c / 3), d / (c / 3), b / (c / 3), a / b)
   end }
 
@@ -819,8 +857,8 @@ fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
     return a, b, transfer_detail(ca, cb)
   end }
 
--- The 1 GB PUT through the floor (relay.c -d, above), through mkv, through mkv without
--- the MD5, and straight to the volumes, in turns. Each side's copies are deleted after
+-- The 1 GB PUT through the durable relay (relay.c -d, above), through mkv, through mkv
+-- without the MD5, and straight to the volumes, in turns. Each side's copies are deleted after
 -- the run.
 -- On these machines (Linux 6.18 in a Firecracker VM) most of nginx's CPU in a large PUT
 -- is filling its temp file, and that costs 3 to 7 times more when the 1 MB writes land
@@ -830,18 +868,18 @@ fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
 -- "Expect: 100-continue" -- and offset when body bytes came with the head. So the relay
 -- sends the head exactly when mkv does, or it would be measured on a cheaper kernel path.
 local floor_round = 0
--- mkv with -md5sum=false on the same volumes (an index of its own), for put1g_floor: the
--- MD5 of the body is the one thing mkv (and the floor) must do that three direct uploads
+-- mkv with -md5sum=false on the same volumes (an index of its own), for put1g_dfloor: the
+-- MD5 of the body is the one thing mkv (and the relay) must do that three direct uploads
 -- do not, and over a gigabyte the largest.
 local nomd5
 local function ensure_nomd5()
   if nomd5 then return nomd5 end
   nomd5 = H.start_mkv({ flags = { "-volumes", table.concat(addrs, ","), "-db", index_dir .. "/index-nomd5",
-                                  "-replicas", "3", "-subvolumes", "1", "-md5sum=false" } })
+                                  "-replicas", "3", "-subvolumes", "1", "-voltimeout", "1s", "-md5sum=false" } })
   return nomd5
 end
 
-fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the durable floor, s",
+fig { id = "put1g_dfloor", what = "PUT of a 1 GB value: mkv against the durable relay, s",
   ref = "relay.c -d: body read once, MD5, written to the 3 volumes, a synced record", target = "report",
   unit = "s", better = "lower",
   run = function()
@@ -884,7 +922,7 @@ fig { id = "put1g_floor", what = "PUT of a 1 GB value: mkv against the durable f
       os.remove(base .. "/v" .. i .. "/direct-fbig" .. floor_round)
     end
     return a, b, string.format("CPU-s: mkv %.2f, the relay %.2f, mkv -md5sum=false %.2f; index fsync %.2f s; " ..
-      "against three direct PUTs: mkv %.2fx, the floor %.2fx, mkv -md5sum=false %.2fx", ca.mkv, rc, dc, ca.sync,
+      "against three direct PUTs: mkv %.2fx, the relay %.2fx, mkv -md5sum=false %.2fx", ca.mkv, rc, dc, ca.sync,
       a / c, b / c, d / c)
   end }
 
@@ -1046,11 +1084,14 @@ fig { id = "bigindex", what = "302 req/s with a 10-million-key index",
     local small, big = index_set("small", 10000), index_set("big", opts.big_index)
     -- both served at once, by two mkv on the same volumes, and measured in turns
     local ms, mb = index_server(small), index_server(big)
-    local r = in_turns({ { url = mb.url, script = big.script }, { url = ms.url, script = small.script } })
-    local p, p_small
-    in_turn(round, { function() p = p99_on(mb, big) end, function() p_small = p99_on(ms, small) end })
-    ms:stop()
+    local r, p, p_small
+    local ok, err = pcall(function()
+      r = in_turns({ { url = mb.url, script = big.script }, { url = ms.url, script = small.script } })
+      in_turn(round, { function() p = p99_on(mb, big) end, function() p_small = p99_on(ms, small) end })
+    end)
+    ms:stop() -- also after a failure: the next round opens the same indexes
     mb:stop()
+    if not ok then error(err, 0) end
     bigindex_p99[#bigindex_p99 + 1] = { p, p_small }
     return r[1], r[2]
   end }
@@ -1067,12 +1108,11 @@ fig { id = "hung", what = "a volume hung (SIGSTOP): 302 req/s",
   ref = "the same with all volumes healthy", target = ">= 0.5", unit = "req/s", better = "higher",
   run = function()
     ensure_small_keys()
-    local b = wrk(m.url .. small_keys[3])
-    vols[2]:signal(19) -- SIGSTOP
-    local ok, a = pcall(wrk, m.url .. small_keys[3])
-    vols[2]:signal(18) -- SIGCONT
-    if not ok then error(a, 0) end
-    return a, b
+    local url = m.url .. small_keys[3]
+    local r = in_turns({ { url = url, before = function() vols[2]:signal(19) end, -- SIGSTOP
+                           after = function() vols[2]:signal(18) end },            -- SIGCONT
+                         { url = url } })
+    return r[1], r[2]
   end }
 
 -- ---- running ----
@@ -1127,6 +1167,10 @@ for _, f in ipairs(figures) do
 end
 
 results._fs = data_dir and "private" or "shared"
+-- How the figures were taken, for --compare: 1 (or absent) = each side for --seconds,
+-- back to back, volumes under /tmp; 2 = rates in turns (in_turns), large transfers
+-- after a warm-up and in alternating order.
+results._method = 2
 
 local fh = io.open(opts.json, "w")
 if fh then
@@ -1138,11 +1182,17 @@ end
 if opts.compare then
   local old = json.decode(H.read_file(opts.compare) or "{}")
   print(string.format("\n# against %s (ratios; the machine's noise cancels in each ratio)", opts.compare))
+  if (old._method or 1) ~= results._method or (old._fs or "shared") ~= results._fs then
+    print(string.format("# NOTE: %s was measured another way (method %s, volumes %s; now %d, %s): a change " ..
+      "may be the method's", opts.compare, tostring(old._method or 1), tostring(old._fs or "shared"),
+      results._method, results._fs))
+  end
   print(string.format("%-52s %10s %10s %8s", "figure", "old", "new", "change"))
   for _, f in ipairs(figures) do
     local o, n = old[f.id], results[f.id]
     if o and n and o.ratio and n.ratio then
-      print(string.format("%-52s %9.2fx %9.2fx %+7.0f%%", f.what, o.ratio, n.ratio, (n.ratio / o.ratio - 1) * 100))
+      print(string.format("%-52s %9.2fx %9.2fx %+7.0f%%%s", f.what, o.ratio, n.ratio, (n.ratio / o.ratio - 1) * 100,
+        o.ref ~= n.ref and "  (another reference)" or ""))
     elseif o and n and o.mkv and n.mkv and f.absolute then
       print(string.format("%-52s %10.1f %10.1f %+7.0f%%", f.what, o.mkv, n.mkv, (n.mkv / o.mkv - 1) * 100))
     end
