@@ -59,8 +59,13 @@ static void chunk_released(mkv_chunk_t *ch) {
   maybe_free(fo);
 }
 
+/* Stops the uploads that can still be stopped. One whose whole body is already handed
+ * to its connection is left to answer: its volume may store the file however mkv closes
+ * the connection, and the failed PUT's cleanup DELETE must come after that file lands,
+ * not race it (a DELETE that arrived first found nothing, and the copy stayed). */
 static void cancel_all(mkv_fanout_t *fo) {
-  for (int i = 0; i < fo->n; i++) mkv_upreq_cancel(&fo->reqs[i]);
+  for (int i = 0; i < fo->n; i++)
+    if (!mkv_upreq_body_sent(&fo->reqs[i])) mkv_upreq_cancel(&fo->reqs[i]);
 }
 
 static void on_replica_done(mkv_upreq_t *req, int err) {

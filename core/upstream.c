@@ -257,7 +257,7 @@ static void defer_done(mkv_upreq_t *req, int err) {
 
 /* A flag, not a walk of the queue: the queue is detached while it is drained, and a
  * completion that cancels a sibling request must still see that it is queued. */
-static int is_deferred(mkv_upreq_t *req) {
+static int is_deferred(const mkv_upreq_t *req) {
   return req->deferred;
 }
 
@@ -990,6 +990,14 @@ void mkv_upreq_cancel(mkv_upreq_t *req) {
     conn_close(c);
   }
   defer_done(req, UV_ECANCELED);
+}
+
+int mkv_upreq_body_sent(const mkv_upreq_t *req) {
+  if (!req->active || is_deferred(req) || !req->touched || req->method != MKV_UP_PUT)
+    return 0;
+  if (req->body_end_sent) return 1;
+  /* A known length all queued (the held head went out with the first bytes). */
+  return req->content_length > 0 && req->body_queued >= req->content_length;
 }
 
 void mkv_upreq_resume(mkv_upreq_t *req) {

@@ -142,6 +142,11 @@ void mkv_upreq_end(mkv_upreq_t *req);
 /* Aborts: the connection is closed and done runs with UV_ECANCELED (later). Safe to call
  * on a request that is not started or already done: then it does nothing. */
 void mkv_upreq_cancel(mkv_upreq_t *req);
+/* A PUT whose whole body is handed to its connection: the volume may store it whatever
+ * mkv does now (closing the socket after the last byte does not stop nginx), so a
+ * cancel would not undo the write, only hide when it lands. 0 before that, and for a
+ * request not started, done, or not a PUT. */
+int mkv_upreq_body_sent(const mkv_upreq_t *req);
 void mkv_upreq_resume(mkv_upreq_t *req);
 
 /* Volume health, remembered per worker: a volume whose request timed out or could not

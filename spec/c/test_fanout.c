@@ -259,6 +259,41 @@ TEST(failure_cancels_slow_replicas) {
   world_finish(&w);
 }
 
+TEST(failure_waits_for_replicas_that_have_the_whole_body) {
+  world_t w;
+  world_init(&w, 0);
+  /* Every replica gets the whole body; then replica 0 refuses, while 1 and 2 answer 201
+   * only a second after their body arrived, as volumes still storing it. Cancelling
+   * them would not stop their writes, only make the cleanup's DELETEs race them: done
+   * must wait for their answers. */
+  w.srv[0].status = 500;
+  w.srv[0].no_answer = 1; /* until every replica has the body */
+  w.srv[1].status = 201;
+  w.srv[2].status = 201;
+  w.srv[1].answer_delay_ms = 1000;
+  w.srv[2].answer_delay_ms = 1000;
+  mkv_fanout_opts_t o;
+  opts_for(&w, &o, w.volumes.data, 10);
+  ASSERT_EQ(mkv_fanout_start(w.up, &o, &w.fo), 0);
+  mkv_fanout_write(w.fo, "0123456789", 10);
+  mkv_fanout_end(w.fo);
+  PUMP_UNTIL(&w.pump, srv_requests(&w) == NSRV, 10);
+  ASSERT_EQ(w.srv[1].answers + w.srv[2].answers, 0);
+  w.srv[0].no_answer = 0;
+  ASSERT(w.srv[0].conns != NULL);
+  ts_answer(w.srv[0].conns);
+  PUMP_UNTIL(&w.pump, w.done_calls > 0, 10);
+  ASSERT_EQ(w.err, MKV_ESTATUS);
+  ASSERT(strstr(mkv_fanout_failure(w.fo), w.srv[0].host) != NULL);
+  /* Both answered on connections mkv kept open (closing one drops its answer). */
+  ASSERT_EQ(w.srv[1].answers, 1);
+  ASSERT_EQ(w.srv[2].answers, 1);
+  ASSERT_EQ(w.pool_active_at_done, 0);
+  touched_is(w.fo, w.volumes.data);
+  mkv_fanout_free(w.fo);
+  world_finish(&w);
+}
+
 /* Streams n bytes in 16 KiB slices the way a server reads its client: stop at flow(1),
  * go on at flow(0). Replica 2 reads nothing at first. until_stuck: keep it stalled
  * until the fan-out has stayed paused for 300 ms (the kernel's socket buffers take
@@ -506,7 +541,8 @@ TEST(start_errors) {
 }
 
 TEST_MAIN(T(three_replicas_all_201), T(chunked_body_and_204), T(one_replica_500),
-          T(failure_cancels_slow_replicas), T(flow_control),
+          T(failure_cancels_slow_replicas), T(failure_waits_for_replicas_that_have_the_whole_body),
+          T(flow_control),
           T(flow_control_holds_while_a_replica_stalls), T(abort_gives_ecanceled),
           T(abort_before_connect), T(free_in_done_while_chunks_referenced),
           T(free_after_done_while_chunks_referenced), T(volume_down), T(start_errors))

@@ -13,6 +13,7 @@
 #include "mkv/common.h"
 
 typedef struct ts_server_s ts_server_t;
+typedef struct ts_delay_s ts_delay_t;
 
 typedef struct ts_conn_s {
   uv_tcp_t tcp;
@@ -22,9 +23,15 @@ typedef struct ts_conn_s {
   int nreq;     /* requests begun on this connection */
   int answered; /* the current request has its response */
   int closing;
+  ts_delay_t *delay; /* an answer waiting for answer_delay_ms */
   char method[16];
   mkv_buf_t url, body;
 } ts_conn_t;
+
+struct ts_delay_s {
+  uv_timer_t timer;
+  ts_conn_t *c;
+};
 
 struct ts_server_s {
   uv_loop_t *loop;
@@ -47,6 +54,8 @@ struct ts_server_s {
   int stop_reading_after_answer;
   int close_on_nth_request; /* close, unanswered, when a connection gets its Nth request */
   int close_after_answer;
+  int answer_delay_ms; /* answer a whole request this long after it arrived (a volume
+                          still storing it) */
   int paused; /* do not read */
 
   /* Records. */
@@ -63,9 +72,17 @@ static inline void ts_conn_closed(uv_handle_t *h) {
   free(c);
 }
 
+static inline void ts_delay_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
 static inline void ts_conn_close(ts_conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
+  if (c->delay) { /* the answer is not sent: the peer went away first */
+    uv_close((uv_handle_t *)&c->delay->timer, ts_delay_closed);
+    c->delay = NULL;
+  }
   ts_server_t *s = c->srv;
   for (ts_conn_t **pp = &s->conns; *pp; pp = &(*pp)->next)
     if (*pp == c) {
@@ -167,6 +184,14 @@ static inline int ts_on_body(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+static inline void ts_delay_fire(uv_timer_t *t) {
+  ts_delay_t *d = t->data;
+  ts_conn_t *c = d->c;
+  c->delay = NULL;
+  uv_close((uv_handle_t *)&d->timer, ts_delay_closed);
+  ts_answer(c);
+}
+
 static inline int ts_on_message_complete(llhttp_t *p) {
   ts_conn_t *c = p->data;
   ts_server_t *s = c->srv;
@@ -174,7 +199,17 @@ static inline int ts_on_message_complete(llhttp_t *p) {
   mkv_buf_set(&s->last_url, c->url.data, c->url.len);
   mkv_buf_set(&s->last_body, c->body.data, c->body.len);
   snprintf(s->last_method, sizeof(s->last_method), "%s", c->method);
-  if (!c->answered && !s->no_answer) ts_answer(c);
+  if (c->answered || s->no_answer) return 0;
+  if (s->answer_delay_ms > 0 && c->delay == NULL) {
+    ts_delay_t *d = calloc(1, sizeof(*d));
+    d->c = c;
+    ASSERT_EQ(uv_timer_init(s->loop, &d->timer), 0);
+    d->timer.data = d;
+    c->delay = d;
+    ASSERT_EQ(uv_timer_start(&d->timer, ts_delay_fire, (uint64_t)s->answer_delay_ms, 0), 0);
+    return 0;
+  }
+  ts_answer(c);
   return 0;
 }
 
