@@ -16,8 +16,10 @@
  *
  *   relay -l PORT -d DIR HOST:PORT...
  *
- * With -d, a durable relay done the plainest way: it keeps a LevelDB index in DIR, looks
- * the key up first (403 for a live one, as mkv), writes the soft-deleted record with its
+ * With -d, a durable relay done the plainest way: it keeps an index in DIR -- opened,
+ * encoded and read by mkv's own index module, so its records and LevelDB settings are
+ * mkv's, but written straight to LevelDB from the connection's thread, never through
+ * mkv's writer thread (which sits idle) -- looks the key up first (403 for a live one, as mkv), writes the soft-deleted record with its
  * volumes (not synced) while the volumes store the body -- mkv too streams while its
  * mark is being written -- and the live record with the body's MD5 (synced) once every
  * volume answered, and answers 201 only after that. Each connection's thread writes its
@@ -31,7 +33,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <leveldb/c.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,6 +43,9 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+#include "mkv/hash.h"
+#include "mkv/index.h"
 
 #define MAXVOL 8
 #define CHUNK (64 * 1024)
@@ -55,10 +59,9 @@ typedef struct {
 static volume_t vols[MAXVOL];
 static int nvols;
 static EVP_MD *md5_algo; /* fetched once: EVP_md5() per call takes a lock in OpenSSL 3 */
-static leveldb_t *db;    /* -d: the index */
-static leveldb_writeoptions_t *wo_sync, *wo_nosync;
-static leveldb_readoptions_t *ro;
+static mkv_index_t *db;  /* -d: the index, opened as mkv opens its own (no writer use) */
 static char volume_list[MAXVOL * 64]; /* the record's volumes, "h1:p1,h2:p2,..." */
+static size_t volume_list_len;
 
 /* A connection with a little read-ahead: the bytes after a head are the body's. */
 typedef struct {
@@ -171,46 +174,30 @@ static int read_answer(conn_t *c) {
   return status;
 }
 
-/* Writes key k's record (the Go original's format, as mkv writes it): soft-deleted with
- * its volumes when md5 is NULL, else live with the hex MD5. 0, or -1 (reported). */
-static int record(const char *k, size_t kl, const unsigned char *md5,
-                  const leveldb_writeoptions_t *wo) {
-  char v[sizeof volume_list + 64];
-  size_t n = 0;
-  if (md5) {
-    memcpy(v, "HASH", 4);
-    for (int i = 0; i < 16; i++) snprintf(v + 4 + 2 * i, 3, "%02x", md5[i]);
-    n = 36;
-  } else {
-    memcpy(v, "DELETED", 7);
-    n = 7;
-  }
-  size_t vl = strlen(volume_list);
-  memcpy(v + n, volume_list, vl);
-  n += vl;
+/* Writes key k's record with mkv's encoder, straight to LevelDB on this thread:
+ * soft-deleted with its volumes when md5 is NULL, else live with the hex MD5. rec is the
+ * connection's buffer, reused. 0, or -1 (reported). */
+static int record(mkv_buf_t *rec, const char *k, size_t kl, const unsigned char *md5, int sync) {
+  char hex[33];
+  if (md5) mkv_hex(md5, 16, hex);
+  mkv_record_encode(rec, md5 == NULL, md5 ? hex : NULL, volume_list, volume_list_len);
   char *err = NULL;
-  leveldb_put(db, wo, k, kl, v, n, &err);
-  if (err) {
+  if (mkv_index_put_sync(db, k, kl, rec->data, rec->len, sync, &err) != 0) {
     fprintf(stderr, "relay: index write failed: %s\n", err);
-    leveldb_free(err);
+    free(err);
     return -1;
   }
   return 0;
 }
 
-/* 1 if key k has a live record, 0 if none or soft-deleted, -1 on a read error. */
-static int exists(const char *k, size_t kl) {
-  char *err = NULL;
-  size_t n = 0;
-  char *v = leveldb_get(db, ro, k, kl, &n, &err);
-  if (err) {
-    fprintf(stderr, "relay: index read failed: %s\n", err);
-    leveldb_free(err);
-    return -1;
-  }
-  int live = v && !(n >= 7 && memcmp(v, "DELETED", 7) == 0);
-  leveldb_free(v);
-  return live;
+/* 1 if key k has a live record, 0 if none or soft-deleted, -1 on a read error (mkv's
+ * index logs it). rec is the connection's buffer, reused. */
+static int exists(mkv_buf_t *rec, const char *k, size_t kl) {
+  int rc = mkv_index_get(db, k, kl, rec);
+  if (rc == UV_ENOENT) return 0;
+  mkv_record_t r;
+  if (rc != 0 || mkv_record_decode(rec->data, rec->len, &r) != 0) return -1;
+  return !r.deleted;
 }
 
 static void *serve(void *arg) {
@@ -220,6 +207,8 @@ static void *serve(void *arg) {
   for (int i = 0; up && i < nvols; i++) up[i].fd = -1;
   char *chunk = malloc(CHUNK);
   EVP_MD_CTX *md = EVP_MD_CTX_new();
+  mkv_buf_t rec; /* -d: the record read or written */
+  mkv_buf_init(&rec);
   if (!cl || !up || !chunk || !md) goto out;
   cl->fd = fd;
   cl->len = 0;
@@ -250,7 +239,7 @@ static void *serve(void *arg) {
                                  "%s\r\nContent-Length: %lld\r\n\r\n", d[0], d[1], (char *)key,
                                  vols[i].host, len);
     if (db) { /* a live key is not overwritten (403, as mkv): look first */
-      int live = exists(name, (size_t)kl);
+      int live = exists(&rec, name, (size_t)kl);
       if (live < 0) goto out;
       if (live) {
         static const char no[] = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
@@ -317,13 +306,13 @@ static void *serve(void *arg) {
     EVP_DigestFinal_ex(md, body_md5, NULL); /* computed as mkv must; -d keeps it */
     /* The mark, while the volumes store what they were sent. Like mkv's, which is not
      * waited for before the body goes out, it may land after a volume's copy. */
-    if (db && record(name, (size_t)kl, NULL, wo_nosync) != 0) goto out;
+    if (db && record(&rec, name, (size_t)kl, NULL, 0) != 0) goto out;
     for (int i = 0; i < nvols; i++) {
       int st = read_answer(&up[i]);
       if (st < 0) goto out;
       if (st < 200 || st > 299) bad = 1;
     }
-    if (db && !bad && record(name, (size_t)kl, body_md5, wo_sync) != 0) goto out;
+    if (db && !bad && record(&rec, name, (size_t)kl, body_md5, 1) != 0) goto out;
     static const char ok[] = "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
     static const char fail[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
     if (write_all(cl->fd, bad ? fail : ok, bad ? sizeof fail - 1 : sizeof ok - 1)) break;
@@ -336,6 +325,7 @@ out:
   free(up);
   free(chunk);
   EVP_MD_CTX_free(md);
+  mkv_buf_free(&rec);
   return NULL;
 }
 
@@ -365,26 +355,13 @@ int main(int argc, char **argv) {
     size_t used = strlen(volume_list);
     snprintf(volume_list + used, sizeof volume_list - used, "%s%s", nvols ? "," : "", v->host);
   }
-  if (dir) { /* mkv's LevelDB options where they change the cost of a write */
-    leveldb_options_t *o = leveldb_options_create();
-    leveldb_options_set_create_if_missing(o, 1);
-    leveldb_options_set_paranoid_checks(o, 1);
-    leveldb_options_set_write_buffer_size(o, 16 << 20);
-    leveldb_options_set_max_file_size(o, 2 << 20);
-    leveldb_options_set_filter_policy(o, leveldb_filterpolicy_create_bloom(10));
-    leveldb_options_set_cache(o, leveldb_cache_create_lru(64 << 20));
-    leveldb_options_set_compression(o, leveldb_snappy_compression);
+  volume_list_len = strlen(volume_list);
+  if (dir) { /* mkv's own open: its LevelDB options, paranoid checks and lock */
     char *err = NULL;
-    db = leveldb_open(o, dir, &err);
-    if (err) {
-      fprintf(stderr, "relay: cannot open the index %s: %s\n", dir, err);
+    if (mkv_index_open(&db, dir, NULL, &err) != 0) {
+      fprintf(stderr, "relay: %s\n", err);
       return 1;
     }
-    wo_sync = leveldb_writeoptions_create();
-    leveldb_writeoptions_set_sync(wo_sync, 1);
-    wo_nosync = leveldb_writeoptions_create();
-    ro = leveldb_readoptions_create();
-    leveldb_readoptions_set_verify_checksums(ro, 1);
   }
   signal(SIGPIPE, SIG_IGN);
   md5_algo = EVP_MD_fetch(NULL, "MD5", NULL);
