@@ -661,7 +661,7 @@ end
 -- Runs the functions in fns one after another, each round starting one further down the
 -- list: no side should always get the fresher machine (for the transfers that are too
 -- long to take in turns of a second).
-local function in_turn(round, fns)
+local function in_rotation(round, fns)
   for i = 0, #fns - 1 do fns[(round - 1 + i) % #fns + 1]() end
 end
 
@@ -778,19 +778,35 @@ local function settle()
   H.sleep(6)
 end
 
+-- The shell command that PUTs file to every url at once, with curl -T, and waits for all.
+local function uploads(file, urls)
+  local cmds = {}
+  for i, u in ipairs(urls) do
+    cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s", H.shq(file), H.shq(u))
+  end
+  return "(" .. table.concat(cmds, " & ") .. " & wait)"
+end
+
+-- n names straight on the volumes, dealt round the three: their URLs, and their files.
+local function direct(n, name)
+  local urls, files = {}, {}
+  for i = 1, n do
+    local v = (i - 1) % 3 + 1
+    urls[i] = string.format("http://%s/%s-%d", addrs[v], name, i)
+    files[i] = string.format("%s/v%d/%s-%d", base, v, name, i)
+  end
+  return urls, files
+end
+
 -- And before each round of a large-transfer figure, the same bytes sent once untimed,
 -- straight to the volumes, then removed: of a round's two timed transfers the first
 -- paid more for the same bytes, whichever side it was (nginx 11-17 CPU-s where the
 -- second paid 6-12, in 5 rounds of 6), and with 3 runs one side went first twice.
 local function warm_up(file, copies)
   settle()
-  local cmds = {}
-  for i = 1, copies do
-    cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/warm-%d", H.shq(file),
-      addrs[(i - 1) % 3 + 1], i)
-  end
-  sh_ok("(" .. table.concat(cmds, " & ") .. " & wait)")
-  for i = 1, copies do os.remove(base .. "/v" .. ((i - 1) % 3 + 1) .. "/warm-" .. i) end
+  local urls, files = direct(copies, "warm")
+  sh_ok(uploads(file, urls))
+  for _, f in ipairs(files) do os.remove(f) end
 end
 
 -- CPU of a large transfer, every process on the path: mkv, the three volumes' nginx
@@ -831,29 +847,24 @@ fig { id = "put1g", what = "PUT of a 1 GB value, replicas 3, seconds",
   run = function(round)
     ensure_big()
     warm_up(big, 3)
+    local direct_urls, direct_files = direct(3, "direct-big" .. round)
     local a, ca, b, cb
-    -- in turn first: the first large transfer after a while pays more for the same
+    -- in rotation: the first large transfer after a while pays more for the same
     -- bytes (seen: nginx 20 CPU-s for the 6 GB one time, 12 the next, on either side)
-    in_turn(round, { function()
+    in_rotation(round, { function()
       settle()
       local hwm0 = status_kb(m.pid, "VmHWM")
       local rss0 = status_kb(m.pid, "VmRSS")
-      a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s/bench/big%d",
-        H.shq(big), m.url, round))
+      a, ca = timed_transfer(uploads(big, { m.url .. "/bench/big" .. round }))
       put1g_mem[#put1g_mem + 1] = { hwm0 = hwm0, hwm1 = status_kb(m.pid, "VmHWM"), rss0 = rss0 }
     end, function()
       settle()
-      local cmds = {}
-      for i = 1, 3 do
-        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-big%d",
-          H.shq(big), addrs[i], round)
-      end
-      b, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait) ")
+      b, cb = timed_transfer(uploads(big, direct_urls))
     end })
     -- the space back for the next runs
     local st = H.http("DELETE", m.url .. "/bench/big" .. round)
     assert(st == 204, "DELETE /bench/big" .. round .. ": " .. tostring(st))
-    for i = 1, 3 do os.remove(base .. "/v" .. i .. "/direct-big" .. round) end
+    for _, f in ipairs(direct_files) do os.remove(f) end
     return a, b, transfer_detail(ca, cb)
   end }
 
@@ -889,38 +900,32 @@ fig { id = "put1g_dfloor", what = "PUT of a 1 GB value: mkv against the durable 
     local key = "/bench/floorbig" .. floor_round
     local rkey = "/relay-big" .. floor_round
     local nkey = "/bench/nomd5big" .. floor_round
+    local direct_urls, direct_files = direct(3, "direct-fbig" .. floor_round)
     local a, ca, b, rc, c, d, dc
     local function timed_pid(pid, url)
       settle()
       local t0 = ticks({ pid })
-      local t = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s", H.shq(big), url))
+      local t = timed_transfer(uploads(big, { url }))
       return t, (ticks({ pid }) - t0) * TICK_US / 1e6
     end
     warm_up(big, 3)
-    in_turn(floor_round, { function()
+    in_rotation(floor_round, { function()
       b, rc = timed_pid(r.pid, r.url .. rkey)
     end, function()
       settle()
-      a, ca = timed_transfer(string.format("curl -sS --fail -o /dev/null -T %s %s%s", H.shq(big), m.url, key))
+      a, ca = timed_transfer(uploads(big, { m.url .. key }))
     end, function()
       d, dc = timed_pid(n.pid, n.url .. nkey)
     end, function()
       settle()
-      local cmds = {}
-      for i = 1, 3 do
-        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-fbig%d", H.shq(big), addrs[i],
-          floor_round)
-      end
-      c = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait) ")
+      c = timed_transfer(uploads(big, direct_urls))
     end })
     for _, x in ipairs({ { m.url, key }, { n.url, nkey } }) do
       local st = H.http("DELETE", x[1] .. x[2])
       assert(st == 204, "DELETE " .. x[2] .. ": " .. tostring(st))
     end
-    for i = 1, 3 do
-      os.remove(key_file(i, rkey))
-      os.remove(base .. "/v" .. i .. "/direct-fbig" .. floor_round)
-    end
+    for i = 1, 3 do os.remove(key_file(i, rkey)) end
+    for _, f in ipairs(direct_files) do os.remove(f) end
     return a, b, string.format("CPU-s: mkv %.2f, the relay %.2f, mkv -md5sum=false %.2f; index fsync %.2f s; " ..
       "against three direct PUTs: mkv %.2fx, the relay %.2fx, mkv -md5sum=false %.2fx", ca.mkv, rc, dc, ca.sync,
       a / c, b / c, d / c)
@@ -945,29 +950,23 @@ fig { id = "put256x8", what = "8 concurrent 256 MB PUTs, total MB/s",
     local tag = tostring(math.random(1e9))
     warm_up(f, 24)
     local a, ca, b, cb
-    in_turn(round, { function() -- in turn first, as put1g
-      local cmds = {}
-      for i = 1, 8 do
-        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s %s/bench/c%s-%d", H.shq(f), m.url, tag, i)
-      end
+    local keys = {}
+    for i = 1, 8 do keys[i] = m.url .. "/bench/c" .. tag .. "-" .. i end
+    local direct_urls, direct_files = direct(24, "direct-c" .. tag)
+    in_rotation(round, { function() -- in rotation, as put1g
       settle()
       local ta
-      ta, ca = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+      ta, ca = timed_transfer(uploads(f, keys))
       a = 8 * 256 / ta
     end, function()
-      local cmds = {}
-      for i = 1, 24 do
-        cmds[i] = string.format("curl -sS --fail -o /dev/null -T %s http://%s/direct-c%s-%d", H.shq(f),
-          addrs[(i - 1) % 3 + 1], tag, i)
-      end
       settle()
       local tb
-      tb, cb = timed_transfer("(" .. table.concat(cmds, " & ") .. " & wait)")
+      tb, cb = timed_transfer(uploads(f, direct_urls))
       b = 8 * 256 / tb
     end })
     -- the space back for the next run
-    sh_ok("rm -rf " .. base .. "/v1/direct-c* " .. base .. "/v2/direct-c* " .. base .. "/v3/direct-c*")
-    for i = 1, 8 do H.http("DELETE", m.url .. "/bench/c" .. tag .. "-" .. i) end
+    for _, df in ipairs(direct_files) do os.remove(df) end
+    for _, k in ipairs(keys) do H.http("DELETE", k) end
     return a, b, transfer_detail(ca, cb)
   end }
 
@@ -1021,7 +1020,7 @@ fig { id = "p99_302", what = "p99 latency of the 302 at a fixed 1 000 req/s, ms"
     -- during 12 GB of writeback was the writeback's (nginx's own HEAD p99 7 ms, not 2.3).
     H.sh("sync")
     local a, b
-    in_turn(round, { function() a = ratebench(1000, math.max(D, 5), "GET", 302, urls).p99 end,
+    in_rotation(round, { function() a = ratebench(1000, math.max(D, 5), "GET", 302, urls).p99 end,
                      function() b = ratebench(1000, math.max(D, 5), "HEAD", 200, { v1 .. f }).p99 end })
     return a, b
   end }
@@ -1092,7 +1091,7 @@ fig { id = "bigindex", what = "302 req/s with a 10-million-key index",
     local r, p, p_small
     local ok, err = pcall(function()
       r = in_turns({ { url = mb.url, script = big.script }, { url = ms.url, script = small.script } })
-      in_turn(round, { function() p = p99_on(mb, big) end, function() p_small = p99_on(ms, small) end })
+      in_rotation(round, { function() p = p99_on(mb, big) end, function() p_small = p99_on(ms, small) end })
     end)
     ms:stop() -- also after a failure: the next round opens the same indexes
     mb:stop()
