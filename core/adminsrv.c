@@ -1,12 +1,10 @@
 /* adminsrv.c: the endpoints of the admin listener (loopback by default), served by the
  * server's admin thread with the same HTTP machinery as the API (server.c).
  *
- *   POST /admin/run?script=NAME[&arg=OPT]...[&concurrency=N][&bandwidth=RATE]
+ *   POST /admin/run?script=NAME[&arg=OPT]...
  *     Runs an admin script inside the server -- under its key locks, while it serves --
- *     and streams the output back: one line per output line, "<kind> <text>" (kinds as
- *     in admin.h), and a last line "X <exit code>". A body, if any, is the script's own
- *     source (`mkv run FILE.lua`); without one NAME is a built-in script. One job at a
- *     time (409 otherwise). A client that goes away cancels its job.
+ *     and streams its output back (the protocol: admin_proto.h). One job at a time (409
+ *     otherwise). A client that goes away cancels its job.
  *
  *   GET /health
  *     200 when the index is open and writable and every volume answers (a HEAD of its
@@ -18,11 +16,12 @@
  *     volume requests/errors/latency/bytes, keys locked, the index writer's counters and
  *     LevelDB's files per level, config reloads.
  *
- * The command side is in main.c: it finds this listener through <db>/mkv.admin. */
+ * The command side is admin_client.c: it finds this listener through <db>/mkv.admin. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "mkv/admin.h"
+#include "mkv/admin_proto.h"
 #include "mkv/index.h"
 #include "mkv/keylock.h"
 #include "mkv/log.h"
@@ -33,7 +32,6 @@
 #include "mkv/worker.h"
 
 #define MAX_SCRIPT (1u << 20)
-#define MAX_ARGS 64
 
 typedef struct job_s {
   mkv_req_t *req;
@@ -71,7 +69,7 @@ static void job_done(void *arg, int code) {
   mkv_info("admin job finished with exit code %d", code);
   if (!j->gone) {
     char line[32];
-    int n = snprintf(line, sizeof(line), "X %d\n", code);
+    int n = snprintf(line, sizeof(line), "%c %d\n", MKV_ADMIN_EXIT, code);
     mkv_req_stream_write(j->req, line, (size_t)n, NULL);
     mkv_req_stream_end(j->req);
   }
@@ -265,7 +263,8 @@ static void on_headers(mkv_req_t *req) {
     metrics_respond(req);
     return;
   }
-  if (req->method == MKV_M_POST && req->key.len == 10 && memcmp(k, "/admin/run", 10) == 0) {
+  if (req->method == MKV_M_POST && req->key.len == strlen(MKV_ADMIN_RUN_PATH) &&
+      memcmp(k, MKV_ADMIN_RUN_PATH, req->key.len) == 0) {
     j->is_run = 1;
     mkv_buf_set(&j->query, req->raw_query.data ? req->raw_query.data : "", req->raw_query.len);
     return; /* the job starts once the body (the script, if any) is in */
@@ -299,57 +298,21 @@ static void on_complete(mkv_req_t *req) {
     respond_text(req, 409, "an admin job is already running on this server");
     return;
   }
-  /* script=NAME, arg=OPT (repeatable), concurrency=N, bandwidth=RATE */
-  char *script = NULL;
-  const char *argv[MAX_ARGS + 4];
-  char *owned[MAX_ARGS + 4];
-  int argc = 0, nowned = 0, bad = 0;
-  const char *q = j->query.data ? j->query.data : "";
-  size_t qlen = j->query.len, i = 0;
-  mkv_buf_t key, val;
-  mkv_buf_init(&key);
-  mkv_buf_init(&val);
-  while (i < qlen && !bad) {
-    size_t end = i;
-    while (end < qlen && q[end] != '&') end++;
-    size_t eq = i;
-    while (eq < end && q[eq] != '=') eq++;
-    mkv_buf_reset(&key);
-    mkv_buf_reset(&val);
-    if (mkv_query_unescape(q + i, eq - i, &key) != 0 ||
-        (eq < end && mkv_query_unescape(q + eq + 1, end - eq - 1, &val) != 0)) {
-      bad = 1;
-      break;
-    }
-    const char *v = val.data ? val.data : "";
-    if (key.len && strcmp(key.data, "script") == 0) {
-      free(script);
-      script = mkv_strdup(v);
-    } else if (key.len && strcmp(key.data, "arg") == 0 && argc < MAX_ARGS) {
-      argv[argc++] = owned[nowned++] = mkv_strdup(v);
-    } else if (key.len && (strcmp(key.data, "concurrency") == 0 ||
-                           strcmp(key.data, "bandwidth") == 0)) {
-      argv[argc++] = owned[nowned++] = mkv_sprintf("--%s", key.data);
-      argv[argc++] = owned[nowned++] = mkv_strdup(v);
-    }
-    i = end + 1;
-  }
-  mkv_buf_free(&key);
-  mkv_buf_free(&val);
+  mkv_admin_request_t r;
   mkv_admin_opts_t o;
   memset(&o, 0, sizeof(o));
-  o.concurrency = 16;
-  const char *rest[MAX_ARGS + 4];
+  const char *rest[MKV_ADMIN_MAX_ARGS];
   int nrest = 0;
   char *err = NULL;
-  if (bad || script == NULL || script[0] == '\0') {
-    respond_text(req, 400, "POST /admin/run needs script=NAME");
-  } else if (j->source.len == 0 && !mkv_admin_script_exists(script)) {
+  if (mkv_admin_proto_parse(j->query.data ? j->query.data : "", j->query.len, &r, &err) != 0) {
+    respond_text(req, 400, err);
+  } else if (j->source.len == 0 && !mkv_admin_script_exists(r.script)) {
     respond_text(req, 404, "no such admin script");
-  } else if (mkv_admin_parse_opts(&o, argc, argv, rest, &nrest, &err) != 0) {
+  } else if (mkv_admin_parse_opts(&o, r.argc, (const char *const *)r.argv, rest, &nrest,
+                                  &err) != 0) {
     respond_text(req, 400, err);
   } else {
-    o.script = script;
+    o.script = r.script;
     o.argc = nrest;
     o.argv = rest;
     if (j->source.len) {
@@ -366,12 +329,11 @@ static void on_complete(mkv_req_t *req) {
       mkv_req_ref(req); /* until job_done */
       mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
       mkv_req_stream_start(req, 200, &h, 1);
-      mkv_info("admin job started: %s", script);
+      mkv_info("admin job started: %s", r.script);
     }
   }
   free(err);
-  free(script);
-  for (int k = 0; k < nowned; k++) free(owned[k]);
+  mkv_admin_request_free(&r);
 }
 
 static void on_abort(mkv_req_t *req) {

@@ -143,3 +143,14 @@ void mkv_access_log_write(const char *peer, const char *method, const char *targ
   ssize_t w = write(fd, line, (size_t)n);
   (void)w;
 }
+
+void mkv_print_error(const char *msg) {
+  /* A message built from a config or a policy's error may hold newlines or tabs (Lua's
+   * "module not found" lists do): one line all the same. */
+  fputs("mkv: ", stderr);
+  for (const char *p = msg; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    fputc(c == '\n' || c == '\t' || c == '\r' ? ' ' : (int)c, stderr);
+  }
+  fputc('\n', stderr);
+}

@@ -15,6 +15,8 @@
 #include <uv.h>
 
 #include "mkv/admin.h"
+#include "mkv/admin_client.h"
+#include "mkv/admin_proto.h"
 #include "mkv/api.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
@@ -61,17 +63,6 @@ static const char usage_text[] =
     "  -write-secret-file FILE     writes need Authorization: Bearer <a line of FILE>\n"
     "  -volume-key-file FILE       send the key in FILE to the volumes (X-Mkv-Volume-Key)\n"
     "  -redirect-secret-file FILE  sign redirects for the volumes' nginx secure_link\n";
-
-/* Prints "mkv: <msg>" on one line: a message built from a config or a policy's error
- * may hold newlines or tabs (Lua's "module not found" lists do). */
-static void print_error(const char *msg) {
-  fputs("mkv: ", stderr);
-  for (const char *p = msg; *p; p++) {
-    unsigned char c = (unsigned char)*p;
-    fputc(c == '\n' || c == '\t' || c == '\r' ? ' ' : (int)c, stderr);
-  }
-  fputc('\n', stderr);
-}
 
 static void usage(FILE *f) {
   fputs(usage_text, f);
@@ -270,13 +261,6 @@ static int bind_admin(const char *spec, char *bound, size_t boundlen, char **err
   return fd;
 }
 
-/* <db>/mkv.admin names the admin listener of the server that holds the index, so an
- * admin command given the same -db finds it. Written after the flock is held, removed
- * on a clean stop; a stale one (after a crash) fails to connect and is ignored. */
-static char *admin_file(const mkv_config_t *cfg) {
-  return mkv_sprintf("%s/mkv.admin", cfg->db);
-}
-
 /* ---- server ---- */
 
 static mkv_worker_t *workers;
@@ -393,7 +377,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   server_args = args;
   current_cfg = cfg;
   if (mkv_access_log_open(cfg->access_log, &err) != 0) {
-    print_error(err);
+    mkv_print_error(err);
     free(err);
     return 1;
   }
@@ -403,7 +387,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   /* Policies first: a broken policy stops startup before the index or the port. */
   for (int i = 0; i < nworkers; i++) {
     if (mkv_worker_init(&workers[i], i + 1, cfg, 1, &err) != 0) {
-      print_error(err);
+      mkv_print_error(err);
       for (int j = 0; j < i; j++) mkv_worker_destroy(&workers[j]);
       free(err);
       free(workers);
@@ -411,17 +395,17 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     }
   }
   if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
-    print_error(err);
+    mkv_print_error(err);
     goto cleanup_workers;
   }
   if ((lfd = bind_listener(cfg, &err)) < 0) {
-    print_error(err);
+    mkv_print_error(err);
     goto cleanup_index;
   }
   char admin_addr[300];
   int afd = bind_admin(cfg->admin_listen, admin_addr, sizeof(admin_addr), &err);
   if (afd < 0) {
-    print_error(err);
+    mkv_print_error(err);
     close(lfd);
     goto cleanup_index;
   }
@@ -440,13 +424,13 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
    * command that sees the server answering also finds its admin listener. */
   int admin_started = 0;
   if (mkv_worker_start(&admin_worker, index, afd, &mkv_admin_handler, &err) != 0) {
-    print_error(err);
+    mkv_print_error(err);
     close(afd);
   } else {
     admin_started = 1;
     /* Written whole under a temp name, then renamed: a command racing startup sees no
      * file or the whole line, never an empty one. */
-    char *path = admin_file(cfg);
+    char *path = mkv_admin_addr_file(cfg->db);
     char *tmp = mkv_sprintf("%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (f && fprintf(f, "%s\n", admin_addr) > 0 && fclose(f) == 0 && rename(tmp, path) == 0) {
@@ -464,7 +448,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   for (int i = 0; i < nworkers && admin_started; i++) {
     int fd = dup(lfd);
     if (fd < 0 || mkv_worker_start(&workers[i], index, fd, &mkv_api_handler, &err) != 0) {
-      print_error(err ? err : strerror(errno));
+      mkv_print_error(err ? err : strerror(errno));
       break;
     }
     started++;
@@ -489,7 +473,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     if (!admin_worker_p) mkv_worker_stop(&admin_worker);
     mkv_worker_join(&admin_worker);
     admin_worker_p = NULL;
-    char *path = admin_file(cfg);
+    char *path = mkv_admin_addr_file(cfg->db);
     unlink(path);
     free(path);
   }
@@ -532,321 +516,11 @@ cleanup_workers:
   return rc;
 }
 
-/* ---- admin commands ---- */
-
-typedef struct admin_out_s {
-  int tty;
-  int live_line; /* a progress line is on the terminal, to be overwritten */
-  uint64_t last_plain_ms;
-  const char *script;
-  int code;
-} admin_out_t;
-
-static void fmt_bytes(char *out, size_t n, double b) {
-  const char *u[] = {"B", "KB", "MB", "GB", "TB"};
-  int i = 0;
-  while (b >= 1000 && i < 4) b /= 1000, i++;
-  snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
-}
-
-static void admin_line(void *ctx, int kind, const char *text, size_t len) {
-  admin_out_t *o = ctx;
-  if (kind == MKV_ADMIN_PROGRESS) {
-    double done = 0, total = 0, bytes = 0, ms = 0, examined = 0, changed = 0, failed = 0;
-    char phase[32] = "", nums[256];
-    /* text is not NUL-terminated where it came off the wire: parse a copy */
-    snprintf(nums, sizeof(nums), "%.*s", (int)MKV_MIN(len, sizeof(nums) - 1), text);
-    if (sscanf(nums, "%lf %lf %lf %lf %lf %lf %lf %31s", &done, &total, &bytes, &ms, &examined,
-               &changed, &failed, phase) < 4)
-      return;
-    double secs = ms / 1000 > 0 ? ms / 1000 : 1;
-    char b[32], rate[32], line[256];
-    fmt_bytes(b, sizeof(b), bytes);
-    fmt_bytes(rate, sizeof(rate), bytes / secs);
-    int n = snprintf(line, sizeof(line), "%s%s%s%s: %.0f", o->script, phase[0] ? " (" : "",
-                     phase, phase[0] ? ")" : "", done);
-    if (total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", total);
-    n += snprintf(line + n, sizeof(line) - (size_t)n,
-                  " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)", examined,
-                  examined / secs, changed, failed, b, rate);
-    if (total > 0 && done > 0 && done < total)
-      snprintf(line + n, sizeof(line) - (size_t)n, ", ETA %.0f s", secs * (total - done) / done);
-    if (o->tty) {
-      fprintf(stderr, "\r\033[K%s", line);
-      o->live_line = 1;
-    } else if (mkv_now_ms() - o->last_plain_ms >= 10000) {
-      /* Not a terminal: a plain line every 10 s, for logs. */
-      fprintf(stderr, "%s\n", line);
-      o->last_plain_ms = mkv_now_ms();
-    }
-    fflush(stderr);
-    return;
-  }
-  if (o->live_line) {
-    fputs("\r\033[K", stderr);
-    o->live_line = 0;
-  }
-  FILE *f = kind == MKV_ADMIN_LOG ? stderr : stdout;
-  fwrite(text, 1, len, f);
-  fputc('\n', f);
-  fflush(f);
-}
-
-static void admin_done(void *arg, int code) {
-  admin_out_t *o = arg;
-  if (o->live_line) fputc('\n', stderr);
-  o->code = code;
-}
-
-static uv_signal_t admin_sigint, admin_sigterm;
-static mkv_admin_t *admin_running;
-
-static void on_admin_signal(uv_signal_t *h, int signum) {
-  (void)h;
-  fprintf(stderr, "\nmkv: %s: cancelling (every step so far is safe to keep)\n",
-          signum == SIGINT ? "SIGINT" : "SIGTERM");
-  if (admin_running) mkv_admin_cancel(admin_running);
-  uv_close((uv_handle_t *)&admin_sigint, NULL);
-  uv_close((uv_handle_t *)&admin_sigterm, NULL);
-}
-
-/* Runs an admin script in this process: the index is opened here, as the Go
- * original's subcommands do. */
-static int run_admin_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_opts_t *o) {
-  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, o->script, 2};
-  o->sink.line = admin_line;
-  o->sink.ctx = &out;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  char *err = NULL;
-  if (mkv_admin_start(&loop, cfg, index, o, admin_done, &out, &admin_running, &err) != 0) {
-    print_error(err);
-    free(err);
-    uv_loop_close(&loop);
-    return 2;
-  }
-  uv_signal_init(&loop, &admin_sigint);
-  uv_signal_init(&loop, &admin_sigterm);
-  uv_signal_start(&admin_sigint, on_admin_signal, SIGINT);
-  uv_signal_start(&admin_sigterm, on_admin_signal, SIGTERM);
-  uv_unref((uv_handle_t *)&admin_sigint);
-  uv_unref((uv_handle_t *)&admin_sigterm);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  admin_running = NULL;
-  if (!uv_is_closing((uv_handle_t *)&admin_sigint)) {
-    uv_close((uv_handle_t *)&admin_sigint, NULL);
-    uv_close((uv_handle_t *)&admin_sigterm, NULL);
-  }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  if (uv_loop_close(&loop) != 0) mkv_error("admin loop closed with handles open");
-  return out.code;
-}
-
-static void add_query(mkv_buf_t *q, const char *name, const char *value) {
-  if (q->len) mkv_buf_addc(q, '&');
-  mkv_buf_adds(q, name);
-  mkv_buf_addc(q, '=');
-  for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-        *p == '-' || *p == '.' || *p == '_')
-      mkv_buf_addc(q, (char)*p);
-    else
-      mkv_buf_addf(q, "%%%02X", *p);
-  }
-}
-
-/* Connects to the admin listener named in <db>/mkv.admin: a connected fd, or -1 when
- * there is no such file or nothing answers there (a stale file after a crash). */
-static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
-  char *path = admin_file(cfg);
-  FILE *f = fopen(path, "r");
-  free(path);
-  if (f == NULL) return -1;
-  char line[300] = "";
-  if (fgets(line, sizeof(line), f) == NULL) line[0] = '\0';
-  fclose(f);
-  line[strcspn(line, "\r\n")] = '\0';
-  snprintf(addr, addrlen, "%s", line);
-  char host[256];
-  const char *colon = strrchr(line, ':');
-  if (colon == NULL || colon == line || (size_t)(colon - line) >= sizeof(host)) return -1;
-  size_t hl = (size_t)(colon - line);
-  memcpy(host, line, hl);
-  host[hl] = '\0';
-  if (host[0] == '[') {
-    memmove(host, host + 1, hl - 2);
-    host[hl - 2] = '\0';
-  }
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_socktype = SOCK_STREAM;
-  if (getaddrinfo(host, colon + 1, &hints, &res) != 0) return -1;
-  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  return fd;
-}
-
-/* Runs the job inside the server that holds the index, and shows its output as an
- * offline run would. Closing the connection (Ctrl-C) cancels the job there. */
-static int run_admin_online(int fd, const char *addr, const mkv_admin_opts_t *o,
-                            const char *script_name, const char *source, size_t slen,
-                            const char *concurrency, const char *bandwidth) {
-  mkv_buf_t q, req;
-  mkv_buf_init(&q);
-  mkv_buf_init(&req);
-  add_query(&q, "script", script_name);
-  for (int i = 0; i < o->argc; i++) add_query(&q, "arg", o->argv[i]);
-  if (concurrency) add_query(&q, "concurrency", concurrency);
-  if (bandwidth) add_query(&q, "bandwidth", bandwidth);
-  /* HTTP/1.0: the answer streams until the server closes; no chunk framing to undo. */
-  mkv_buf_addf(&req, "POST /admin/run?%s HTTP/1.0\r\nHost: mkv\r\nContent-Length: %zu\r\n\r\n",
-               q.data, slen);
-  mkv_buf_add(&req, source ? source : "", slen);
-  size_t off = 0;
-  while (off < req.len) {
-    ssize_t n = send(fd, req.data + off, req.len - off, MSG_NOSIGNAL);
-    if (n <= 0) {
-      fprintf(stderr, "mkv: cannot talk to the server's admin listener at %s: %s\n", addr,
-              strerror(errno));
-      mkv_buf_free(&q);
-      mkv_buf_free(&req);
-      close(fd);
-      return 2;
-    }
-    off += (size_t)n;
-  }
-  mkv_buf_free(&q);
-  mkv_buf_free(&req);
-  fprintf(stderr, "mkv: a server holds the index: running %s inside it (%s)\n", script_name,
-          addr);
-  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, script_name, 2};
-  mkv_buf_t in;
-  mkv_buf_init(&in);
-  int status = 0, in_body = 0, got_exit = 0;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    mkv_buf_add(&in, buf, (size_t)n);
-    size_t start = 0;
-    for (;;) {
-      char *nl = memchr(in.data + start, '\n', in.len - start);
-      if (nl == NULL) break;
-      size_t len = (size_t)(nl - (in.data + start));
-      char *line = in.data + start;
-      if (len && line[len - 1] == '\r') len--;
-      if (!in_body) {
-        if (status == 0 && sscanf(line, "HTTP/1.%*d %d", &status) != 1) status = -1;
-        if (len == 0) in_body = 1;
-        if (in_body && status != 200) {
-          fprintf(stderr, "mkv: the server refused the job (%d): ", status);
-        }
-      } else if (status != 200) {
-        fprintf(stderr, "%.*s\n", (int)len, line);
-      } else if (len >= 2 && line[0] == 'X' && line[1] == ' ') {
-        out.code = atoi(line + 2);
-        got_exit = 1;
-      } else if (len >= 2 && line[1] == ' ') {
-        admin_line(&out, line[0], line + 2, len - 2);
-      }
-      start = (size_t)(nl - in.data) + 1;
-    }
-    memmove(in.data, in.data + start, in.len - start);
-    in.len -= start;
-  }
-  close(fd);
-  mkv_buf_free(&in);
-  if (out.live_line) fputc('\n', stderr);
-  if (status != 200) return 2;
-  if (!got_exit) {
-    fprintf(stderr, "mkv: the server closed the connection before the job ended\n");
-    return 1;
-  }
-  return out.code;
-}
-
-/* Reads a whole file (an operator's script sent to the server). */
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return NULL;
-  mkv_buf_t b;
-  mkv_buf_init(&b);
-  char chunk[8192];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) mkv_buf_add(&b, chunk, n);
-  fclose(f);
-  *len = b.len;
-  return b.data ? b.data : mkv_strdup("");
-}
-
-static int run_admin(const mkv_config_t *cfg, const char *script, int argc, char **argv) {
-  mkv_admin_opts_t o;
-  memset(&o, 0, sizeof(o));
-  o.script = script;
-  o.concurrency = 16;
-  const char **rest = mkv_calloc((size_t)argc + 1, sizeof(char *));
-  int nrest = 0;
-  char *err = NULL;
-  if (mkv_admin_parse_opts(&o, argc, (const char *const *)argv, rest, &nrest, &err) != 0) {
-    print_error(err);
-    free(err);
-    free(rest);
-    return 2;
-  }
-  o.argc = nrest;
-  o.argv = rest;
-  /* The same command works whether or not a server holds the index: with one, the job
-   * runs inside it, under its key locks, while it serves. */
-  char addr[300];
-  int fd = connect_admin(cfg, addr, sizeof(addr));
-  if (fd >= 0) {
-    char conc[32], bw[32];
-    snprintf(conc, sizeof(conc), "%d", o.concurrency);
-    snprintf(bw, sizeof(bw), "%.0f", o.bandwidth);
-    size_t slen = 0;
-    char *source = NULL;
-    const char *name = script;
-    size_t sl = strlen(script);
-    if (strchr(script, '/') || (sl > 4 && strcmp(script + sl - 4, ".lua") == 0)) {
-      source = read_file(script, &slen);
-      if (source == NULL) {
-        fprintf(stderr, "mkv: cannot read %s: %s\n", script, strerror(errno));
-        close(fd);
-        free(rest);
-        return 2;
-      }
-      name = strrchr(script, '/') ? strrchr(script, '/') + 1 : script;
-    }
-    int rc = run_admin_online(fd, addr, &o, name, source, slen, conc,
-                              o.bandwidth > 0 ? bw : NULL);
-    free(source);
-    free(rest);
-    return rc;
-  }
-  mkv_index_t *index = NULL;
-  int rc;
-  if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
-    print_error(err);
-    free(err);
-    free(rest);
-    return 1;
-  }
-  rc = run_admin_offline(cfg, index, &o);
-  mkv_index_close(index);
-  free(rest);
-  return rc;
-}
-
 static int run_index_flush(const mkv_config_t *cfg) {
   char *err = NULL;
   mkv_index_t *index;
   if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
-    print_error(err);
+    mkv_print_error(err);
     free(err);
     return 1;
   }
@@ -901,7 +575,7 @@ int main(int argc, char **argv) {
   mkv_config_t cfg;
   char *err = NULL;
   if (mkv_config_load(&cfg, a.config, a.flags, a.nflags, command, &err) != 0) {
-    print_error(err);
+    mkv_print_error(err);
     free(err);
     return 2;
   }
@@ -910,7 +584,7 @@ int main(int argc, char **argv) {
   if (strcmp(command, "index-flush") == 0)
     rc = run_index_flush(&cfg);
   else if (is_admin)
-    rc = run_admin(&cfg, script, a.nrest, a.rest);
+    rc = mkv_admin_client_run(&cfg, script, a.nrest, a.rest);
   else
     rc = run_server(&cfg, &a);
   mkv_config_free(&cfg);

@@ -39,26 +39,42 @@ int mkv_query_unescape(const char *s, size_t n, mkv_buf_t *out) {
   return unescape(s, n, out, 1);
 }
 
+int mkv_query_next(const char *q, size_t qlen, size_t *pos, const char **name, size_t *nlen,
+                   const char **val, size_t *vlen) {
+  size_t i = *pos;
+  while (i < qlen) {
+    size_t end = i;
+    while (end < qlen && q[end] != '&') end++;
+    *pos = end + 1;
+    if (end == i) { /* "a=1&&b=2": an empty pair is no pair */
+      i = end + 1;
+      continue;
+    }
+    /* Go splits the pair at its first '='. */
+    size_t eq = i;
+    while (eq < end && q[eq] != '=') eq++;
+    *name = q + i;
+    *nlen = eq - i;
+    *val = eq < end ? q + eq + 1 : q + end;
+    *vlen = eq < end ? end - eq - 1 : 0;
+    return 1;
+  }
+  *pos = qlen;
+  return 0;
+}
+
 int mkv_query_get(const char *q, size_t qlen, const char *name, mkv_buf_t *out) {
-  size_t nlen = strlen(name);
-  size_t i = 0;
+  size_t want = strlen(name), pos = 0, nlen, vlen;
+  const char *n, *v;
   mkv_buf_t k;
   mkv_buf_init(&k);
   int found = 0;
-  while (i <= qlen && !found) {
-    size_t end = i;
-    while (end < qlen && q[end] != '&') end++;
-    /* One pair: q[i..end). Go splits the key at the first '='. */
-    size_t eq = i;
-    while (eq < end && q[eq] != '=') eq++;
+  while (!found && mkv_query_next(q, qlen, &pos, &n, &nlen, &v, &vlen)) {
     mkv_buf_reset(&k);
-    if (end > i && mkv_query_unescape(q + i, eq - i, &k) == 0 && k.len == nlen &&
-        memcmp(k.data, name, nlen) == 0) {
-      mkv_buf_reset(out);
-      found = 1;
-      if (eq < end && mkv_query_unescape(q + eq + 1, end - eq - 1, out) != 0) found = -1;
-    }
-    i = end + 1;
+    if (mkv_query_unescape(n, nlen, &k) != 0 || k.len != want || memcmp(k.data, name, want) != 0)
+      continue;
+    mkv_buf_reset(out);
+    found = mkv_query_unescape(v, vlen, out) == 0 ? 1 : -1;
   }
   mkv_buf_free(&k);
   return found;

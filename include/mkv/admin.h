@@ -28,7 +28,7 @@ typedef struct mkv_admin_s mkv_admin_t;
 enum {
   MKV_ADMIN_REPORT = 'R',   /* a finding or an action: "missing /k on host:port/sv01" */
   MKV_ADMIN_LOG = 'L',      /* a log line (errors the script met) */
-  MKV_ADMIN_PROGRESS = 'P', /* "done total bytes elapsed_ms" (numbers), every second */
+  MKV_ADMIN_PROGRESS = 'P', /* every second: mkv_admin_progress_format (admin_proto.h) */
   MKV_ADMIN_SUMMARY = 'S',  /* the final line: examined, changed, failed ... */
 };
 
@@ -44,14 +44,18 @@ typedef struct mkv_admin_opts_s {
   size_t source_len;
   int argc;                 /* the script's own options ("--md5", "--dry-run" ...) */
   const char *const *argv;
-  int concurrency;          /* transfers in flight at most (default 16) */
+  int concurrency;          /* transfers in flight at most (MKV_ADMIN_CONCURRENCY) */
   double bandwidth;         /* bytes per second over all transfers, 0 = no cap */
   mkv_admin_sink_t sink;
 } mkv_admin_opts_t;
 
+#define MKV_ADMIN_CONCURRENCY 16 /* transfers in flight at most, by default */
+
 /* Parses the options common to every script (--concurrency N, --bandwidth RATE such as
- * "50MB/s", "1GB/s", "800KB/s") out of argv; what remains is the script's own. Returns
- * 0 or -1 with *err (owned). */
+ * "50MB/s", "1GB/s", "800KB/s") out of argv into o (their defaults first); what remains
+ * is the script's own, in rest (lends: rest[i] are argv's strings). Returns 0 or -1
+ * with *err (owned). The one parser of these options: offline runs call it in the
+ * command, online ones in the server (admin_proto.h). */
 int mkv_admin_parse_opts(mkv_admin_opts_t *o, int argc, const char *const *argv,
                          const char **rest, int *nrest, char **err);
 
@@ -69,9 +73,7 @@ void mkv_admin_cancel(mkv_admin_t *a);
 int mkv_admin_script_exists(const char *name);
 
 /* The admin listener's endpoints (adminsrv.c), served by the server's admin thread:
- * POST /admin/run?script=NAME&arg=..&concurrency=N&bandwidth=RATE runs a job (the body,
- * if any, is the script's source) and streams its output as lines "<kind> <text>",
- * then "X <exit code>". */
+ * POST /admin/run runs a job (admin_proto.h), GET /health, GET /metrics. */
 struct mkv_handler_s;
 extern const struct mkv_handler_s mkv_admin_handler;
 

@@ -21,6 +21,10 @@ int mkv_log_enabled(mkv_log_level_t level);
 void mkv_log_set_thread_name(const char *name);
 void mkv_log(mkv_log_level_t level, const char *fmt, ...) MKV_PRINTF(2, 3);
 
+/* The command line's error line: "mkv: <msg>" on stderr, on one line whatever msg holds.
+ * For commands, before or instead of serving (the log is for the server). */
+void mkv_print_error(const char *msg);
+
 typedef struct mkv_log_limit_s {
   _Atomic uint64_t last_ms;
   _Atomic uint64_t suppressed;

@@ -16,6 +16,12 @@ int mkv_pct_decode(const char *s, size_t n, mkv_buf_t *out);
 /* Decodes a query value as Go's url.QueryUnescape does ('+' is a space). */
 int mkv_query_unescape(const char *s, size_t n, mkv_buf_t *out);
 
+/* Walks the pairs of a raw query ("a=1&b=2"), from *pos (0 to start): the next pair's
+ * name and value, raw (not decoded; borrowed from q; the value is empty when the pair
+ * has no '='). Returns 1, or 0 after the last pair. Empty pairs are skipped. */
+int mkv_query_next(const char *q, size_t qlen, size_t *pos, const char **name, size_t *nlen,
+                   const char **val, size_t *vlen);
+
 /* Finds the first `name` parameter of a raw query ("a=1&b=2") and decodes its value into
  * out. Returns 1 found, 0 absent, -1 malformed escape in its value. */
 int mkv_query_get(const char *q, size_t qlen, const char *name, mkv_buf_t *out);

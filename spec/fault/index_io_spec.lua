@@ -79,6 +79,22 @@ describe("the index disk full", function()
     end
     local hst, hbody = c:health()
     assert.equal(503, hst, hbody)
+    -- an admin script's index writes fail at once as well: nil, msg, EINDEX (no yield)
+    local script = H.tmpdir("script") .. "/iw.lua"
+    H.write_file(script, [=[
+local mkv = require "mkv"
+local function show(name, ...)
+  local t = {}
+  for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
+  mkv.report(name .. ": " .. table.concat(t, " | "))
+end
+show("put", mkv.index_put("/full/by-admin", "x", true))
+show("del", mkv.index_del("/full/by-admin", true))
+]=])
+    local acode, aout = c:run({ "run", script })
+    assert.equal(0, acode, aout)
+    assert.truthy(aout:find("put: nil | [^\n]* | EINDEX\n"), aout)
+    assert.truthy(aout:find("del: nil | [^\n]* | EINDEX\n"), aout)
     -- reads go on, as the ledger allows; nothing half-live (V2 on the running server)
     F.assert_verified(c, ledger, seed, { skip_v4 = true })
     assert.equal(0, c:stop().code)

@@ -1343,3 +1343,102 @@ describe("admin --bandwidth over many small values", function()
     end, "after the rebalance")
   end)
 end)
+
+-- Every async mkv.* call fails early in one of two ways: misuse raises, at once; a
+-- failure before any I/O started (a volume name without a port, say) returns nil, msg,
+-- code at once, without yielding. Results pushed before a yield would be cut away
+-- (LuaJIT's lua_yield keeps only the yielded values): the script got `nil nil nil`.
+describe("admin scripts: the early errors of every async call", function()
+  local c
+  local value = A.bytes(2048, 7)
+  setup(function()
+    c = new_cluster(1, 1, 1)
+    c:start()
+    assert.equal(201, c:put("/early/v", value))
+  end)
+  teardown(H.cleanup)
+
+  local script = [[
+local mkv = require "mkv"
+local vol = mkv.config.volumes[1]
+local url = "http://" .. vol .. mkv.key_path("/early/v")
+local function show(name, ...)
+  local t = {}
+  for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
+  mkv.report(name .. ": " .. table.concat(t, " | "))
+end
+local function raises(name, f, ...)
+  local ok, err = pcall(f, ...)
+  mkv.report(name .. ": " .. (ok and "did not raise" or "raised " .. tostring(err)))
+end
+raises("http method", mkv.http, "POST", url)
+raises("http url", mkv.http, "GET", "nourl")
+raises("http directory", mkv.http, "DELETE", "http://" .. vol .. "/ab/")
+raises("copy url", mkv.copy, "nourl", url)
+raises("md5 url", mkv.md5_url, "nourl")
+raises("spawn", mkv.spawn, 42)
+raises("wait", mkv.wait, {})
+raises("sleep", mkv.sleep, "soon")
+raises("after", mkv.after, 1)
+raises("coroutine", coroutine.wrap(function() return mkv.http("HEAD", url) end))
+show("http early", mkv.http("HEAD", "http://noport/a"))
+show("copy early", mkv.copy("http://noport/a", "http://noport/b"))
+show("md5 early", mkv.md5_url("http://noport/a"))
+show("copy to noport", mkv.copy(url, "http://noport/b"))
+show("md5 ok", mkv.md5_url(url))
+-- the md5 above read its value in one go and left the --bandwidth budget in debt: this
+-- copy waits for the budget before it begins, then fails to start, and its results
+-- come on the resume path
+local h = mkv.spawn(function()
+  local ok, msg, code = mkv.copy("http://noport/a", "http://noport/b")
+  return tostring(ok) .. " | " .. tostring(msg) .. " | " .. tostring(code)
+end)
+show("copy early in a task", mkv.wait(h))
+show("md5 early after a wait", mkv.md5_url("http://noport/a"))
+]]
+
+  local function expect(r)
+    local want = {
+      "http method: raised .*method must be GET, HEAD or DELETE",
+      "http url: raised .*bad URL nourl",
+      "http directory: raised .*refusing to DELETE a directory",
+      "copy url: raised .*mkv.copy: bad URL",
+      "md5 url: raised .*mkv.md5_url: bad URL",
+      "spawn: raised .*function expected",
+      "wait: raised .*not a task handle",
+      "sleep: raised .*number expected",
+      "after: raised .*function expected",
+      "coroutine: raised .*run only inside the script or mkv.spawn",
+      "http early: nil | invalid argument | EINVAL",
+      "copy early: nil | invalid argument | EINVAL",
+      "md5 early: nil | invalid argument | EINVAL",
+      "copy to noport: nil | invalid argument | EINVAL",
+      "md5 ok: 2048 | " .. H.md5_hex(value),
+      "copy early in a task: nil | invalid argument | EINVAL",
+      "md5 early after a wait: nil | invalid argument | EINVAL",
+    }
+    for i, pat in ipairs(want) do
+      -- "<start>.*<part>": the line starts with <start> and holds <part> after it
+      local line = r.lines[i] or ""
+      local start, part = pat:match("^(.-)%.%*(.*)$")
+      start = start or pat
+      local ok = line:sub(1, #start) == start and
+        (part == nil and line == pat or part ~= nil and line:find(part, #start + 1, true))
+      assert.truthy(ok, "line " .. i .. ": expected " .. pat .. "\n" .. r.all)
+    end
+  end
+
+  it("online and offline: misuse raises, a failure to start returns nil, msg, code at once", function()
+    local path = H.tmpdir("script") .. "/early.lua"
+    H.write_file(path, script)
+    local on = c:admin({ "run", path, "--bandwidth", "1KB/s" })
+    assert.equal(0, on.code, on.all)
+    assert.truthy(on.err:find("inside it", 1, true), on.all)
+    expect(on)
+    c:stop()
+    local off = c:admin({ "run", path, "--bandwidth", "1KB/s" })
+    c:start()
+    assert.equal(0, off.code, off.all)
+    expect(off)
+  end)
+end)

@@ -1,0 +1,316 @@
+/* admin_client.c: the command side of the admin commands (`mkv rebuild`, `rebalance`,
+ * `verify`, `gc`, `run FILE.lua`): it runs the job inside the server that holds the
+ * index when there is one (found through <db>/mkv.admin; admin_proto.h), else opens
+ * the index and runs the job in this process, as the Go original's subcommands do --
+ * and shows the output of both the same way: reports on stdout, logs and a progress
+ * line on stderr (one live line on a terminal, a plain line every 10 s otherwise). */
+#include "mkv/admin_client.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "mkv/admin.h"
+#include "mkv/admin_proto.h"
+#include "mkv/index.h"
+#include "mkv/log.h"
+
+typedef struct admin_out_s {
+  int tty;
+  int live_line; /* a progress line is on the terminal, to be overwritten */
+  uint64_t last_plain_ms;
+  const char *script;
+  int code;
+} admin_out_t;
+
+static void fmt_bytes(char *out, size_t n, double b) {
+  const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+  int i = 0;
+  while (b >= 1000 && i < 4) b /= 1000, i++;
+  snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void show_progress(admin_out_t *o, const char *text, size_t len) {
+  mkv_admin_progress_t p;
+  if (mkv_admin_progress_parse(text, len, &p) != 0) return;
+  double secs = p.elapsed_ms / 1000 > 0 ? p.elapsed_ms / 1000 : 1;
+  char b[32], rate[32], line[256];
+  fmt_bytes(b, sizeof(b), p.bytes);
+  fmt_bytes(rate, sizeof(rate), p.bytes / secs);
+  int n = snprintf(line, sizeof(line), "%s%s%s%s: %.0f", o->script, p.phase[0] ? " (" : "",
+                   p.phase, p.phase[0] ? ")" : "", p.done);
+  if (p.total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", p.total);
+  n += snprintf(line + n, sizeof(line) - (size_t)n,
+                " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)",
+                p.examined, p.examined / secs, p.changed, p.failed, b, rate);
+  if (p.total > 0 && p.done > 0 && p.done < p.total)
+    snprintf(line + n, sizeof(line) - (size_t)n, ", ETA %.0f s", secs * (p.total - p.done) / p.done);
+  if (o->tty) {
+    fprintf(stderr, "\r\033[K%s", line);
+    o->live_line = 1;
+  } else if (mkv_now_ms() - o->last_plain_ms >= 10000) {
+    /* Not a terminal: a plain line every 10 s, for logs. */
+    fprintf(stderr, "%s\n", line);
+    o->last_plain_ms = mkv_now_ms();
+  }
+  fflush(stderr);
+}
+
+/* The sink of both kinds of run: text is borrowed and not NUL-terminated. */
+static void admin_line(void *ctx, int kind, const char *text, size_t len) {
+  admin_out_t *o = ctx;
+  if (kind == MKV_ADMIN_PROGRESS) {
+    show_progress(o, text, len);
+    return;
+  }
+  if (o->live_line) {
+    fputs("\r\033[K", stderr);
+    o->live_line = 0;
+  }
+  FILE *f = kind == MKV_ADMIN_LOG ? stderr : stdout;
+  fwrite(text, 1, len, f);
+  fputc('\n', f);
+  fflush(f);
+}
+
+/* ---- offline: the job runs here ---- */
+
+static void admin_done(void *arg, int code) {
+  admin_out_t *o = arg;
+  if (o->live_line) fputc('\n', stderr);
+  o->code = code;
+}
+
+static uv_signal_t admin_sigint, admin_sigterm;
+static mkv_admin_t *admin_running;
+
+static void on_admin_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  fprintf(stderr, "\nmkv: %s: cancelling (every step so far is safe to keep)\n",
+          signum == SIGINT ? "SIGINT" : "SIGTERM");
+  if (admin_running) mkv_admin_cancel(admin_running);
+  uv_close((uv_handle_t *)&admin_sigint, NULL);
+  uv_close((uv_handle_t *)&admin_sigterm, NULL);
+}
+
+static int run_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_opts_t *o) {
+  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, o->script, 2};
+  o->sink.line = admin_line;
+  o->sink.ctx = &out;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char *err = NULL;
+  if (mkv_admin_start(&loop, cfg, index, o, admin_done, &out, &admin_running, &err) != 0) {
+    mkv_print_error(err);
+    free(err);
+    uv_loop_close(&loop);
+    return 2;
+  }
+  uv_signal_init(&loop, &admin_sigint);
+  uv_signal_init(&loop, &admin_sigterm);
+  uv_signal_start(&admin_sigint, on_admin_signal, SIGINT);
+  uv_signal_start(&admin_sigterm, on_admin_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&admin_sigint);
+  uv_unref((uv_handle_t *)&admin_sigterm);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  admin_running = NULL;
+  if (!uv_is_closing((uv_handle_t *)&admin_sigint)) {
+    uv_close((uv_handle_t *)&admin_sigint, NULL);
+    uv_close((uv_handle_t *)&admin_sigterm, NULL);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop) != 0) mkv_error("admin loop closed with handles open");
+  return out.code;
+}
+
+/* ---- online: the job runs in the server ---- */
+
+/* Connects to the admin listener named in <db>/mkv.admin: a connected fd, or -1 when
+ * there is no such file or nothing answers there (a stale file after a crash). */
+static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
+  char *path = mkv_admin_addr_file(cfg->db);
+  FILE *f = fopen(path, "r");
+  free(path);
+  if (f == NULL) return -1;
+  char line[300] = "";
+  if (fgets(line, sizeof(line), f) == NULL) line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  snprintf(addr, addrlen, "%s", line);
+  char host[256];
+  const char *colon = strrchr(line, ':');
+  if (colon == NULL || colon == line || (size_t)(colon - line) >= sizeof(host)) return -1;
+  size_t hl = (size_t)(colon - line);
+  memcpy(host, line, hl);
+  host[hl] = '\0';
+  if (host[0] == '[') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host, colon + 1, &hints, &res) != 0) return -1;
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  return fd;
+}
+
+static int send_all(int fd, const char *p, size_t n) {
+  size_t off = 0;
+  while (off < n) {
+    ssize_t k = send(fd, p + off, n - off, MSG_NOSIGNAL);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return -1;
+    off += (size_t)k;
+  }
+  return 0;
+}
+
+/* Reads the answer: an HTTP/1.0 status line and headers, then the job's lines until the
+ * server closes. Returns the exit code. */
+static int read_answer(int fd, admin_out_t *out) {
+  mkv_buf_t in;
+  mkv_buf_init(&in);
+  int status = 0, in_body = 0, got_exit = 0;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    mkv_buf_add(&in, buf, (size_t)n);
+    size_t start = 0;
+    char *nl;
+    while ((nl = memchr(in.data + start, '\n', in.len - start)) != NULL) {
+      char *line = in.data + start;
+      size_t len = (size_t)(nl - line);
+      if (len && line[len - 1] == '\r') len--;
+      start = (size_t)(nl - in.data) + 1;
+      if (!in_body) {
+        if (status == 0 && sscanf(line, "HTTP/1.%*d %d", &status) != 1) status = -1;
+        if (len == 0) in_body = 1;
+      } else if (status != 200) { /* why the job was refused */
+        fprintf(stderr, "mkv: the server refused the job (%d): %.*s\n", status, (int)len, line);
+      } else if (len >= 2 && line[0] == MKV_ADMIN_EXIT && line[1] == ' ') {
+        out->code = atoi(line + 2);
+        got_exit = 1;
+      } else if (len >= 2 && line[1] == ' ') {
+        admin_line(out, line[0], line + 2, len - 2);
+      }
+    }
+    memmove(in.data, in.data + start, in.len - start);
+    in.len -= start;
+  }
+  mkv_buf_free(&in);
+  if (out->live_line) fputc('\n', stderr);
+  if (status != 200) return 2;
+  if (!got_exit) {
+    fprintf(stderr, "mkv: the server closed the connection before the job ended\n");
+    return 1;
+  }
+  return out->code;
+}
+
+/* Runs the job inside the server that holds the index; its options go as typed.
+ * Closing the connection (Ctrl-C) cancels the job there. */
+static int run_online(int fd, const char *addr, const char *name, int argc,
+                      const char *const *argv, const char *source, size_t slen) {
+  mkv_buf_t q, req;
+  mkv_buf_init(&q);
+  mkv_buf_init(&req);
+  mkv_admin_proto_query(&q, name, argc, argv);
+  /* HTTP/1.0: the answer streams until the server closes; no chunk framing to undo. */
+  mkv_buf_addf(&req, "POST %s?%s HTTP/1.0\r\nHost: mkv\r\nContent-Length: %zu\r\n\r\n",
+               MKV_ADMIN_RUN_PATH, q.data, slen);
+  mkv_buf_add(&req, source ? source : "", slen);
+  int sent = send_all(fd, req.data, req.len);
+  mkv_buf_free(&q);
+  mkv_buf_free(&req);
+  if (sent != 0) {
+    fprintf(stderr, "mkv: cannot talk to the server's admin listener at %s: %s\n", addr,
+            strerror(errno));
+    close(fd);
+    return 2;
+  }
+  fprintf(stderr, "mkv: a server holds the index: running %s inside it (%s)\n", name, addr);
+  admin_out_t out = {isatty(STDERR_FILENO), 0, 0, name, 2};
+  int code = read_answer(fd, &out);
+  close(fd);
+  return code;
+}
+
+/* Reads a whole file (an operator's script sent to the server). */
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  char chunk[8192];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) mkv_buf_add(&b, chunk, n);
+  fclose(f);
+  *len = b.len;
+  return b.data ? b.data : mkv_strdup("");
+}
+
+static int is_script_file(const char *script) {
+  size_t sl = strlen(script);
+  return strchr(script, '/') || (sl > 4 && strcmp(script + sl - 4, ".lua") == 0);
+}
+
+int mkv_admin_client_run(const mkv_config_t *cfg, const char *script, int argc, char **argv) {
+  /* The same command works whether or not a server holds the index: with one, the job
+   * runs inside it, under its key locks, while it serves. */
+  char addr[300];
+  int fd = connect_admin(cfg, addr, sizeof(addr));
+  if (fd >= 0) {
+    size_t slen = 0;
+    char *source = NULL;
+    const char *name = script;
+    if (is_script_file(script)) {
+      source = read_file(script, &slen);
+      if (source == NULL) {
+        fprintf(stderr, "mkv: cannot read %s: %s\n", script, strerror(errno));
+        close(fd);
+        return 2;
+      }
+      name = strrchr(script, '/') ? strrchr(script, '/') + 1 : script;
+    }
+    int rc = run_online(fd, addr, name, argc, (const char *const *)argv, source, slen);
+    free(source);
+    return rc;
+  }
+  mkv_admin_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.script = script;
+  const char **rest = mkv_calloc((size_t)argc + 1, sizeof(char *));
+  int nrest = 0, rc;
+  char *err = NULL;
+  mkv_index_t *index = NULL;
+  if (mkv_admin_parse_opts(&o, argc, (const char *const *)argv, rest, &nrest, &err) != 0) {
+    mkv_print_error(err);
+    rc = 2;
+  } else if (mkv_index_open(&index, cfg->db, cfg, &err) != 0) {
+    mkv_print_error(err);
+    rc = 1;
+  } else {
+    o.argc = nrest;
+    o.argv = rest;
+    rc = run_offline(cfg, index, &o);
+    mkv_index_close(index);
+  }
+  free(err);
+  free(rest);
+  return rc;
+}

@@ -1,0 +1,460 @@
+/* admin_lua.c: the admin script's Lua state -- the `mkv` table a script sees (the pure
+ * helpers of lua_api.c, the scheduler's and the transfers' bindings, and those here:
+ * index pages, reads and writes, the API's key locks, placement through a checked
+ * policy state, progress and output), the prelude written in Lua, the script's chunk,
+ * and the built-in modules of lua/ it may require. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "admin_int.h"
+#include "internal.h"
+#include "mkv/keylock.h"
+#include "mkv/lua_api.h"
+
+/* ---- the index ---- */
+
+/* mkv.index_scan(start, limit [, prefix]) -> { {key, value}, ... }: a page of records
+ * from `start` (inclusive) in byte order, within `prefix` if given. A fresh iterator
+ * each page: a long scan never pins an old LevelDB version. */
+static int l_index_scan(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t slen, plen = 0;
+  const char *start = luaL_checklstring(L, 1, &slen);
+  int limit = (int)luaL_checkinteger(L, 2);
+  const char *prefix = luaL_optlstring(L, 3, "", &plen);
+  mkv_index_iter_t *it = mkv_index_iter_new(a->index);
+  mkv_index_iter_seek(it, start, slen);
+  lua_createtable(L, limit > 0 && limit < 100000 ? limit : 0, 0);
+  int n = 0;
+  for (; n < limit && mkv_index_iter_valid(it); mkv_index_iter_next(it)) {
+    size_t klen, vlen;
+    const char *k = mkv_index_iter_key(it, &klen);
+    if (plen && (klen < plen || memcmp(k, prefix, plen) != 0)) break;
+    const char *v = mkv_index_iter_value(it, &vlen);
+    lua_createtable(L, 2, 0);
+    lua_pushlstring(L, k, klen);
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, v, vlen);
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, ++n);
+  }
+  char *err = NULL;
+  int failed = mkv_index_iter_error(it, &err);
+  mkv_index_iter_free(it);
+  if (failed) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    free(err);
+    lua_pushliteral(L, "EIO");
+    return 3;
+  }
+  return 1;
+}
+
+static int l_index_get(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  mkv_buf_t v;
+  mkv_buf_init(&v);
+  int rc = mkv_index_get(a->index, key, klen, &v);
+  if (rc == UV_ENOENT) {
+    mkv_buf_free(&v);
+    lua_pushnil(L);
+    return 1;
+  }
+  if (rc != 0) {
+    mkv_buf_free(&v);
+    return mkv__push_error(L, rc);
+  }
+  lua_pushlstring(L, v.data ? v.data : "", v.len);
+  mkv_buf_free(&v);
+  return 1;
+}
+
+typedef struct iw_op_s {
+  op_t op;
+  mkv_index_write_t w;
+} iw_op_t;
+
+/* The one push of an index write's results: true, or nil, msg, code. */
+static int iw_push(lua_State *L, int status) {
+  if (status != 0) return mkv__push_error(L, status);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void iw_done(mkv_index_write_t *w, int status) {
+  iw_op_t *o = w->data;
+  task_t *t = o->op.task;
+  iw_push(t->T, status);
+  mkv_index_write_free(&o->w);
+  free(o);
+  mkv__task_resume(t);
+}
+
+/* mkv.index_put(key, value [, sync]) / mkv.index_del(key [, sync]) -> true | nil, msg:
+ * through the index-writer thread, as the API's writes. */
+static int index_write(lua_State *L, int del) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  task_t *t = mkv__task_async(L, a);
+  size_t klen, vlen = 0;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  const char *val = del ? NULL : luaL_checklstring(L, 2, &vlen);
+  int sync = lua_toboolean(L, del ? 2 : 3);
+  if (mkv_index_failure(a->index)) return iw_push(L, MKV_EINDEX);
+  iw_op_t *o = mkv_calloc(1, sizeof(*o));
+  mkv_index_write_init(&o->w);
+  o->w.data = o;
+  if (del)
+    mkv_index_del(a->port, &o->w, key, klen, sync, iw_done);
+  else
+    mkv_index_put(a->port, &o->w, key, klen, val, vlen, sync, iw_done);
+  mkv__task_park(t, &o->op, OP_INDEX_WRITE); /* completes soon: a cancel waits for it */
+  return lua_yield(L, 0);
+}
+
+static int l_index_put(lua_State *L) {
+  return index_write(L, 0);
+}
+
+static int l_index_del(lua_State *L) {
+  return index_write(L, 1);
+}
+
+/* mkv.lock(key) -> true | false: the API's key lock, without waiting (a key a PUT or
+ * DELETE holds is left for later). Released by mkv.unlock or when the task ends. */
+static int l_lock(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  task_t *t = mkv__task_async(L, a);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  if (mkv_keylock_try(key, klen) != 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  mkv_buf_add(&t->locks, &klen, sizeof(klen));
+  mkv_buf_add(&t->locks, key, klen);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_unlock(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  task_t *t = mkv__task_async(L, a);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  size_t off = 0;
+  while (off < t->locks.len) {
+    size_t l;
+    memcpy(&l, t->locks.data + off, sizeof(l));
+    size_t rec = sizeof(l) + l;
+    if (l == klen && memcmp(t->locks.data + off + sizeof(l), key, klen) == 0) {
+      mkv_keylock_release(key, klen);
+      memmove(t->locks.data + off, t->locks.data + off + rec, t->locks.len - off - rec);
+      t->locks.len -= rec;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    off += rec;
+  }
+  return luaL_error(L, "mkv.unlock: this task holds no lock on that key");
+}
+
+/* ---- placement, through a checked policy state ---- */
+
+static void push_list(lua_State *L, const char *joined, size_t len) {
+  lua_newtable(L);
+  const char *pos = joined, *end = joined + len, *item;
+  size_t ilen;
+  int i = 0;
+  while (len && mkv_volumes_next(&pos, end, &item, &ilen)) {
+    lua_pushlstring(L, item, ilen);
+    lua_rawseti(L, -2, ++i);
+  }
+}
+
+/* mkv.place(key) -> { "host:port[/svXX]", ... } (placement and replica count). */
+static int l_place(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  mkv_buf_t j;
+  mkv_buf_init(&j);
+  int n;
+  if (mkv_policy_place(a->policy, key, klen, &j, &n) != 0) {
+    mkv_buf_free(&j);
+    lua_pushnil(L);
+    lua_pushstring(L, mkv_policy_error(a->policy));
+    lua_pushliteral(L, "EPOLICY");
+    return 3;
+  }
+  push_list(L, j.data, j.len);
+  mkv_buf_free(&j);
+  return 1;
+}
+
+static int l_path(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  mkv_buf_t p;
+  mkv_buf_init(&p);
+  if (mkv_policy_path(a->policy, key, klen, &p) != 0) {
+    mkv_buf_free(&p);
+    lua_pushnil(L);
+    lua_pushstring(L, mkv_policy_error(a->policy));
+    lua_pushliteral(L, "EPOLICY");
+    return 3;
+  }
+  lua_pushlstring(L, p.data, p.len);
+  mkv_buf_free(&p);
+  return 1;
+}
+
+static int join_table(lua_State *L, int idx, mkv_buf_t *out) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  int n = (int)lua_objlen(L, idx);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    size_t l;
+    const char *s = lua_tolstring(L, -1, &l);
+    if (s == NULL || memchr(s, ',', l)) {
+      lua_pop(L, 1);
+      return luaL_error(L, "volume lists hold strings without commas");
+    }
+    if (i > 1) mkv_buf_addc(out, ',');
+    mkv_buf_add(out, s, l);
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+/* mkv.rebalance_plan(key, have, want) -> copy, drop: the rebalance policy's answer,
+ * checked (copies only to `want`, drops only from `have`, never every good copy). */
+static int l_rebalance_plan(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  mkv_buf_t have, want, copy, drop;
+  mkv_buf_init(&have);
+  mkv_buf_init(&want);
+  mkv_buf_init(&copy);
+  mkv_buf_init(&drop);
+  join_table(L, 2, &have);
+  join_table(L, 3, &want);
+  int rc = mkv_policy_rebalance(a->policy, key, klen, have.data ? have.data : "", have.len,
+                                want.data ? want.data : "", want.len, &copy, &drop);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, mkv_policy_error(a->policy));
+    lua_pushliteral(L, "EPOLICY");
+  } else {
+    push_list(L, copy.data, copy.len);
+    push_list(L, drop.data, drop.len);
+  }
+  mkv_buf_free(&have);
+  mkv_buf_free(&want);
+  mkv_buf_free(&copy);
+  mkv_buf_free(&drop);
+  return rc != 0 ? 3 : 2;
+}
+
+/* ---- progress and output ---- */
+
+/* mkv.progress{ phase = "name", total = N, done = n }: a new phase starts its own count;
+ * `done` adds to it. */
+static int l_progress(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "phase");
+  if (lua_isstring(L, -1)) {
+    snprintf(a->phase, sizeof(a->phase), "%s", lua_tostring(L, -1));
+    a->done_units = 0;
+    a->total = 0;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "total");
+  if (lua_isnumber(L, -1)) a->total = lua_tonumber(L, -1);
+  lua_getfield(L, 1, "done");
+  if (lua_isnumber(L, -1)) a->done_units += lua_tonumber(L, -1);
+  return 0;
+}
+
+/* mkv.count(name [, n]): examined, changed, failed or skipped. */
+static int l_count(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  const char *name = luaL_checkstring(L, 1);
+  unsigned long long n = (unsigned long long)luaL_optinteger(L, 2, 1);
+  if (strcmp(name, "examined") == 0)
+    a->examined += n;
+  else if (strcmp(name, "changed") == 0)
+    a->changed += n;
+  else if (strcmp(name, "failed") == 0)
+    a->failed += n;
+  else if (strcmp(name, "skipped") == 0)
+    a->skipped += n;
+  else
+    return luaL_error(L, "mkv.count: unknown counter %s", name);
+  return 0;
+}
+
+static int l_report(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  mkv__admin_emit(a, MKV_ADMIN_REPORT, "%.*s", (int)n, s);
+  return 0;
+}
+
+static int l_log(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  mkv__admin_emit(a, MKV_ADMIN_LOG, "%.*s", (int)n, s);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)mkv_now_ns() / 1e9);
+  return 1;
+}
+
+static const luaL_Reg admin_funcs[] = {
+    {"index_scan", l_index_scan}, {"index_get", l_index_get},
+    {"index_put", l_index_put}, {"index_del", l_index_del},
+    {"lock", l_lock},           {"unlock", l_unlock},
+    {"place", l_place},         {"path", l_path},
+    {"rebalance_plan", l_rebalance_plan},
+    {"progress", l_progress},   {"count", l_count},
+    {"report", l_report},       {"log", l_log},
+    {"now", l_now},             {NULL, NULL},
+};
+
+/* ---- the script's state ---- */
+
+/* package.loaders entry: modules of lua/ compiled into the binary ("mkv_admin"). */
+static int embedded_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  char path[256];
+  snprintf(path, sizeof(path), "lua/%s.lua", name);
+  const mkv__embedded_t *e = mkv__embedded_find(path);
+  if (e == NULL) {
+    lua_pushfstring(L, " no built-in module lua/%s.lua", name);
+    return 1;
+  }
+  char chunk[300];
+  snprintf(chunk, sizeof(chunk), "@%s", path);
+  if (luaL_loadbuffer(L, e->src, e->len, chunk) != 0) return lua_error(L);
+  return 1;
+}
+
+int mkv_admin_script_exists(const char *name) {
+  char path[256];
+  snprintf(path, sizeof(path), "lua/%s.lua", name);
+  return mkv__embedded_find(path) != NULL;
+}
+
+static void push_config(lua_State *L, const mkv_config_t *cfg) {
+  lua_createtable(L, 0, 8);
+  lua_createtable(L, cfg->nvolumes, 0);
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_pushstring(L, cfg->volumes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "volumes");
+  lua_pushinteger(L, cfg->replicas);
+  lua_setfield(L, -2, "replicas");
+  lua_pushinteger(L, cfg->subvolumes);
+  lua_setfield(L, -2, "subvolumes");
+  lua_pushboolean(L, cfg->md5sum);
+  lua_setfield(L, -2, "md5sum");
+  lua_pushboolean(L, cfg->protect);
+  lua_setfield(L, -2, "protect");
+  lua_pushnumber(L, cfg->voltimeout_ms / 1000.0);
+  lua_setfield(L, -2, "voltimeout");
+  lua_pushnumber(L, cfg->limits.volume_timeout_ms / 1000.0);
+  lua_setfield(L, -2, "volume_timeout");
+  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
+  char *src = mkv_sprintf("return %s", pc);
+  if (luaL_loadbuffer(L, src, strlen(src), "=policy_config") == 0 && lua_pcall(L, 0, 1, 0) == 0)
+    lua_setfield(L, -2, "policy");
+  else
+    lua_pop(L, 1);
+  free(src);
+}
+
+int mkv__admin_build_state(mkv_admin_t *a, const char *script_path, char **err) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) mkv_fatal("cannot create a Lua state");
+  a->L = L;
+  luaL_openlibs(L);
+
+  /* mkv = the pure helpers + the runtime's functions + config + args */
+  lua_pushcfunction(L, luaopen_mkv);
+  lua_call(L, 0, 1);
+  luaL_register(L, NULL, mkv__admin_task_funcs);
+  luaL_register(L, NULL, mkv__admin_xfer_funcs);
+  luaL_register(L, NULL, admin_funcs);
+  push_config(L, a->cfg);
+  lua_setfield(L, -2, "config");
+  lua_newtable(L);
+  for (int i = 0; i < a->opts.argc; i++) {
+    lua_pushstring(L, a->opts.argv[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "args");
+  lua_pushinteger(L, a->opts.concurrency);
+  lua_setfield(L, -2, "concurrency");
+  /* mkv.wait and friends, written in Lua on top of the parking primitives */
+  const mkv__embedded_t *pre = mkv__embedded_find("lua/mkv_prelude.lua");
+  if (pre == NULL || luaL_loadbuffer(L, pre->src, pre->len, "@lua/mkv_prelude.lua") != 0) {
+    *err = mkv_strdup(pre ? lua_tostring(L, -1) : "lua/mkv_prelude.lua is not compiled in");
+    return -1;
+  }
+  lua_pushvalue(L, -2);
+  if (lua_pcall(L, 1, 0, 0) != 0) {
+    *err = mkv_strdup(lua_tostring(L, -1));
+    return -1;
+  }
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "mkv");
+  lua_pop(L, 1);
+  /* built-in lua/ modules after the usual searchers */
+  lua_getfield(L, -1, "loaders");
+  lua_pushcfunction(L, embedded_searcher);
+  lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+  lua_pop(L, 2);
+  lua_setglobal(L, "mkv");
+
+  /* the script: sent over the wire, a file given by path, or lua/<name>.lua compiled in */
+  int rc;
+  if (a->opts.source) {
+    char chunk[300];
+    snprintf(chunk, sizeof(chunk), "@%s", a->script);
+    rc = luaL_loadbuffer(L, a->opts.source, a->opts.source_len, chunk);
+  } else if (script_path) {
+    rc = luaL_loadfile(L, script_path);
+  } else {
+    char path[256];
+    snprintf(path, sizeof(path), "lua/%s.lua", a->script);
+    const mkv__embedded_t *e = mkv__embedded_find(path);
+    if (e == NULL) {
+      *err = mkv_sprintf("no admin script named '%s'", a->script);
+      return -1;
+    }
+    char chunk[300];
+    snprintf(chunk, sizeof(chunk), "@%s", path);
+    rc = luaL_loadbuffer(L, e->src, e->len, chunk);
+  }
+  if (rc != 0) {
+    *err = mkv_sprintf("%s", lua_tostring(L, -1));
+    return -1;
+  }
+  return 0;
+}
