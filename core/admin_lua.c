@@ -166,17 +166,6 @@ static int l_unlock(lua_State *L) {
 
 /* ---- placement, through a checked policy state ---- */
 
-static void push_list(lua_State *L, const char *joined, size_t len) {
-  lua_newtable(L);
-  const char *pos = joined, *end = joined + len, *item;
-  size_t ilen;
-  int i = 0;
-  while (len && mkv_volumes_next(&pos, end, &item, &ilen)) {
-    lua_pushlstring(L, item, ilen);
-    lua_rawseti(L, -2, ++i);
-  }
-}
-
 /* mkv.place(key) -> { "host:port[/svXX]", ... } (placement and replica count). */
 static int l_place(lua_State *L) {
   mkv_admin_t *a = mkv__admin_of(L);
@@ -192,7 +181,7 @@ static int l_place(lua_State *L) {
     lua_pushliteral(L, "EPOLICY");
     return 3;
   }
-  push_list(L, j.data, j.len);
+  mkv_lua_push_volumes(L, j.data, j.len);
   mkv_buf_free(&j);
   return 1;
 }
@@ -215,24 +204,6 @@ static int l_path(lua_State *L) {
   return 1;
 }
 
-static int join_table(lua_State *L, int idx, mkv_buf_t *out) {
-  luaL_checktype(L, idx, LUA_TTABLE);
-  int n = (int)lua_objlen(L, idx);
-  for (int i = 1; i <= n; i++) {
-    lua_rawgeti(L, idx, i);
-    size_t l;
-    const char *s = lua_tolstring(L, -1, &l);
-    if (s == NULL || memchr(s, ',', l)) {
-      lua_pop(L, 1);
-      return luaL_error(L, "volume lists hold strings without commas");
-    }
-    if (i > 1) mkv_buf_addc(out, ',');
-    mkv_buf_add(out, s, l);
-    lua_pop(L, 1);
-  }
-  return n;
-}
-
 /* mkv.rebalance_plan(key, have, want) -> copy, drop: the rebalance policy's answer,
  * checked (copies only to `want`, drops only from `have`, never every good copy). */
 static int l_rebalance_plan(lua_State *L) {
@@ -244,8 +215,8 @@ static int l_rebalance_plan(lua_State *L) {
   mkv_buf_init(&want);
   mkv_buf_init(&copy);
   mkv_buf_init(&drop);
-  join_table(L, 2, &have);
-  join_table(L, 3, &want);
+  mkv_lua_join_volumes(L, 2, &have);
+  mkv_lua_join_volumes(L, 3, &want);
   int rc = mkv_policy_rebalance(a->policy, key, klen, have.data ? have.data : "", have.len,
                                 want.data ? want.data : "", want.len, &copy, &drop);
   if (rc != 0) {
@@ -253,8 +224,8 @@ static int l_rebalance_plan(lua_State *L) {
     lua_pushstring(L, mkv_policy_error(a->policy));
     lua_pushliteral(L, "EPOLICY");
   } else {
-    push_list(L, copy.data, copy.len);
-    push_list(L, drop.data, drop.len);
+    mkv_lua_push_volumes(L, copy.data, copy.len);
+    mkv_lua_push_volumes(L, drop.data, drop.len);
   }
   mkv_buf_free(&have);
   mkv_buf_free(&want);

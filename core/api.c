@@ -218,10 +218,10 @@ static void on_del_done(mkv_upreq_t *r, int err) {
 static void delete_files(api_t *a, const char *vols, size_t vlen, void (*done)(api_t *a)) {
   mkv_req_t *req = a->req;
   const mkv_config_t *cfg = req->worker->cfg;
-  const char *pos = vols, *end = vols + vlen, *item;
+  mkv_volumes_iter_t it;
+  const char *item;
   size_t ilen;
-  int n = 0;
-  while (vlen && mkv_volumes_next(&pos, end, &item, &ilen)) n++;
+  int n = mkv_volumes_count(vols, vlen);
   for (int i = 0; i < a->ndels; i++) mkv_upreq_free(&a->dels[i]);
   free(a->dels);
   a->dels = mkv_calloc((size_t)MKV_MAX(n, 1), sizeof(mkv_upreq_t));
@@ -229,13 +229,12 @@ static void delete_files(api_t *a, const char *vols, size_t vlen, void (*done)(a
   a->dels_pending = 1; /* held until every request is started */
   a->dels_failed = 0;
   a->dels_done = done;
-  pos = vols;
-  for (int i = 0; vlen && mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+  mkv_volumes_iter(&it, vols, vlen);
+  for (int i = 0; mkv_volumes_next(&it, &item, &ilen); i++) {
     mkv_upreq_t *r = &a->dels[i];
     mkv_upreq_init(r);
     if (ilen == 0) continue; /* an empty volume in a Go record: nothing there */
-    const char *slash = memchr(item, '/', ilen);
-    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    size_t hlen = mkv_volume_host_len(item, ilen);
     mkv_buf_set(&r->host, item, hlen);
     mkv_buf_set(&r->path, item + hlen, ilen - hlen);
     mkv_buf_add(&r->path, a->path.data, a->path.len);
@@ -657,8 +656,7 @@ static void probe_next(api_t *a) {
     size_t ilen = a->probe_lens[a->next_probe];
     a->next_probe++;
     mkv_upreq_t *r = &a->probe;
-    const char *slash = memchr(item, '/', ilen);
-    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    size_t hlen = mkv_volume_host_len(item, ilen);
     mkv_buf_set(&r->host, item, hlen);
     mkv_buf_set(&r->path, item + hlen, ilen - hlen);
     mkv_buf_add(&r->path, a->path.data, a->path.len);
@@ -741,11 +739,12 @@ static void get_start(mkv_req_t *req) {
    * then replicas that failed recently last, so a dead volume does not cost voltimeout
    * on every read, and so are those the client asks to avoid (X-Mkv-Avoid-Volume: a
    * proxy whose fetch from a volume failed asks again; see deploy/proxy). */
-  const char *pos = a->rec.volumes, *end = a->rec.volumes + a->rec.volumes_len, *item;
+  mkv_volumes_iter_t vit;
+  const char *item;
   size_t ilen;
   a->nprobes = 0;
-  while (a->rec.volumes_len && mkv_volumes_next(&pos, end, &item, &ilen) &&
-         a->nprobes < MAX_PROBES) {
+  mkv_volumes_iter(&vit, a->rec.volumes, a->rec.volumes_len);
+  while (mkv_volumes_next(&vit, &item, &ilen) && a->nprobes < MAX_PROBES) {
     if (!volume_ok_for_url(item, ilen)) continue;
     a->probe_items[a->nprobes] = item;
     a->probe_lens[a->nprobes] = ilen;
@@ -763,8 +762,7 @@ static void get_start(mkv_req_t *req) {
   int ng = 0, nb = 0;
   for (int i = 0; i < a->nprobes; i++) {
     const char *it = a->probe_items[i];
-    const char *slash = memchr(it, '/', a->probe_lens[i]);
-    size_t hl = slash ? (size_t)(slash - it) : a->probe_lens[i];
+    size_t hl = mkv_volume_host_len(it, a->probe_lens[i]);
     if (mkv_upstream_suspect(w->up, it, hl) || avoided(req, it, hl))
       bad[nb] = it, badl[nb++] = a->probe_lens[i];
     else

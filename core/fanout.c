@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "mkv/failpoint.h"
-#include "mkv/index.h"
+#include "mkv/record.h"
 #include "mkv/log.h"
 
 /* Bytes are gathered into chunks of MKV_CHUNK_POOLED: one (pooled) allocation and one
@@ -96,11 +96,11 @@ static void on_replica_ready(mkv_upreq_t *req) {
 }
 
 int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_t **out) {
-  int n = 0;
-  const char *pos = o->volumes, *end = o->volumes + o->volumes_len, *item;
+  int n = mkv_volumes_count(o->volumes, o->volumes_len);
+  if (n == 0) return UV_EINVAL;
+  mkv_volumes_iter_t it;
+  const char *item;
   size_t ilen;
-  while (mkv_volumes_next(&pos, end, &item, &ilen)) n++;
-  if (n == 0 || o->volumes_len == 0) return UV_EINVAL;
 
   mkv_fanout_t *fo = mkv_calloc(1, sizeof(*fo));
   fo->data = o->data;
@@ -117,15 +117,14 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   mkv_buf_init(&fo->volumes);
   mkv_buf_set(&fo->volumes, o->volumes, o->volumes_len);
   fo->reqs = mkv_calloc((size_t)n, sizeof(mkv_upreq_t));
-  pos = o->volumes;
-  for (int i = 0; mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+  mkv_volumes_iter(&it, o->volumes, o->volumes_len);
+  for (int i = 0; mkv_volumes_next(&it, &item, &ilen); i++) {
     mkv_upreq_t *r = &fo->reqs[i];
     mkv_upreq_init(r);
     r->data = fo;
     r->method = MKV_UP_PUT;
     /* "host:port/sv01" -> host "host:port", path "/sv01" + key path */
-    const char *slash = memchr(item, '/', ilen);
-    size_t hlen = slash ? (size_t)(slash - item) : ilen;
+    size_t hlen = mkv_volume_host_len(item, ilen);
     mkv_buf_set(&r->host, item, hlen);
     mkv_buf_set(&r->path, item + hlen, ilen - hlen);
     mkv_buf_add(&r->path, o->path, o->path_len);
@@ -243,10 +242,12 @@ void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]) {
 }
 
 void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes) {
-  const char *pos = fo->volumes.data, *end = fo->volumes.data + fo->volumes.len, *item;
+  mkv_volumes_iter_t it;
+  const char *item;
   size_t ilen;
   mkv_buf_reset(volumes);
-  for (int i = 0; i < fo->n && mkv_volumes_next(&pos, end, &item, &ilen); i++) {
+  mkv_volumes_iter(&it, fo->volumes.data, fo->volumes.len);
+  for (int i = 0; i < fo->n && mkv_volumes_next(&it, &item, &ilen); i++) {
     if (!fo->reqs[i].touched) continue;
     if (volumes->len) mkv_buf_addc(volumes, ',');
     mkv_buf_add(volumes, item, ilen);

@@ -54,56 +54,6 @@ struct mkv_index_iter_s {
   leveldb_iterator_t *it;
 };
 
-/* ---- records ---- */
-
-static int is_hex32(const char *s) {
-  for (int i = 0; i < 32; i++) {
-    char c = s[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return 0;
-  }
-  return 1;
-}
-
-int mkv_record_decode(const char *v, size_t n, mkv_record_t *r) {
-  memset(r, 0, sizeof(*r));
-  if (n >= 7 && memcmp(v, "DELETED", 7) == 0) {
-    r->deleted = 1;
-    v += 7, n -= 7;
-  }
-  if (n >= 4 && memcmp(v, "HASH", 4) == 0) {
-    if (n < 36 || !is_hex32(v + 4)) return MKV_ECORRUPT;
-    r->has_hash = 1;
-    memcpy(r->hash, v + 4, 32);
-    r->hash[32] = '\0';
-    v += 36, n -= 36;
-  }
-  r->volumes = v;
-  r->volumes_len = n;
-  return 0;
-}
-
-void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
-                       size_t volumes_len) {
-  mkv_buf_reset(out);
-  if (deleted) mkv_buf_add(out, "DELETED", 7);
-  if (hash) {
-    mkv_buf_add(out, "HASH", 4);
-    mkv_buf_add(out, hash, 32);
-  }
-  mkv_buf_add(out, volumes, volumes_len);
-}
-
-int mkv_volumes_next(const char **pos, const char *end, const char **item, size_t *ilen) {
-  if (*pos == NULL || *pos > end) return 0;
-  const char *p = *pos;
-  const char *comma = memchr(p, ',', (size_t)(end - p));
-  const char *stop = comma ? comma : end;
-  *item = p;
-  *ilen = (size_t)(stop - p);
-  *pos = comma ? comma + 1 : end + 1;
-  return 1;
-}
-
 /* ---- open / close ---- */
 
 static int mkdir_p(const char *dir) {

@@ -10,6 +10,7 @@
 
 #include "mkv/common.h"
 #include "mkv/hash.h"
+#include "mkv/record.h"
 #include "mkv/text.h"
 
 static int l_md5(lua_State *L) {
@@ -138,7 +139,89 @@ static int l_duration_ms(lua_State *L) {
   return 1;
 }
 
+void mkv_lua_push_volumes(lua_State *L, const char *list, size_t len) {
+  lua_createtable(L, mkv_volumes_count(list, len), 0);
+  mkv_volumes_iter_t it;
+  const char *item;
+  size_t ilen;
+  int i = 0;
+  mkv_volumes_iter(&it, list, len);
+  while (mkv_volumes_next(&it, &item, &ilen)) {
+    lua_pushlstring(L, item, ilen);
+    lua_rawseti(L, -2, ++i);
+  }
+}
+
+int mkv_lua_join_volumes(lua_State *L, int idx, mkv_buf_t *out) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  int n = (int)lua_objlen(L, idx);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    size_t l;
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
+    if (s == NULL || memchr(s, ',', l)) {
+      mkv_buf_free(out);
+      return luaL_error(L, "a volume list holds strings without commas (entry %d)", i);
+    }
+    if (i > 1) mkv_buf_addc(out, ',');
+    mkv_buf_add(out, s, l);
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+/* record_decode(value) -> { deleted = bool, hash = "32 hex" | nil, volumes = {...} } |
+ * nil, msg, "ECORRUPT": record.h's decoder, so scripts read and write the Go format
+ * exactly as the server does (the hash as stored, every volume name in order). */
+static int l_record_decode(lua_State *L) {
+  size_t n;
+  const char *v = luaL_checklstring(L, 1, &n);
+  mkv_record_t r;
+  if (mkv_record_decode(v, n, &r) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "corrupt record (bad HASH)");
+    lua_pushstring(L, mkv_errname(MKV_ECORRUPT));
+    return 3;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushboolean(L, r.deleted);
+  lua_setfield(L, -2, "deleted");
+  if (r.has_hash) {
+    lua_pushlstring(L, r.hash, 32);
+    lua_setfield(L, -2, "hash");
+  }
+  mkv_lua_push_volumes(L, r.volumes, r.volumes_len);
+  lua_setfield(L, -2, "volumes");
+  return 1;
+}
+
+/* record_encode{ deleted = bool, hash = "32 hex" | nil, volumes = {...} } -> the record's
+ * bytes. Misuse (a hash that is not 32 hex digits, a volume holding ',') raises. */
+static int l_record_encode(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "hash");
+  size_t hl = 0;
+  unsigned char md[MKV_MD5_LEN];
+  const char *hash = lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &hl);
+  if (!lua_isnil(L, -1) && (hash == NULL || hl != 32 || mkv_unhex(hash, 32, md) != 0))
+    return luaL_error(L, "record_encode: hash must be 32 hex digits");
+  lua_getfield(L, 1, "deleted");
+  int deleted = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "volumes");
+  mkv_buf_t vols, out;
+  mkv_buf_init(&vols);
+  mkv_buf_init(&out);
+  mkv_lua_join_volumes(L, lua_gettop(L), &vols);
+  mkv_record_encode(&out, deleted, hash, vols.data ? vols.data : "", vols.len);
+  lua_pushlstring(L, out.data, out.len);
+  mkv_buf_free(&vols);
+  mkv_buf_free(&out);
+  return 1;
+}
+
 static const luaL_Reg mkv_funcs[] = {
+    {"record_decode", l_record_decode},
+    {"record_encode", l_record_encode},
     {"md5", l_md5},
     {"md5_hex", l_md5_hex},
     {"hex", l_hex},

@@ -12,7 +12,7 @@
 
 #include "internal.h"
 #include "mkv/hash.h"
-#include "mkv/index.h"
+#include "mkv/record.h"
 #include "mkv/log.h"
 #include "mkv/lua_api.h"
 
@@ -593,8 +593,7 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
     for (int j = 0; j < i - 1; j++) {
       const char *prev = joined->data + starts[j];
       size_t plen = (j + 1 < i - 1 ? starts[j + 1] - 1 : joined->len) - starts[j];
-      const char *ps = memchr(prev, '/', plen), *vs = memchr(v, '/', vl);
-      size_t ph = ps ? (size_t)(ps - prev) : plen, vh = vs ? (size_t)(vs - v) : vl;
+      size_t ph = mkv_volume_host_len(prev, plen), vh = mkv_volume_host_len(v, vl);
       if (ph == vh && memcmp(prev, v, vh) == 0) {
         rc = policy_fail(p, "%s: place() put two replicas on volume \"%.*s\"", src, (int)vh, v);
         lua_pop(L, 1);
@@ -641,25 +640,6 @@ int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *pa
   return rc;
 }
 
-static void push_items(lua_State *L, const char *joined, size_t len) {
-  lua_newtable(L);
-  const char *pos = joined, *end = joined + len, *item;
-  size_t ilen;
-  int i = 0;
-  while (len && mkv_volumes_next(&pos, end, &item, &ilen)) {
-    lua_pushlstring(L, item, ilen);
-    lua_rawseti(L, -2, ++i);
-  }
-}
-
-static int in_list(const char *joined, size_t len, const char *s, size_t n) {
-  const char *pos = joined, *end = joined + len, *item;
-  size_t ilen;
-  while (len && mkv_volumes_next(&pos, end, &item, &ilen))
-    if (ilen == n && memcmp(item, s, n) == 0) return 1;
-  return 0;
-}
-
 /* Reads field `name` of the table on top: a list of volumes, each in `allowed` and not
  * in `forbidden`, no entry twice, into out (record form). */
 static int plan_list(mkv_policy_t *p, const char *name, const char *allowed, size_t alen,
@@ -681,8 +661,9 @@ static int plan_list(mkv_policy_t *p, const char *name, const char *allowed, siz
     lua_rawgeti(L, -1, i);
     size_t l;
     const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
-    int ok = v && in_list(allowed, alen, v, l) && !in_list(forbidden, flen, v, l) &&
-             !(out->len && in_list(out->data, out->len, v, l));
+    int ok = v && mkv_volumes_contains(allowed, alen, v, l) &&
+             !mkv_volumes_contains(forbidden, flen, v, l) &&
+             !mkv_volumes_contains(out->data, out->len, v, l);
     if (!ok) {
       lua_pop(L, 2);
       return policy_fail(p, "%s: rebalance().%s entry %d is not allowed there (%s)", src, name, i,
@@ -703,8 +684,8 @@ int mkv_policy_rebalance(mkv_policy_t *p, const char *key, size_t klen, const ch
   const char *src = p->sources[MKV_POLICY_REBALANCE];
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_REBALANCE]);
   lua_pushlstring(L, key, klen);
-  push_items(L, have, hlen);
-  push_items(L, want, wlen);
+  mkv_lua_push_volumes(L, have, hlen);
+  mkv_lua_push_volumes(L, want, wlen);
   int rc = pcall_budget(p, 3, 1, p->cfg->policy_timeout_ms, src);
   if (rc != 0) return rc;
   if (!lua_istable(L, -1)) {
@@ -719,10 +700,12 @@ int mkv_policy_rebalance(mkv_policy_t *p, const char *key, size_t klen, const ch
   lua_pop(L, 1);
   /* Never the last good copy: dropping everything there is needs a new copy first. */
   int kept = 0;
-  const char *pos = have, *end = have + hlen, *item;
+  mkv_volumes_iter_t it;
+  const char *item;
   size_t ilen;
-  while (hlen && mkv_volumes_next(&pos, end, &item, &ilen))
-    if (!in_list(drop->data, drop->len, item, ilen)) kept = 1;
+  mkv_volumes_iter(&it, have, hlen);
+  while (mkv_volumes_next(&it, &item, &ilen))
+    if (!mkv_volumes_contains(drop->data, drop->len, item, ilen)) kept = 1;
   if (hlen && !kept && copy->len == 0)
     return policy_fail(p, "%s: rebalance() would drop every good copy", src);
   return 0;

@@ -6,38 +6,27 @@ local json = require "mkv_json"
 
 local M = {}
 
--- ---- records: ["DELETED"]["HASH" + 32 hex] volumes joined by "," ----
+-- ---- records ----
 
-function M.decode(value)
-  local rec = { deleted = false, volumes = {} }
-  local rest = value
-  if rest:sub(1, 7) == "DELETED" then
-    rec.deleted = true
-    rest = rest:sub(8)
-  end
-  if rest:sub(1, 4) == "HASH" then
-    local h = rest:sub(5, 36)
-    if #h ~= 32 or not h:match("^%x+$") then return nil, "corrupt record (bad HASH)" end
-    rec.hash = h:lower()
-    rest = rest:sub(37)
-  end
-  if rest ~= "" then
-    for v in (rest .. ","):gmatch("([^,]*),") do
-      if v ~= "" then rec.volumes[#rec.volumes + 1] = v end
-    end
-  end
-  return rec
-end
+-- The Go original's record, read and written by the server's own codec (core/record.c),
+-- so a script re-encodes a record to exactly the bytes it read:
+-- decode(value) -> { deleted = bool, hash = "32 hex as stored" | nil, volumes = {...} }
+-- | nil, msg, code; encode(rec) -> value.
+M.decode = mkv.record_decode
+M.encode = mkv.record_encode
 
-function M.encode(rec)
-  return (rec.deleted and "DELETED" or "") .. (rec.hash and ("HASH" .. rec.hash) or "")
-    .. table.concat(rec.volumes, ",")
+-- Whether two MD5s in hex are the same (a record's hash is kept as stored, and a Go
+-- record could hold upper-case digits; mkv's own are lower-case).
+function M.same_md5(a, b)
+  return a ~= nil and b ~= nil and a:lower() == b:lower()
 end
 
 -- ---- volumes ----
 
--- A record volume is "host:port" or "host:port/svXX": its URL prefix.
+-- A record volume is "host:port" or "host:port/svXX": its URL prefix. A record that
+-- names an empty volume (a damaged one: "a,,b") fails its key's task here.
 function M.url(vol, path)
+  if vol == "" then error("the record names an empty volume", 0) end
   return "http://" .. vol .. path
 end
 

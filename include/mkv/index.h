@@ -1,8 +1,7 @@
 /* index.h: the LevelDB index -- the only unit that includes LevelDB.
  *
- * Records: the Go original's format, byte for byte (GO-ORIGINAL.md §2.2): an optional
- * "DELETED" prefix, an optional "HASH" + 32 lower-case hex MD5, then the volumes joined
- * by ','. Nothing else is ever written into the index.
+ * Records: the Go original's format, byte for byte (record.h encodes and decodes it).
+ * Nothing else is ever written into the index.
  *
  * Threads: mkv_index_open/close run on the main thread. Point reads and iterators may
  * run on any thread (a worker's loop): LevelDB shares one handle between threads, but an
@@ -28,31 +27,12 @@
 
 #include "mkv/common.h"
 #include "mkv/config.h"
+#include "mkv/record.h"
 
 typedef struct mkv_index_s mkv_index_t;
 typedef struct mkv_index_port_s mkv_index_port_t;
 typedef struct mkv_index_iter_s mkv_index_iter_t;
 typedef struct mkv_index_write_s mkv_index_write_t;
-
-/* ---- records ---- */
-
-typedef struct mkv_record_s {
-  int deleted;            /* "DELETED": unlinked, or a write or delete in progress/failed */
-  int has_hash;
-  char hash[33];          /* lower-case hex when has_hash */
-  const char *volumes;    /* borrows from the decoded bytes: "v1/sv01,v2/sv03" */
-  size_t volumes_len;
-} mkv_record_t;
-
-/* Parses a record as the Go original does. Returns 0 or MKV_ECORRUPT (a "HASH" without
- * 32 hex digits after it). */
-int mkv_record_decode(const char *v, size_t n, mkv_record_t *r);
-/* Appends the record bytes; hash is NULL or 32 hex chars. */
-void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
-                       size_t volumes_len);
-
-/* Iterates the volumes of a record: *item and *ilen get the next one. Returns 0 at the end. */
-int mkv_volumes_next(const char **pos, const char *end, const char **item, size_t *ilen);
 
 /* ---- the index ---- */
 

@@ -1,5 +1,5 @@
-/* test_index.c: core/index.c -- the Go original's record format, the LevelDB index
- * behind its flock, and the group-committing writer thread reached through ports. */
+/* test_index.c: core/index.c -- the LevelDB index behind its flock, and the
+ * group-committing writer thread reached through ports. (The record format: test_record.c.) */
 #include "testutil.h"
 
 #include <dirent.h>
@@ -11,94 +11,6 @@
 #include "mkv/index.h"
 
 #define H "5d41402abc4b2a76b9719d911017c592" /* md5("hello") */
-
-/* ---- records (GO-ORIGINAL.md §2.2, lib_test.go:Test_fromToRecord) ---- */
-
-static void roundtrip(const char *golden, int deleted, const char *hash, const char *vols) {
-  mkv_buf_t b;
-  mkv_buf_init(&b);
-  mkv_record_encode(&b, deleted, hash, vols, strlen(vols));
-  ASSERT_EQ(b.len, strlen(golden));
-  ASSERT_MEMEQ(b.data, golden, b.len);
-
-  mkv_record_t r;
-  ASSERT_EQ(mkv_record_decode(golden, strlen(golden), &r), 0);
-  ASSERT_EQ(r.deleted, deleted);
-  ASSERT_EQ(r.has_hash, hash != NULL);
-  if (hash) ASSERT_STREQ(r.hash, hash);
-  ASSERT_EQ(r.volumes_len, strlen(vols));
-  ASSERT_MEMEQ(r.volumes, vols, r.volumes_len);
-  mkv_buf_free(&b);
-}
-
-TEST(record_goldens) {
-  roundtrip("DELETEDhello,world", 1, NULL, "hello,world");
-  roundtrip("hello", 0, NULL, "hello");
-  roundtrip("DELETEDHASH" H "hello", 1, H, "hello");
-  roundtrip("HASH" H "hello", 0, H, "hello");
-  roundtrip("HASH" H "127.0.0.1:24103/sv03,127.0.0.1:24101/sv01", 0, H,
-            "127.0.0.1:24103/sv03,127.0.0.1:24101/sv01");
-  roundtrip("", 0, NULL, "");
-  roundtrip("DELETED", 1, NULL, "");
-  roundtrip("HASH" H, 0, H, ""); /* a hash and no volume (Go: one volume "") */
-}
-
-TEST(record_encode_replaces_buffer) {
-  mkv_buf_t b;
-  mkv_buf_init(&b);
-  mkv_buf_set(&b, "garbage", 7);
-  mkv_record_encode(&b, 0, NULL, "v1", 2);
-  ASSERT_EQ(b.len, 2);
-  ASSERT_MEMEQ(b.data, "v1", 2);
-  mkv_buf_free(&b);
-}
-
-TEST(record_corrupt) {
-  mkv_record_t r;
-  const char *bad[] = {"HASH",
-                       "HASH5d41",
-                       "HASH5d41402abc4b2a76b9719d911017c59", /* 31 hex */
-                       "DELETEDHASH5d41402abc",
-                       "HASHzz41402abc4b2a76b9719d911017c592hello",
-                       "HASH5d41402abc4b2a76b9719d911017c59-hello"};
-  for (size_t i = 0; i < MKV_ARRAY_SIZE(bad); i++)
-    ASSERT_EQ(mkv_record_decode(bad[i], strlen(bad[i]), &r), MKV_ECORRUPT);
-  /* Length-delimited: the 32 hex digits must be inside n. */
-  ASSERT_EQ(mkv_record_decode("HASH" H, 35, &r), MKV_ECORRUPT);
-}
-
-static int split(const char *s, const char **items, size_t *lens, int max) {
-  const char *pos = s, *end = s + strlen(s), *item;
-  size_t ilen;
-  int n = 0;
-  while (mkv_volumes_next(&pos, end, &item, &ilen)) {
-    ASSERT(n < max);
-    items[n] = item;
-    lens[n++] = ilen;
-  }
-  return n;
-}
-
-TEST(volumes_next) {
-  const char *it[8];
-  size_t ln[8];
-  ASSERT_EQ(split("a:1/sv01,b:2/sv02,c:3", it, ln, 8), 3);
-  ASSERT(ln[0] == 8 && memcmp(it[0], "a:1/sv01", 8) == 0);
-  ASSERT(ln[1] == 8 && memcmp(it[1], "b:2/sv02", 8) == 0);
-  ASSERT(ln[2] == 3 && memcmp(it[2], "c:3", 3) == 0);
-  ASSERT_EQ(split("solo", it, ln, 8), 1);
-  ASSERT_EQ(ln[0], 4);
-  /* Go's strings.Split: "" is one empty volume, a trailing comma one more. */
-  ASSERT_EQ(split("", it, ln, 8), 1);
-  ASSERT_EQ(ln[0], 0);
-  ASSERT_EQ(split("a,", it, ln, 8), 2);
-  ASSERT_EQ(ln[0], 1);
-  ASSERT_EQ(ln[1], 0);
-  ASSERT_EQ(split(",,", it, ln, 8), 3);
-  const char *pos = NULL, *item;
-  size_t ilen;
-  ASSERT_EQ(mkv_volumes_next(&pos, "x", &item, &ilen), 0);
-}
 
 /* ---- opening, reading ---- */
 
@@ -550,8 +462,7 @@ TEST(open_error_on_unusable_dir) {
   tmpdir_free(dir);
 }
 
-TEST_MAIN(T(record_goldens), T(record_encode_replaces_buffer), T(record_corrupt), T(volumes_next),
-          T(open_get_missing), T(port_put_del_callbacks), T(port_write_reuse_after_callback),
+TEST_MAIN(T(open_get_missing), T(port_put_del_callbacks), T(port_write_reuse_after_callback),
           T(sync_counts), T(two_ports_two_threads_group_commit), T(iterator_byte_order),
           T(second_open_is_refused), T(second_open_from_another_process_is_refused),
           T(close_flushes_and_reopen_has_everything), T(flush_empties_the_journal),

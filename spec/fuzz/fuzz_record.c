@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mkv/index.h"
+#include "mkv/record.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -16,9 +16,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memcpy(v, data, size);
   if (mkv_record_decode(v, size, &r) == 0) {
     size_t nvol = 0;
-    const char *pos = r.volumes, *end = r.volumes + r.volumes_len, *item;
+    const char *end = r.volumes + r.volumes_len, *item;
     size_t ilen;
-    while (r.volumes_len && mkv_volumes_next(&pos, end, &item, &ilen)) {
+    mkv_volumes_iter_t it;
+    mkv_volumes_iter(&it, r.volumes, r.volumes_len);
+    while (mkv_volumes_next(&it, &item, &ilen)) {
       if (item < r.volumes || item + ilen > end) abort();
       if (++nvol > size + 1) abort(); /* it must end */
     }

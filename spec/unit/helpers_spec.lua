@@ -364,6 +364,54 @@ describe("mkv.duration_ms", function()
   end)
 end)
 
+-- The record codec (core/record.c) as the admin scripts see it: the Go original's golden
+-- records (GO-ORIGINAL.md §2.2), and bytes in = bytes out for what the original wrote.
+describe("mkv.record_decode / record_encode", function()
+  local HX = "5d41402abc4b2a76b9719d911017c592"
+  local goldens = {
+    { "DELETEDhello,world", { deleted = true, volumes = { "hello", "world" } } },
+    { "hello", { deleted = false, volumes = { "hello" } } },
+    { "DELETEDHASH" .. HX .. "hello", { deleted = true, hash = HX, volumes = { "hello" } } },
+    { "HASH" .. HX .. "hello", { deleted = false, hash = HX, volumes = { "hello" } } },
+    { "HASH" .. HX .. "127.0.0.1:24103/sv03,127.0.0.1:24101/sv01",
+      { deleted = false, hash = HX, volumes = { "127.0.0.1:24103/sv03", "127.0.0.1:24101/sv01" } } },
+    { "", { deleted = false, volumes = {} } },
+    { "DELETED", { deleted = true, volumes = {} } },
+  }
+  for _, g in ipairs(goldens) do
+    it(string.format("%q decodes and encodes back", g[1]), function()
+      local rec = assert(mkv.record_decode(g[1]))
+      assert.same(g[2], rec)
+      assert.equal(g[1], mkv.record_encode(rec))
+    end)
+  end
+
+  it("keeps what it reads as it is: an upper-case hash, empty volume names", function()
+    for _, v in ipairs({ "HASH" .. HX:upper() .. "a:1", "a:1,,b:2", "a:1,", "DELETEDHASH" .. HX .. "," }) do
+      local rec = assert(mkv.record_decode(v))
+      assert.equal(v, mkv.record_encode(rec))
+    end
+    assert.same({ "a:1", "", "b:2" }, mkv.record_decode("a:1,,b:2").volumes)
+    assert.equal(HX:upper(), mkv.record_decode("HASH" .. HX:upper() .. "a:1").hash)
+  end)
+
+  it("a HASH without 32 hex digits is nil, msg, ECORRUPT", function()
+    for _, v in ipairs({ "HASH", "HASH5d41", "HASHzz41402abc4b2a76b9719d911017c592hello" }) do
+      local rec, msg, code = mkv.record_decode(v)
+      assert.is_nil(rec)
+      assert.is_string(msg)
+      assert.equal("ECORRUPT", code)
+    end
+  end)
+
+  it("encode raises on misuse: a bad hash, a volume holding a comma or not a string", function()
+    assert.has_error(function() mkv.record_encode({ hash = "abc", volumes = {} }) end)
+    assert.has_error(function() mkv.record_encode({ volumes = { "a,b" } }) end)
+    assert.has_error(function() mkv.record_encode({ volumes = { 1 } }) end)
+    assert.has_error(function() mkv.record_encode({}) end)
+  end)
+end)
+
 describe("mkv.so", function()
   it("is the build's module, with a writable config table for specs", function()
     assert.truthy(package.searchpath("mkv", package.cpath):find(H.build, 1, true))

@@ -1,0 +1,83 @@
+/* record.c: the Go original's index record and its volume lists (record.h). */
+#include "mkv/record.h"
+
+#include <string.h>
+
+static int is_hex32(const char *s) {
+  for (int i = 0; i < 32; i++) {
+    char c = s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return 0;
+  }
+  return 1;
+}
+
+int mkv_record_decode(const char *v, size_t n, mkv_record_t *r) {
+  memset(r, 0, sizeof(*r));
+  if (n >= 7 && memcmp(v, "DELETED", 7) == 0) {
+    r->deleted = 1;
+    v += 7, n -= 7;
+  }
+  if (n >= 4 && memcmp(v, "HASH", 4) == 0) {
+    if (n < 36 || !is_hex32(v + 4)) return MKV_ECORRUPT;
+    r->has_hash = 1;
+    memcpy(r->hash, v + 4, 32);
+    r->hash[32] = '\0';
+    v += 36, n -= 36;
+  }
+  r->volumes = v;
+  r->volumes_len = n;
+  return 0;
+}
+
+void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
+                       size_t volumes_len) {
+  mkv_buf_reset(out);
+  if (deleted) mkv_buf_add(out, "DELETED", 7);
+  if (hash) {
+    mkv_buf_add(out, "HASH", 4);
+    mkv_buf_add(out, hash, 32);
+  }
+  mkv_buf_add(out, volumes, volumes_len);
+}
+
+void mkv_volumes_iter(mkv_volumes_iter_t *it, const char *list, size_t len) {
+  it->pos = len ? list : NULL;
+  it->end = list + len;
+}
+
+int mkv_volumes_next(mkv_volumes_iter_t *it, const char **item, size_t *ilen) {
+  const char *p = it->pos;
+  if (p == NULL) return 0;
+  const char *comma = memchr(p, ',', (size_t)(it->end - p));
+  const char *stop = comma ? comma : it->end;
+  *item = p;
+  *ilen = (size_t)(stop - p);
+  /* After a comma there is one more name, even an empty one at the very end. */
+  it->pos = comma ? comma + 1 : NULL;
+  return 1;
+}
+
+int mkv_volumes_count(const char *list, size_t len) {
+  mkv_volumes_iter_t it;
+  const char *item;
+  size_t ilen;
+  int n = 0;
+  mkv_volumes_iter(&it, list, len);
+  while (mkv_volumes_next(&it, &item, &ilen)) n++;
+  return n;
+}
+
+int mkv_volumes_contains(const char *list, size_t len, const char *s, size_t n) {
+  mkv_volumes_iter_t it;
+  const char *item;
+  size_t ilen;
+  mkv_volumes_iter(&it, list, len);
+  while (mkv_volumes_next(&it, &item, &ilen))
+    if (ilen == n && memcmp(item, s, n) == 0) return 1;
+  return 0;
+}
+
+size_t mkv_volume_host_len(const char *item, size_t ilen) {
+  const char *slash = memchr(item, '/', ilen);
+  return slash ? (size_t)(slash - item) : ilen;
+}
