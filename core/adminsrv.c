@@ -43,14 +43,9 @@ typedef struct job_s {
   int too_big;
 } job_t;
 
-static void respond_text(mkv_req_t *req, int status, const char *text) {
-  mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
-  mkv_buf_t b;
-  mkv_buf_init(&b);
-  mkv_buf_addf(&b, "%s\n", text);
-  mkv_req_respond(req, status, &h, 1, b.data, b.len);
-  mkv_buf_free(&b);
-}
+/* The job running on this server, if any: one at a time. The admin listener has one
+ * thread, the only one that touches this. */
+static job_t *running_job;
 
 static void job_line(void *ctx, int kind, const char *text, size_t len) {
   job_t *j = ctx;
@@ -60,7 +55,7 @@ static void job_line(void *ctx, int kind, const char *text, size_t len) {
   mkv_buf_addf(&b, "%c ", kind);
   mkv_buf_add(&b, text, len);
   mkv_buf_addc(&b, '\n');
-  mkv_req_stream_write(j->req, b.data, b.len, NULL);
+  mkv_req_stream_write(j->req, b.data, b.len, NULL, NULL);
   mkv_buf_free(&b);
 }
 
@@ -70,25 +65,25 @@ static void job_done(void *arg, int code) {
   if (!j->gone) {
     char line[32];
     int n = snprintf(line, sizeof(line), "%c %d\n", MKV_ADMIN_EXIT, code);
-    mkv_req_stream_write(j->req, line, (size_t)n, NULL);
+    mkv_req_stream_write(j->req, line, (size_t)n, NULL, NULL);
     mkv_req_stream_end(j->req);
   }
   j->running = 0;
   j->admin = NULL;
-  j->w->admin_job = NULL;
+  running_job = NULL;
   mkv_req_unref(j->req);
 }
 
 static job_t *job_of(mkv_req_t *req) {
-  if (req->api == NULL) {
+  if (req->data == NULL) {
     job_t *j = mkv_calloc(1, sizeof(*j));
     j->req = req;
     j->w = req->worker;
     mkv_buf_init(&j->query);
     mkv_buf_init(&j->source);
-    req->api = j;
+    req->data = j;
   }
-  return req->api;
+  return req->data;
 }
 
 /* ---- /health ---- */
@@ -106,22 +101,6 @@ struct health_s {
   probe_t *probes;
 };
 
-static void json_str(mkv_buf_t *b, const char *s) {
-  mkv_buf_addc(b, '"');
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
-      mkv_buf_addc(b, '\\');
-      mkv_buf_addc(b, (char)c);
-    } else if (c < 0x20) {
-      mkv_buf_addf(b, "\\u%04x", c);
-    } else {
-      mkv_buf_addc(b, (char)c);
-    }
-  }
-  mkv_buf_addc(b, '"');
-}
-
 static void health_answer(health_t *h) {
   mkv_req_t *req = h->req;
   const mkv_config_t *cfg = req->worker->cfg;
@@ -130,7 +109,8 @@ static void health_answer(health_t *h) {
   mkv_buf_t b;
   mkv_buf_init(&b);
   mkv_buf_adds(&b, "{\"index\":");
-  json_str(&b, failure ? failure : "ok");
+  const char *ix = failure ? failure : "ok";
+  mkv_json_string(&b, ix, strlen(ix));
   mkv_buf_adds(&b, ",\"volumes\":{");
   for (int i = 0; i < h->n; i++) {
     probe_t *p = &h->probes[i];
@@ -143,9 +123,9 @@ static void health_answer(health_t *h) {
       snprintf(why, sizeof(why), "ok");
     if (strcmp(why, "ok") != 0) ok = 0;
     if (i) mkv_buf_addc(&b, ',');
-    json_str(&b, cfg->volumes[i]);
+    mkv_json_string(&b, cfg->volumes[i], strlen(cfg->volumes[i]));
     mkv_buf_addc(&b, ':');
-    json_str(&b, why);
+    mkv_json_string(&b, why, strlen(why));
   }
   mkv_buf_addf(&b, "},\"status\":\"%s\"}\n", ok ? "ok" : "failing");
   mkv_header_t hd[2] = {{"Content-Type", "application/json", 0}, {"Cache-Control", "no-store", 0}};
@@ -269,7 +249,7 @@ static void on_headers(mkv_req_t *req) {
     mkv_buf_set(&j->query, req->raw_query.data ? req->raw_query.data : "", req->raw_query.len);
     return; /* the job starts once the body (the script, if any) is in */
   }
-  respond_text(req, 404, "not found: the admin listener serves POST /admin/run, GET /health and GET /metrics");
+  mkv_req_respond_text(req, 404, "not found: the admin listener serves POST /admin/run, GET /health and GET /metrics");
 }
 
 static void on_body(mkv_req_t *req, const char *at, size_t len) {
@@ -291,11 +271,11 @@ static void on_complete(mkv_req_t *req) {
   if (!j->is_run || req->responded) return;
   mkv_worker_t *w = req->worker;
   if (j->too_big) {
-    respond_text(req, 413, "script too large");
+    mkv_req_respond_text(req, 413, "script too large");
     return;
   }
-  if (w->admin_job) {
-    respond_text(req, 409, "an admin job is already running on this server");
+  if (running_job) {
+    mkv_req_respond_text(req, 409, "an admin job is already running on this server");
     return;
   }
   mkv_admin_request_t r;
@@ -305,12 +285,12 @@ static void on_complete(mkv_req_t *req) {
   int nrest = 0;
   char *err = NULL;
   if (mkv_admin_proto_parse(j->query.data ? j->query.data : "", j->query.len, &r, &err) != 0) {
-    respond_text(req, 400, err);
+    mkv_req_respond_text(req, 400, err);
   } else if (j->source.len == 0 && !mkv_admin_script_exists(r.script)) {
-    respond_text(req, 404, "no such admin script");
+    mkv_req_respond_text(req, 404, "no such admin script");
   } else if (mkv_admin_parse_opts(&o, r.argc, (const char *const *)r.argv, rest, &nrest,
                                   &err) != 0) {
-    respond_text(req, 400, err);
+    mkv_req_respond_text(req, 400, err);
   } else {
     o.script = r.script;
     o.argc = nrest;
@@ -322,10 +302,10 @@ static void on_complete(mkv_req_t *req) {
     o.sink.line = job_line;
     o.sink.ctx = j;
     if (mkv_admin_start(&w->loop, w->cfg, w->index, &o, job_done, j, &j->admin, &err) != 0) {
-      respond_text(req, 400, err);
+      mkv_req_respond_text(req, 400, err);
     } else {
       j->running = 1;
-      w->admin_job = j;
+      running_job = j;
       mkv_req_ref(req); /* until job_done */
       mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
       mkv_req_stream_start(req, 200, &h, 1);
@@ -337,7 +317,7 @@ static void on_complete(mkv_req_t *req) {
 }
 
 static void on_abort(mkv_req_t *req) {
-  job_t *j = req->api;
+  job_t *j = req->data;
   if (j == NULL) return;
   j->gone = 1;
   if (j->running && j->admin) {
@@ -347,12 +327,12 @@ static void on_abort(mkv_req_t *req) {
 }
 
 static void on_free(mkv_req_t *req) {
-  job_t *j = req->api;
+  job_t *j = req->data;
   if (j == NULL) return;
   mkv_buf_free(&j->query);
   mkv_buf_free(&j->source);
   free(j);
-  req->api = NULL;
+  req->data = NULL;
 }
 
 const mkv_handler_t mkv_admin_handler = {on_headers,  on_body,  on_flush, on_complete,

@@ -49,6 +49,9 @@ typedef struct api_s {
   int ndels, dels_pending, dels_failed;
   void (*dels_done)(struct api_s *a);
 
+  /* GET with a query: a listing */
+  mkv__listing_t *listing;
+
   /* GET/HEAD probes */
   mkv_upreq_t probe;
   const char *probe_items[MAX_PROBES];
@@ -60,7 +63,7 @@ typedef struct api_s {
 /* ---- helpers ---- */
 
 static api_t *api_of(mkv_req_t *req) {
-  if (req->api == NULL) {
+  if (req->data == NULL) {
     api_t *a = mkv_calloc(1, sizeof(*a));
     a->req = req;
     mkv_buf_init(&a->recbuf);
@@ -71,15 +74,15 @@ static api_t *api_of(mkv_req_t *req) {
     mkv_upreq_init(&a->probe);
     a->w_mark.data = a;
     a->w_final.data = a;
-    req->api = a;
+    req->data = a;
   }
-  return req->api;
+  return req->data;
 }
 
 void mkv_api_free(mkv_req_t *req) {
-  api_t *a = req->api;
-  mkv__listing_free(req);
+  api_t *a = req->data;
   if (a == NULL) return;
+  mkv__listing_free(a->listing);
   if (a->locked) { /* every path releases it first; this is the last line of defence */
     mkv_error("bug: key lock still held when its request was freed");
     mkv_keylock_release(req->key.data, req->key.len);
@@ -94,7 +97,7 @@ void mkv_api_free(mkv_req_t *req) {
   mkv_index_write_free(&a->w_mark);
   mkv_index_write_free(&a->w_final);
   free(a);
-  req->api = NULL;
+  req->data = NULL;
 }
 
 /* Status for a failure talking to volumes or the index: 503 when retrying later may
@@ -118,14 +121,7 @@ static int status_for(int err) {
 }
 
 static void respond_text(mkv_req_t *req, int status, const char *text) {
-  if (req->responded) return;
-  mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
-  mkv_buf_t b;
-  mkv_buf_init(&b);
-  mkv_buf_adds(&b, text);
-  mkv_buf_addc(&b, '\n');
-  mkv_req_respond(req, status, &h, 1, b.data, b.len);
-  mkv_buf_free(&b);
+  if (!req->responded) mkv_req_respond_text(req, status, text);
 }
 
 static void respond_empty(mkv_req_t *req, int status) {
@@ -597,6 +593,61 @@ static void delete_start(mkv_req_t *req) {
   mkv_buf_free(&mark);
 }
 
+/* ---- listings: GET /prefix?list|unlinked[&start=K][&limit=N] ---- */
+
+static void on_listing_done(void *data, int err) {
+  api_t *a = data;
+  if (err == MKV_EPOLICY) {
+    policy_failed(a->req);
+  } else if (err != 0) {
+    respond_text(a->req, 500, "index read failed");
+  }
+  mkv_req_unref(a->req);
+}
+
+static void listing_start(api_t *a) {
+  mkv_req_t *req = a->req;
+  mkv_worker_t *w = req->worker;
+  const char *q = req->raw_query.data;
+  size_t qlen = req->raw_query.len;
+  const char *amp = memchr(q, '&', qlen);
+  size_t oplen = amp ? (size_t)(amp - q) : qlen;
+  const char *op;
+  if (oplen == 4 && memcmp(q, "list", 4) == 0)
+    op = "list";
+  else if (oplen == 8 && memcmp(q, "unlinked", 8) == 0)
+    op = "unlinked";
+  else {
+    /* As the original: any GET with a query is a listing, and an unknown one is 403. */
+    respond_empty(req, 403);
+    return;
+  }
+  mkv_buf_t v;
+  mkv_buf_init(&v);
+  long long requested = 0, limit;
+  int rc = mkv_query_get(q, qlen, "limit", &v);
+  if (rc < 0 || (rc == 1 && v.len > 0 && mkv_parse_int(v.data, v.len, &requested) != 0)) {
+    respond_empty(req, 400);
+  } else if (mkv_policy_list_limit(w->policy, op, requested > 0 ? requested : 0, &limit) != 0) {
+    policy_failed(req);
+  } else if ((rc = mkv_query_get(q, qlen, "start", &v)) < 0) {
+    respond_empty(req, 400);
+  } else {
+    /* The lower bound is the prefix, or `start` when it is above it. Unlike the
+     * original, a start below the prefix does not list keys outside the prefix. */
+    const char *from = req->key.data;
+    size_t from_len = req->key.len;
+    if (rc == 1 && v.len > 0) {
+      size_t m = MKV_MIN(v.len, req->key.len);
+      int cmp = memcmp(v.data, req->key.data, m);
+      if (cmp > 0 || (cmp == 0 && v.len > req->key.len)) from = v.data, from_len = v.len;
+    }
+    mkv_req_ref(req); /* until on_listing_done */
+    a->listing = mkv__listing_start(req, op, limit, from, from_len, on_listing_done, a);
+  }
+  mkv_buf_free(&v);
+}
+
 /* ---- GET and HEAD ---- */
 
 static void get_respond(api_t *a, int status, const char *location, size_t loclen) {
@@ -703,7 +754,7 @@ static void get_start(mkv_req_t *req) {
   mkv_worker_t *w = req->worker;
   const mkv_config_t *cfg = w->cfg;
   if (req->method == MKV_M_GET && req->raw_query.len > 0) {
-    mkv__listing_start(req);
+    listing_start(a);
     return;
   }
   int rc = load_record(a);
@@ -794,26 +845,26 @@ void mkv_api_headers(mkv_req_t *req) {
 }
 
 void mkv_api_body(mkv_req_t *req, const char *at, size_t len) {
-  api_t *a = req->api;
+  api_t *a = req->data;
   if (a && a->fo && !a->fo_done) mkv_fanout_write(a->fo, at, len);
 }
 
 void mkv_api_body_flush(mkv_req_t *req) {
-  api_t *a = req->api;
+  api_t *a = req->data;
   if (a && a->fo && !a->fo_done) mkv_fanout_flush(a->fo);
 }
 
 void mkv_api_complete(mkv_req_t *req) {
-  api_t *a = req->api;
+  api_t *a = req->data;
   if (a == NULL) return;
   a->body_complete = 1;
   if (a->fo && !a->fo_done) mkv_fanout_end(a->fo);
 }
 
 void mkv_api_abort(mkv_req_t *req) {
-  api_t *a = req->api;
-  mkv__listing_abort(req);
+  api_t *a = req->data;
   if (a == NULL || a->client_gone) return;
+  if (a->listing) mkv__listing_abort(a->listing);
   a->client_gone = 1;
   /* A PUT whose body did not arrive whole is abandoned (and cleaned up); one that is
    * already being made live finishes -- the client just never hears the 201. */

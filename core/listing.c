@@ -1,4 +1,6 @@
-/* listing.c: GET /prefix?list and ?unlinked, in bounded slices.
+/* listing.c: the body of GET /prefix?list and ?unlinked, in bounded slices. api.c
+ * parses and checks the request and answers every error; this file walks the index and
+ * writes the JSON.
  *
  * A listing over a billion keys must not block the worker: each slice examines at most
  * limits.list_slice records (or about 10 ms), then yields until its bytes have left
@@ -12,11 +14,10 @@
 #include <string.h>
 
 #include "internal.h"
-#include "mkv/api.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
-#include "mkv/metrics.h"
 #include "mkv/lua_vm.h"
+#include "mkv/server.h"
 #include "mkv/text.h"
 
 #define SLICE_NS (10u * 1000000u)
@@ -24,7 +25,7 @@
  * sends it (with Content-Length); a larger one is streamed. */
 #define GATHER_MAX (64 * 1024)
 
-typedef struct listing_s {
+struct mkv__listing_s {
   mkv_req_t *req;
   const char *op; /* "list" or "unlinked" */
   int unlinked;
@@ -33,27 +34,27 @@ typedef struct listing_s {
   mkv_buf_t out;  /* JSON not yet sent */
   mkv_buf_t next;
   int streaming, aborted, finished;
-} listing_t;
+  void (*done)(void *data, int err);
+  void *data;
+};
+typedef struct mkv__listing_s listing_t;
 
-static void listing_end(listing_t *l) {
+static void listing_end(listing_t *l, int err) {
   if (l->finished) return;
   l->finished = 1;
-  mkv_req_unref(l->req);
+  l->done(l->data, err);
 }
 
-void mkv__listing_free(mkv_req_t *req) {
-  listing_t *l = req->listing;
+void mkv__listing_free(listing_t *l) {
   if (l == NULL) return;
   mkv_buf_free(&l->resume);
   mkv_buf_free(&l->out);
   mkv_buf_free(&l->next);
   free(l);
-  req->listing = NULL;
 }
 
-void mkv__listing_abort(mkv_req_t *req) {
-  listing_t *l = req->listing;
-  if (l) l->aborted = 1;
+void mkv__listing_abort(listing_t *l) {
+  l->aborted = 1;
 }
 
 static void slice(listing_t *l);
@@ -61,16 +62,16 @@ static void slice(listing_t *l);
 static void slice_later(void *arg) {
   listing_t *l = arg;
   if (l->aborted) {
-    listing_end(l);
+    listing_end(l, 0);
     return;
   }
   slice(l);
 }
 
-static void on_written(mkv_req_t *req, int ok) {
-  listing_t *l = req->listing;
+static void on_written(mkv_req_t *req, int ok, void *arg) {
+  listing_t *l = arg;
   if (!ok || l->aborted) {
-    listing_end(l);
+    listing_end(l, 0);
     return;
   }
   slice(l);
@@ -81,9 +82,8 @@ static void slice(listing_t *l) {
   mkv_worker_t *w = req->worker;
   const mkv_buf_t *prefix = &req->key;
   int filter = mkv_policy_has_list_filter(w->policy);
-  int done = 0, examined = 0;
+  int done = 0, examined = 0, err = 0;
   uint64_t t0 = mkv_now_ns();
-  char *err = NULL;
 
   mkv_index_iter_t *it = mkv_index_iter_new(w->index);
   mkv_index_iter_seek(it, l->resume.data, l->resume.len);
@@ -115,12 +115,7 @@ static void slice(listing_t *l) {
     }
     if (match && filter) {
       int show = 1;
-      if (mkv_policy_list_show(w->policy, l->op, key, klen, &show) != 0) {
-        MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
-        mkv_ctr_add(&w->metrics->policy_errors, 1);
-        err = mkv_strdup("policy error (see the server log)");
-        break;
-      }
+      if ((err = mkv_policy_list_show(w->policy, l->op, key, klen, &show)) != 0) break;
       match = show;
     }
     if (match) {
@@ -135,22 +130,24 @@ static void slice(listing_t *l) {
     }
     mkv_index_iter_next(it);
   }
-  if (err == NULL && mkv_index_iter_error(it, &err) != 0)
-    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing stopped: index read failed: %s", err);
+  char *ierr = NULL;
+  if (err == 0 && mkv_index_iter_error(it, &ierr) != 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing stopped: index read failed: %s", ierr);
+    free(ierr);
+    err = UV_EIO;
+  }
   mkv_index_iter_free(it);
 
   mkv_header_t h = {"Content-Type", "application/json", 0};
   if (err) {
     if (!l->streaming) {
-      mkv_header_t th = {"Content-Type", "text/plain; charset=utf-8", 0};
-      mkv_req_respond(req, 500, &th, 1, err, strlen(err));
+      listing_end(l, err); /* nothing sent yet: api.c answers */
     } else {
       /* Mid-stream there is no status left to send: end the connection without the
        * closing bytes, so the client sees a truncated body, not a short listing. */
       mkv_req_abort(req);
+      listing_end(l, 0);
     }
-    free(err);
-    listing_end(l);
     return;
   }
   if (done && !l->streaming) {
@@ -163,7 +160,7 @@ static void slice(listing_t *l) {
     mkv_buf_adds(&b, "]}");
     mkv_req_respond(req, 200, &h, 1, b.data, b.len);
     mkv_buf_free(&b);
-    listing_end(l);
+    listing_end(l, 0);
     return;
   }
   /* Not done: let the loop serve others, then go on. Nothing to send yet (a small
@@ -185,75 +182,30 @@ static void slice(listing_t *l) {
     mkv_buf_adds(&b, "],\"next\":");
     mkv_json_string(&b, l->next.data ? l->next.data : "", l->next.len);
     mkv_buf_adds(&b, "}");
-    mkv_req_stream_write(req, b.data, b.len, NULL);
+    mkv_req_stream_write(req, b.data, b.len, NULL, NULL);
     mkv_req_stream_end(req);
     mkv_buf_free(&b);
-    listing_end(l);
+    listing_end(l, 0);
     return;
   }
-  mkv_req_stream_write(req, b.data, b.len, on_written);
+  mkv_req_stream_write(req, b.data, b.len, on_written, l);
   mkv_buf_free(&b);
 }
 
-void mkv__listing_start(mkv_req_t *req) {
-  mkv_worker_t *w = req->worker;
-  const char *q = req->raw_query.data;
-  size_t qlen = req->raw_query.len;
-  const char *amp = memchr(q, '&', qlen);
-  size_t oplen = amp ? (size_t)(amp - q) : qlen;
-  const char *op;
-  if (oplen == 4 && memcmp(q, "list", 4) == 0)
-    op = "list";
-  else if (oplen == 8 && memcmp(q, "unlinked", 8) == 0)
-    op = "unlinked";
-  else {
-    /* As the original: any GET with a query is a listing, and an unknown one is 403. */
-    mkv_req_respond(req, 403, NULL, 0, NULL, 0);
-    return;
-  }
-  mkv_buf_t v;
-  mkv_buf_init(&v);
-  long long requested = 0;
-  int rc = mkv_query_get(q, qlen, "limit", &v);
-  if (rc < 0 || (rc == 1 && v.len > 0 && mkv_parse_int(v.data, v.len, &requested) != 0)) {
-    mkv_buf_free(&v);
-    mkv_req_respond(req, 400, NULL, 0, NULL, 0);
-    return;
-  }
-  long long limit;
-  if (mkv_policy_list_limit(w->policy, op, requested > 0 ? requested : 0, &limit) != 0) {
-    mkv_buf_free(&v);
-    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "listing: %s", mkv_policy_error(w->policy));
-    mkv_ctr_add(&w->metrics->policy_errors, 1);
-    mkv_header_t th = {"Content-Type", "text/plain; charset=utf-8", 0};
-    const char *msg = "policy error (see the server log)\n";
-    mkv_req_respond(req, 500, &th, 1, msg, strlen(msg));
-    return;
-  }
-  rc = mkv_query_get(q, qlen, "start", &v);
-  if (rc < 0) {
-    mkv_buf_free(&v);
-    mkv_req_respond(req, 400, NULL, 0, NULL, 0);
-    return;
-  }
+listing_t *mkv__listing_start(mkv_req_t *req, const char *op, long long limit, const char *start,
+                              size_t start_len, void (*done)(void *data, int err), void *data) {
   listing_t *l = mkv_calloc(1, sizeof(*l));
   l->req = req;
   l->op = op;
-  l->unlinked = op[0] == 'u';
+  l->unlinked = strcmp(op, "unlinked") == 0;
   l->limit = limit;
+  l->done = done;
+  l->data = data;
   mkv_buf_init(&l->resume);
   mkv_buf_init(&l->out);
   mkv_buf_init(&l->next);
-  /* The lower bound is the prefix, or `start` when it is above it. Unlike the original,
-   * a start below the prefix does not list keys outside the prefix. */
-  mkv_buf_set(&l->resume, req->key.data, req->key.len);
-  if (rc == 1 && v.len > 0) {
-    size_t m = MKV_MIN(v.len, req->key.len);
-    int cmp = memcmp(v.data, req->key.data, m);
-    if (cmp > 0 || (cmp == 0 && v.len > req->key.len)) mkv_buf_set(&l->resume, v.data, v.len);
-  }
-  mkv_buf_free(&v);
-  req->listing = l;
-  mkv_req_ref(req);
-  slice(l);
+  mkv_buf_set(&l->resume, start, start_len);
+  /* The first slice on the next turn: done never runs inside this call. */
+  mkv_worker_defer(req->worker, slice_later, l);
+  return l;
 }

@@ -99,6 +99,7 @@ typedef struct swrite_s {
   mkv_conn_t *c;
   mkv_req_t *req;
   mkv_req_write_cb cb;
+  void *arg;
   char *buf;
 } swrite_t;
 
@@ -166,7 +167,7 @@ static void on_write_done(uv_write_t *w, int status) {
   swrite_t *sw = (swrite_t *)w;
   mkv_conn_t *c = sw->c;
   c->writes_pending--;
-  if (sw->cb) sw->cb(sw->req, status == 0);
+  if (sw->cb) sw->cb(sw->req, status == 0, sw->arg);
   if (sw->req) mkv_req_unref(sw->req);
   free(sw->buf);
   free(sw);
@@ -193,11 +194,39 @@ static void on_write_done(uv_write_t *w, int status) {
   }
 }
 
+/* A write callback that cannot wait for a write (the connection is gone, nothing to
+ * send, the write failed to start) still runs on a later loop turn, as the contract
+ * says: a producer that writes again from its callback never recurses. */
+typedef struct write_cb_s {
+  mkv_req_t *req;
+  mkv_req_write_cb cb;
+  void *arg;
+  int ok;
+} write_cb_t;
+
+static void run_write_cb(void *arg) {
+  write_cb_t *d = arg;
+  d->cb(d->req, d->ok, d->arg);
+  mkv_req_unref(d->req);
+  free(d);
+}
+
+static void defer_write_cb(mkv_req_t *req, mkv_req_write_cb cb, void *arg, int ok) {
+  if (cb == NULL) return;
+  write_cb_t *d = mkv_malloc(sizeof(*d));
+  d->req = req;
+  d->cb = cb;
+  d->arg = arg;
+  d->ok = ok;
+  mkv_req_ref(req); /* the request outlives the wait */
+  mkv_worker_defer(req->worker, run_write_cb, d);
+}
+
 /* Queues bytes (takes `buf`, a malloc'd block). */
 static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
-                       mkv_req_write_cb cb) {
+                       mkv_req_write_cb cb, void *arg) {
   if (c->closing) {
-    if (cb) cb(req, 0);
+    defer_write_cb(req, cb, arg, 0);
     free(buf);
     return;
   }
@@ -221,6 +250,7 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
   sw->c = c;
   sw->buf = buf;
   sw->cb = cb;
+  sw->arg = arg;
   sw->req = req;
   if (req) mkv_req_ref(req);
   c->writes_pending++;
@@ -229,7 +259,7 @@ static void conn_write(mkv_conn_t *c, char *buf, size_t len, mkv_req_t *req,
   int rc = uv_write(&sw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
   if (rc < 0) {
     c->writes_pending--;
-    if (cb) cb(req, 0);
+    defer_write_cb(req, cb, arg, 0);
     if (req) mkv_req_unref(req);
     free(buf);
     free(sw);
@@ -336,9 +366,19 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
       c->reading = 0;
     }
   }
-  conn_write(c, b.data, b.len, NULL, NULL);
+  conn_write(c, b.data, b.len, NULL, NULL, NULL);
   c->response_done = 1;
   if (!c->in_execute) conn_advance(c);
+}
+
+void mkv_req_respond_text(mkv_req_t *req, int status, const char *text) {
+  mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  mkv_buf_adds(&b, text);
+  mkv_buf_addc(&b, '\n');
+  mkv_req_respond(req, status, &h, 1, b.data, b.len);
+  mkv_buf_free(&b);
 }
 
 void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int nh) {
@@ -362,17 +402,18 @@ void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int
   build_head(&b, c, req, status, h, nh);
   if (c->stream_chunked) mkv_buf_adds(&b, "Transfer-Encoding: chunked\r\n");
   mkv_buf_adds(&b, "\r\n");
-  conn_write(c, b.data, b.len, NULL, NULL);
+  conn_write(c, b.data, b.len, NULL, NULL, NULL);
 }
 
-void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb) {
+void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb,
+                          void *arg) {
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing || !c->streaming) {
-    if (cb) cb(req, 0);
+    defer_write_cb(req, cb, arg, 0);
     return;
   }
   if (len == 0) {
-    if (cb) cb(req, 1);
+    defer_write_cb(req, cb, arg, 1);
     return;
   }
   req->body_bytes += len;
@@ -381,14 +422,14 @@ void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_wri
   if (c->stream_chunked) mkv_buf_addf(&b, "%zx\r\n", len);
   mkv_buf_add(&b, p, len);
   if (c->stream_chunked) mkv_buf_adds(&b, "\r\n");
-  conn_write(c, b.data, b.len, req, cb);
+  conn_write(c, b.data, b.len, req, cb, arg);
 }
 
 void mkv_req_stream_end(mkv_req_t *req) {
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing || !c->streaming) return;
   c->streaming = 0;
-  if (c->stream_chunked) conn_write(c, mkv_strdup("0\r\n\r\n"), 5, NULL, NULL);
+  if (c->stream_chunked) conn_write(c, mkv_strdup("0\r\n\r\n"), 5, NULL, NULL, NULL);
   c->response_done = 1;
   if (c->close_after) c->want_close = 1;
   if (!c->in_execute) conn_advance(c);
@@ -399,7 +440,7 @@ void mkv_req_continue(mkv_req_t *req) {
   if (c == NULL || c->closing || !req->expect_continue || c->sent_continue || req->responded)
     return;
   c->sent_continue = 1;
-  conn_write(c, mkv_strdup("HTTP/1.1 100 Continue\r\n\r\n"), 25, NULL, NULL);
+  conn_write(c, mkv_strdup("HTTP/1.1 100 Continue\r\n\r\n"), 25, NULL, NULL, NULL);
 }
 
 static void start_reading(mkv_conn_t *c);
@@ -428,10 +469,6 @@ void mkv_req_resume_body(mkv_req_t *req) {
 
 void mkv_req_abort(mkv_req_t *req) {
   if (req->conn) conn_close(req->conn);
-}
-
-void mkv_req_close_after(mkv_req_t *req) {
-  if (req->conn) req->conn->close_after = 1;
 }
 
 /* ---- errors the server answers itself ---- */

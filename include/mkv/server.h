@@ -2,11 +2,14 @@
  * keep-alive and pipelining, timeouts, responses.
  *
  * Loop thread only. The server never decides policy: for each request it fills an
- * mkv_req_t (method, decoded key, raw query, the few headers the API reads) and calls
- * the API (api.h): mkv_api_headers() once the headers are complete, mkv_api_body() for
- * each body slice (borrowed), mkv_api_complete() when the body is complete, and
- * mkv_api_abort() if the client goes away first. The API answers with one of the
- * mkv_req_respond*() calls, at any time.
+ * mkv_req_t (method, decoded key, raw query, the few headers a handler reads) and calls
+ * the handler it serves (mkv_handler_t, below): headers() once the headers are
+ * complete, body() for each body slice (borrowed), body_flush() when it has parsed all
+ * it read this time, complete() when the body is complete, abort() if the client goes
+ * away first, and free() when the request's last reference goes. The handler answers
+ * with one of the mkv_req_respond*() calls, at any time. Callbacks the server runs for
+ * a handler (a stream write's) run on a later loop turn, never inside the call that
+ * asked for them.
  *
  * What the server rejects by itself, before the API sees anything: malformed requests,
  * HTTP/0.9 and HTTP/2+, absolute-form and other non-'/' targets, obs-fold, Upgrade and
@@ -14,8 +17,8 @@
  * limits.header_bytes (431); unknown methods (405). Lenient llhttp flags are never set.
  *
  * A request object is reference-counted: the connection holds one reference until the
- * exchange is over; the API takes one (mkv_req_ref) while it has work in flight and may
- * outlive the connection (req->conn is then NULL and responses are dropped). */
+ * exchange is over; a handler takes one (mkv_req_ref) while it has work in flight and
+ * may outlive the connection (req->conn is then NULL and responses are dropped). */
 #ifndef MKV_SERVER_H
 #define MKV_SERVER_H
 
@@ -37,8 +40,8 @@ typedef struct mkv_header_s {
 enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK, MKV_M_POST };
 
 /* What a server serves: the HTTP API (api.h: mkv_api_handler) on the public listener,
- * the admin endpoints (adminsrv.c) on the admin listener. The calls and their order are
- * those described above for the API. */
+ * the admin endpoints (admin.h: mkv_admin_handler) on the admin listener. The calls
+ * and their order are described above; req->data is the handler's own. */
 typedef struct mkv_handler_s {
   void (*headers)(mkv_req_t *req);
   void (*body)(mkv_req_t *req, const char *at, size_t len);
@@ -73,8 +76,7 @@ struct mkv_req_s {
   int responded;          /* a response was started */
   int status;             /* the status sent */
   const struct mkv_handler_s *handler;
-  void *api;              /* the API's state for this request (api.c) */
-  void *listing;          /* a listing's state (listing.c) */
+  void *data;             /* the handler's state for this request; its free() frees it */
 };
 
 mkv_server_t *mkv_server_new(mkv_worker_t *w, const mkv_handler_t *h);
@@ -98,12 +100,17 @@ void mkv_req_unref(mkv_req_t *req);
  * are dropped (and logged), never sent. */
 void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
                      const char *body, size_t len);
+/* A text answer: `text` and a newline, as text/plain (the one way handlers word an
+ * error for people). */
+void mkv_req_respond_text(mkv_req_t *req, int status, const char *text);
 /* A streamed response (chunked for HTTP/1.1, close-delimited for 1.0). Each write's
  * bytes are copied; cb (optional) runs once the bytes have left (or failed: ok == 0),
- * which is how a producer paces itself. */
+ * which is how a producer paces itself -- always on a later loop turn, never inside
+ * mkv_req_stream_write, even when the write fails at once. */
 void mkv_req_stream_start(mkv_req_t *req, int status, const mkv_header_t *h, int nh);
-typedef void (*mkv_req_write_cb)(mkv_req_t *req, int ok);
-void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb);
+typedef void (*mkv_req_write_cb)(mkv_req_t *req, int ok, void *arg);
+void mkv_req_stream_write(mkv_req_t *req, const char *p, size_t len, mkv_req_write_cb cb,
+                          void *arg);
 void mkv_req_stream_end(mkv_req_t *req);
 /* Sends "100 Continue" (once; only if the client asked for it). */
 void mkv_req_continue(mkv_req_t *req);
@@ -113,8 +120,5 @@ void mkv_req_resume_body(mkv_req_t *req);
 /* Ends the connection now, whatever was sent: for a streamed response that cannot be
  * finished, so the client sees a truncated body rather than a short one. */
 void mkv_req_abort(mkv_req_t *req);
-/* The connection will close after this response (an early answer to a bodied request,
- * or an error that leaves the stream unusable). */
-void mkv_req_close_after(mkv_req_t *req);
 
 #endif

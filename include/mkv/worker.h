@@ -45,7 +45,6 @@ typedef struct mkv_worker_s {
   uv_timer_t defer_timer;
   struct mkv_deferred_s *defer_head, *defer_tail;
   int started_ok;
-  void *admin_job; /* the admin thread's running job (adminsrv.c) */
   struct mkv_metrics_s *metrics; /* for /metrics; written by this thread only */
   _Atomic(struct mkv_reload_s *) pending_reload; /* main -> worker: a new config */
 } mkv_worker_t;
