@@ -14,21 +14,13 @@
 --              volume listener with no mkv in the path)
 package.path = "spec/?.lua;lua/?.lua;" .. package.path
 local H = require "helpers"
+local B = require "bench.lib"
 
 local large_mb = tonumber(arg[1]) or 512
 local secs = tonumber(arg[2]) or 5
 local RUNS = 3
 
-local function median(t)
-  table.sort(t)
-  return t[math.floor((#t + 1) / 2)]
-end
-
-local function sh_ok(cmd)
-  local out, code = H.sh(cmd)
-  if code ~= 0 then error(cmd .. "\n" .. out) end
-  return out
-end
+local median, sh_ok = B.median, B.sh_ok
 
 local function wrk(url, extra)
   local out = sh_ok(string.format("wrk -t2 -c8 -d%ds %s %s", secs, extra or "", H.shq(url)))

@@ -1,21 +1,18 @@
--- policies/default.lua outside a server: golden vectors from the Go original's tests and
--- from the cluster it wrote (spec/fixtures/go-original), then the properties placement
--- must have (STYLE "Tests"), then listing and rebalance.
+-- policies/default.lua in a policy state as a server makes it (spec/policy_helpers.lua):
+-- golden vectors from the Go original's tests and from the cluster it wrote
+-- (spec/fixtures/go-original), then the properties placement must have (STYLE "Tests"),
+-- then listing and rebalance.
 local H = require "helpers"
 local mkv = require "mkv"
-package.loaded.mkv = mkv
+local policy = require "policy_helpers"
 
-local function load_default()
-  return assert(loadfile(H.root .. "/policies/default.lua"))()
+-- The module in a policy state of its own, as a server loads it. A server's config never
+-- changes under a loaded module, so a test that needs other values loads its own copy.
+local function load_default(replicas, subvolumes)
+  return policy.load("default", { replicas = replicas, subvolumes = subvolumes })
 end
 
--- mkv.config is the module's own writable table (lua_vm.c replaces it in a server).
-local function with_config(replicas, subvolumes)
-  mkv.config.replicas = replicas
-  mkv.config.subvolumes = subvolumes
-end
-
-local P = load_default()
+local P = load_default() -- replicas 3, subvolumes 10
 
 local json_decode = require("json").decode
 
@@ -24,21 +21,19 @@ local function unhex(s)
 end
 
 describe("default placement: golden vectors", function()
-  after_each(function() with_config(3, 10) end)
-
   -- The Go original's lib_test.go (Test_key2volume).
   local golden = { hello = "larry", helloworld = "curly", world = "moe", blah = "curly" }
   local stooges = { "larry", "moe", "curly" }
 
   it("larry/moe/curly with replicas 1, subvolumes 1", function()
-    with_config(1, 1)
+    local P = load_default(1, 1)
     for key, want in pairs(golden) do
       assert.same({ want }, P.place(key, stooges, 1), key)
     end
   end)
 
   it("larry/moe/curly with subvolumes 3 (as Go's test calls it): same volume, /svXX added", function()
-    with_config(1, 3)
+    local P = load_default(1, 3)
     for key, want in pairs(golden) do
       local got = P.place(key, stooges, 1)
       assert.equal(1, #got)
@@ -61,7 +56,7 @@ describe("default placement: golden vectors", function()
     end)
 
     it("place() gives the placement the Go original computed", function()
-      with_config(manifest.replicas, manifest.subvolumes)
+      local P = load_default(manifest.replicas, manifest.subvolumes)
       local wrong = {}
       for _, k in ipairs(manifest.keys) do
         local key = unhex(k.key_hex)
@@ -84,7 +79,7 @@ describe("default placement: golden vectors", function()
     end)
 
     it("live records name the volumes placement gives (Key-Volumes)", function()
-      with_config(manifest.replicas, manifest.subvolumes)
+      local P = load_default(manifest.replicas, manifest.subvolumes)
       for _, k in ipairs(manifest.keys) do
         if k.state == "live" then
           assert.equal(k.key_volumes, table.concat(P.place(unhex(k.key_hex), vols, 2), ","))
@@ -109,8 +104,6 @@ describe("default placement: golden vectors", function()
 end)
 
 describe("default placement: properties", function()
-  after_each(function() with_config(3, 10) end)
-
   local function volumes(n)
     local t = {}
     for i = 1, n do t[i] = string.format("10.0.0.%d:3001", i) end
@@ -119,7 +112,6 @@ describe("default placement: properties", function()
   local function host(entry) return (entry:match("^[^/]+")) end
 
   it("is deterministic: same key, same answer, also from a fresh copy of the module", function()
-    with_config(3, 10)
     local vols = volumes(7)
     local other = load_default()
     for i = 1, 500 do
@@ -131,7 +123,6 @@ describe("default placement: properties", function()
   end)
 
   it("gives distinct volumes for the replicas of a key", function()
-    with_config(3, 10)
     local vols = volumes(5)
     for i = 1, 2000 do
       local got = P.place("/distinct/" .. i, vols, 3)
@@ -143,8 +134,7 @@ describe("default placement: properties", function()
       end
     end
     -- n == #volumes: every volume exactly once.
-    with_config(5, 1)
-    local all = P.place("/all", vols, 5)
+    local all = load_default(5, 1).place("/all", vols, 5)
     table.sort(all)
     local want = { unpack(vols) }
     table.sort(want)
@@ -152,7 +142,7 @@ describe("default placement: properties", function()
   end)
 
   it("is a ranking: the first k of n replicas are the k-replica answer", function()
-    with_config(3, 1)
+    local P = load_default(3, 1)
     local vols = volumes(8)
     for i = 1, 300 do
       local key = "/rank/" .. i
@@ -163,7 +153,7 @@ describe("default placement: properties", function()
   end)
 
   it("spreads first replicas evenly: each of 10 volumes gets 1/10 of 20000 keys, +-15%", function()
-    with_config(1, 1)
+    local P = load_default(1, 1)
     local vols = volumes(10)
     local count = {}
     for _, v in ipairs(vols) do count[v] = 0 end
@@ -184,7 +174,7 @@ describe("default placement: properties", function()
   end)
 
   it("adding an 11th volume moves about 1/11 of first replicas, all onto the new one", function()
-    with_config(1, 1)
+    local P = load_default(1, 1)
     local ten = volumes(10)
     local eleven = volumes(11)
     local N, moved = 20000, 0
@@ -209,7 +199,7 @@ describe("default placement: properties", function()
   it("subvolume numbers are in range and written %02X, upper-case (sv0A)", function()
     local vols = volumes(4)
     for _, sv in ipairs({ 2, 4, 10, 16, 20, 255, 256 }) do
-      with_config(2, sv)
+      local P = load_default(2, sv)
       local seen = {}
       for i = 1, 1000 do
         local key = "/sv/" .. i
@@ -233,7 +223,7 @@ describe("default placement: properties", function()
   end)
 
   it("subvolumes 1 appends no /svXX", function()
-    with_config(3, 1)
+    local P = load_default(3, 1)
     local vols = volumes(3)
     for i = 1, 100 do
       for _, e in ipairs(P.place("/nosv/" .. i, vols, 3)) do assert.is_nil(e:find("/", 1, true)) end
@@ -241,7 +231,7 @@ describe("default placement: properties", function()
   end)
 
   it("breaks no ties by accident: the order is by score, highest first", function()
-    with_config(3, 1)
+    local P = load_default(3, 1)
     local vols = volumes(6)
     for i = 1, 300 do
       local key = "/order/" .. i
@@ -257,7 +247,6 @@ describe("default placement: properties", function()
   end)
 
   it("does not modify the volumes table it is given", function()
-    with_config(3, 10)
     local vols = volumes(5)
     local copy = { unpack(vols) }
     for i = 1, 100 do P.place("/keep/" .. i, vols, 3) end
@@ -274,7 +263,7 @@ describe("default placement: properties", function()
   end)
 
   it("replicas() is the configured count for every key", function()
-    with_config(2, 4)
+    local P = load_default(2, 4)
     assert.equal(2, P.replicas("/a"))
     assert.equal(2, P.replicas("/tmp/b"))
   end)

@@ -1,25 +1,13 @@
--- policies/weighted.lua outside a server: capacity-weighted rendezvous hashing. Loaded as
--- the default policy's spec loads default.lua, with policy_config given as
--- mkv.config.policy (what lua_vm.c hands a policy state). The module reads the weights
--- when it loads, so each weights map gets a fresh copy (load_weighted).
-local H = require "helpers"
+-- policies/weighted.lua: capacity-weighted rendezvous hashing, in a policy state as a
+-- server makes it (spec/policy_helpers.lua), as the default policy's spec loads
+-- default.lua. The module reads the weights when it loads, so each weights map and
+-- each replicas/subvolumes pair gets a fresh copy (load_weighted).
 local mkv = require "mkv"
-package.loaded.mkv = mkv
+local policy = require "policy_helpers"
 
-local function with_config(replicas, subvolumes)
-  mkv.config.replicas = replicas
-  mkv.config.subvolumes = subvolumes
-end
-
-local function restore()
-  with_config(3, 10)
-  mkv.config.policy = nil
-end
-
--- policy: the whole mkv.config.policy (nil for none).
-local function load_weighted(policy)
-  mkv.config.policy = policy
-  return assert(loadfile(H.root .. "/policies/weighted.lua"))()
+-- policy_config: the config's whole policy_config (mkv.config.policy; nil for none).
+local function load_weighted(policy_config, replicas, subvolumes)
+  return policy.load("weighted", { replicas = replicas, subvolumes = subvolumes, policy = policy_config })
 end
 
 local function volumes(n)
@@ -36,11 +24,8 @@ local WEIGHTS = { [VOLS[1]] = 1, [VOLS[3]] = 2, [VOLS[4]] = 4 }
 local WEIGHT_OF = { 1, 1, 2, 4 }
 
 describe("weighted placement: shares", function()
-  after_each(restore)
-
   it("each volume's share of first replicas is weight / sum of weights (40000 keys)", function()
-    with_config(1, 1)
-    local W = load_weighted({ weights = WEIGHTS })
+    local W = load_weighted({ weights = WEIGHTS }, 1, 1)
     local N, total = 40000, 8
     local count = {}
     for _, v in ipairs(VOLS) do count[v] = 0 end
@@ -69,15 +54,14 @@ describe("weighted placement: shares", function()
 
   it("equal weights behave like no weights: any common weight gives the same placement, "
      .. "evenly spread", function()
-    with_config(2, 10)
     local vols = volumes(6)
-    local none = load_weighted(nil)
-    local empty = load_weighted({ weights = {} })
+    local none = load_weighted(nil, 2, 10)
+    local empty = load_weighted({ weights = {} }, 2, 10)
     local ones, fives, tenth = {}, {}, {}
     for _, v in ipairs(vols) do ones[v], fives[v], tenth[v] = 1, 5, 0.1 end
-    local W1 = load_weighted({ weights = ones })
-    local W5 = load_weighted({ weights = fives })
-    local Wt = load_weighted({ weights = tenth })
+    local W1 = load_weighted({ weights = ones }, 2, 10)
+    local W5 = load_weighted({ weights = fives }, 2, 10)
+    local Wt = load_weighted({ weights = tenth }, 2, 10)
     local count, N = {}, 12000
     for i = 1, N do
       local key = "/equal/" .. i
@@ -98,14 +82,11 @@ describe("weighted placement: shares", function()
 end)
 
 describe("weighted placement: the properties of its answers", function()
-  after_each(restore)
-
   for _, sv in ipairs({ 1, 10 }) do
     it("subvolumes " .. sv .. ": with replicas 2 the pair is two distinct volumes, deterministically",
        function()
-      with_config(2, sv)
-      local W = load_weighted({ weights = WEIGHTS })
-      local other = load_weighted({ weights = WEIGHTS })
+      local W = load_weighted({ weights = WEIGHTS }, 2, sv)
+      local other = load_weighted({ weights = WEIGHTS }, 2, sv)
       local pairs_seen = {}
       for i = 1, 20000 do
         local key = "/pair/" .. i
@@ -135,8 +116,7 @@ describe("weighted placement: the properties of its answers", function()
   end
 
   it("is a ranking: the first replica of two is the one-replica answer", function()
-    with_config(2, 1)
-    local W = load_weighted({ weights = WEIGHTS })
+    local W = load_weighted({ weights = WEIGHTS }, 2, 1)
     for i = 1, 2000 do
       local key = "/rank/" .. i
       assert.same({ W.place(key, VOLS, 2)[1] }, W.place(key, VOLS, 1))
@@ -144,8 +124,7 @@ describe("weighted placement: the properties of its answers", function()
   end)
 
   it("subvolume numbers follow the default formula (score bytes 12..15 mod subvolumes)", function()
-    with_config(2, 10)
-    local W = load_weighted({ weights = WEIGHTS })
+    local W = load_weighted({ weights = WEIGHTS }, 2, 10)
     for i = 1, 500 do
       local key = "/sv/" .. i
       local scores = mkv.md5_scores(key, VOLS)
@@ -160,8 +139,7 @@ describe("weighted placement: the properties of its answers", function()
   end)
 
   it("does not modify the volumes table it is given", function()
-    with_config(2, 10)
-    local W = load_weighted({ weights = WEIGHTS })
+    local W = load_weighted({ weights = WEIGHTS }, 2, 10)
     local copy = { unpack(VOLS) }
     for i = 1, 200 do W.place("/keep/" .. i, VOLS, 2) end
     assert.same(copy, VOLS)
@@ -169,8 +147,6 @@ describe("weighted placement: the properties of its answers", function()
 end)
 
 describe("weighted placement: movement", function()
-  after_each(restore)
-
   -- Adding a volume of weight w to total weight S: it wins a key iff its score beats the
   -- old winner's, probability w / (S + w); the others' scores do not change, so every
   -- key that moves moves ONTO it (exact, no tolerance). The moved count is
@@ -178,15 +154,14 @@ describe("weighted placement: movement", function()
   -- w = 4, for N = 40000).
   for _, w in ipairs({ 1, 2, 4 }) do
     it("adding a volume of weight " .. w .. " moves w/(S+w) of first replicas, all onto it", function()
-      with_config(1, 1)
       local new = "10.0.0.99:3001"
       local after_vols = { unpack(VOLS) }
       after_vols[#after_vols + 1] = new
       local after_weights = {}
       for k, x in pairs(WEIGHTS) do after_weights[k] = x end
       after_weights[new] = w
-      local Wb = load_weighted({ weights = WEIGHTS })
-      local Wa = load_weighted({ weights = after_weights })
+      local Wb = load_weighted({ weights = WEIGHTS }, 1, 1)
+      local Wa = load_weighted({ weights = after_weights }, 1, 1)
       local N, S = 40000, 8
       local moved, wrong = 0, {}
       for i = 1, N do
@@ -209,14 +184,13 @@ describe("weighted placement: movement", function()
   end
 
   it("removing a volume moves only the keys it held (replicas 1 and 2)", function()
-    local Wfull = load_weighted({ weights = WEIGHTS })
     for _, gone_idx in ipairs({ 2, 4 }) do -- an unweighted one and the heaviest
       local gone = VOLS[gone_idx]
       local rest = {}
       for _, v in ipairs(VOLS) do if v ~= gone then rest[#rest + 1] = v end end
       local N, held, wrong = 20000, 0, {}
       for _, n in ipairs({ 1, 2 }) do
-        with_config(n, 1)
+        local Wfull = load_weighted({ weights = WEIGHTS }, n, 1)
         for i = 1, N do
           local key = "/remove/" .. i
           local before, after = Wfull.place(key, VOLS, n), Wfull.place(key, rest, n)
@@ -244,8 +218,6 @@ describe("weighted placement: movement", function()
 end)
 
 describe("weighted placement: bad weights raise when the module loads", function()
-  after_each(restore)
-
   local bad = {
     { "zero", 0 }, { "negative", -1 }, { "a tiny negative", -1e-300 }, { "a string", "2" },
     { "a boolean", true }, { "a table", { 2 } },
@@ -253,9 +225,7 @@ describe("weighted placement: bad weights raise when the module loads", function
   for _, case in ipairs(bad) do
     it("a weight that is " .. case[1], function()
       local vol = "10.0.0.3:3001"
-      mkv.config.policy = { weights = { ["10.0.0.1:3001"] = 2, [vol] = case[2] } }
-      local chunk = assert(loadfile(H.root .. "/policies/weighted.lua"))
-      local ok, err = pcall(chunk)
+      local ok, err = pcall(load_weighted, { weights = { ["10.0.0.1:3001"] = 2, [vol] = case[2] } })
       assert.is_false(ok, "loaded with a weight of " .. tostring(case[2]))
       err = tostring(err)
       assert.truthy(err:find("weighted policy", 1, true), err)

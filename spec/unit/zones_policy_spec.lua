@@ -1,33 +1,20 @@
--- policies/zones.lua outside a server: zone- (rack-) aware placement. Loaded as the
--- default policy's spec loads default.lua: the mkv.so helpers, mkv.config set here
--- (policy_config arrives as mkv.config.policy, as lua_vm.c gives it to a policy state).
+-- policies/zones.lua: zone- (rack-) aware placement, in a policy state as a server makes
+-- it (spec/policy_helpers.lua), as the default policy's spec loads default.lua; the
+-- zones map arrives as mkv.config.policy.zones, as lua_vm.c gives policy_config to a
+-- policy state.
 --
--- The module reads mkv.config.policy.zones when it loads, so every change of the zones
--- map loads a fresh copy (load_zones).
-local H = require "helpers"
-local mkv = require "mkv"
-package.loaded.mkv = mkv
+-- The module reads the zones map when it loads, so every zones map and every
+-- replicas/subvolumes pair loads a fresh copy (load_zones); the default policy it is
+-- compared with is loaded with the same values (load_default).
+local policy = require "policy_helpers"
 
-local function load_default()
-  return assert(loadfile(H.root .. "/policies/default.lua"))()
+local function load_default(replicas, subvolumes)
+  return policy.load("default", { replicas = replicas, subvolumes = subvolumes })
 end
 
-local function load_zones(zones)
-  mkv.config.policy = { zones = zones }
-  return assert(loadfile(H.root .. "/policies/zones.lua"))()
+local function load_zones(zones, replicas, subvolumes)
+  return policy.load("zones", { replicas = replicas, subvolumes = subvolumes, policy = { zones = zones } })
 end
-
-local function with_config(replicas, subvolumes)
-  mkv.config.replicas = replicas
-  mkv.config.subvolumes = subvolumes
-end
-
-local function restore()
-  with_config(3, 10)
-  mkv.config.policy = nil
-end
-
-local D = load_default()
 
 local function host(entry) return (entry:match("^[^/]+")) end
 
@@ -88,15 +75,12 @@ local function presence(size, names, z, n)
 end
 
 describe("zones placement: the properties of its answers", function()
-  after_each(restore)
-
   for _, sv in ipairs({ 1, 10 }) do
     it("subvolumes " .. sv .. ": 20000 keys get 3 replicas in 3 distinct zones, on distinct volumes, "
        .. "deterministically", function()
       local vols, zones = cluster(ZONE_OF_INDEX)
-      with_config(3, sv)
-      local Z = load_zones(zones)
-      local other = load_zones(zones) -- a fresh copy of the module
+      local Z = load_zones(zones, 3, sv)
+      local other = load_zones(zones, 3, sv) -- a fresh copy of the module
       local bad = {}
       for i = 1, 20000 do
         local key = "/z/" .. i
@@ -125,8 +109,7 @@ describe("zones placement: the properties of its answers", function()
 
     it("subvolumes " .. sv .. ": the first replica is the default policy's first replica", function()
       local vols, zones = cluster(ZONE_OF_INDEX)
-      with_config(3, sv)
-      local Z = load_zones(zones)
+      local Z, D = load_zones(zones, 3, sv), load_default(3, sv)
       for i = 1, 20000 do
         local key = "/first/" .. i
         -- Whole entries, /svXX included: same volume, same subvolume formula.
@@ -137,8 +120,7 @@ describe("zones placement: the properties of its answers", function()
     it("subvolumes " .. sv .. ": with one volume per zone the placement is the default one", function()
       local vols, zones = cluster({ "a", "b", "c", "d", "e", "f" })
       for _, n in ipairs({ 1, 2, 3, 6 }) do
-        with_config(n, sv)
-        local Z = load_zones(zones)
+        local Z, D = load_zones(zones, n, sv), load_default(n, sv)
         for i = 1, 3000 do
           local key = "/one-per-zone/" .. i
           assert.same(D.place(key, vols, n), Z.place(key, vols, n), key)
@@ -149,8 +131,7 @@ describe("zones placement: the properties of its answers", function()
 
   it("its replicas are the best-ranked volume of each zone it takes, zones in rank order", function()
     local vols, zones = cluster(ZONE_OF_INDEX)
-    with_config(3, 1)
-    local Z = load_zones(zones)
+    local Z, D = load_zones(zones, 3, 1), load_default(3, 1)
     for i = 1, 2000 do
       local key = "/walk/" .. i
       local ranked = D.place(key, vols, #vols) -- the full default ranking
@@ -164,8 +145,7 @@ describe("zones placement: the properties of its answers", function()
 
   it("does not modify the volumes table it is given", function()
     local vols, zones = cluster(ZONE_OF_INDEX)
-    with_config(3, 10)
-    local Z = load_zones(zones)
+    local Z = load_zones(zones, 3, 10)
     local copy = { unpack(vols) }
     for i = 1, 200 do Z.place("/keep/" .. i, vols, 3) end
     assert.same(copy, vols)
@@ -173,11 +153,8 @@ describe("zones placement: the properties of its answers", function()
 end)
 
 describe("zones placement: configuration errors", function()
-  after_each(restore)
-
   it("no policy_config.zones: the module raises when it loads", function()
-    mkv.config.policy = {}
-    local ok, err = pcall(assert(loadfile(H.root .. "/policies/zones.lua")))
+    local ok, err = pcall(policy.load, "zones", { policy = {} })
     assert.is_false(ok)
     assert.truthy(tostring(err):find("policy_config.zones is missing", 1, true), tostring(err))
   end)
@@ -186,8 +163,7 @@ describe("zones placement: configuration errors", function()
     local vols, zones = cluster(ZONE_OF_INDEX)
     local missing = vols[5]
     zones[missing] = nil
-    with_config(3, 1)
-    local Z = load_zones(zones)
+    local Z, D = load_zones(zones, 3, 1), load_default(3, 1)
     local checked = 0
     for i = 1, 2000 do
       local key = "/missing/" .. i
@@ -213,8 +189,7 @@ describe("zones placement: configuration errors", function()
     local vols, zones = cluster(ZONE_OF_INDEX)
     local missing = vols[5]
     zones[missing] = nil
-    with_config(3, 1)
-    local Z = load_zones(zones)
+    local Z = load_zones(zones, 3, 1)
     local passed = {}
     local N = 2000
     for i = 1, N do
@@ -228,8 +203,7 @@ describe("zones placement: configuration errors", function()
 
   it("fewer zones than replicas: place() raises, naming both counts", function()
     local vols, zones = cluster({ "a", "b", "a", "b", "a" })
-    with_config(3, 1)
-    local Z = load_zones(zones)
+    local Z = load_zones(zones, 3, 1)
     for i = 1, 200 do
       local ok, err = pcall(Z.place, "/few/" .. i, vols, 3)
       assert.is_false(ok)
@@ -237,20 +211,17 @@ describe("zones placement: configuration errors", function()
         tostring(err))
     end
     -- Enough zones for 2 replicas: fine.
-    with_config(2, 1)
+    Z = load_zones(zones, 2, 1)
     for i = 1, 200 do assert.equal(2, #Z.place("/few/" .. i, vols, 2)) end
   end)
 end)
 
 describe("zones placement: balance and movement", function()
-  after_each(restore)
-
   it("each zone's share of replicas: the documented algorithm's exact share, and near its "
      .. "capacity share", function()
     local vols, zones = cluster(ZONE_OF_INDEX)
     local n, N = 3, 20000
-    with_config(n, 1)
-    local Z = load_zones(zones)
+    local Z = load_zones(zones, n, 1)
     local size, names = zone_sizes(vols, zones)
     local count, per_vol = {}, {}
     for _, z in ipairs(names) do count[z] = 0 end
@@ -320,8 +291,8 @@ describe("zones placement: balance and movement", function()
       local after_zones = {}
       for k, z in pairs(zones) do after_zones[k] = z end
       after_zones[new] = "rack-" .. case.zone
-      with_config(n, 1)
-      local Zb, Za = load_zones(zones), load_zones(after_zones)
+      local Zb, Za = load_zones(zones, n, 1), load_zones(after_zones, n, 1)
+      local D = load_default(n, 1)
 
       local zmoved, zreplicas, dmoved, dreplicas = 0, 0, 0, 0
       local bad = {}

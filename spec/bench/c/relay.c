@@ -268,7 +268,7 @@ static void *serve(void *arg) {
      * but alone, before "100 Continue", when the client waits for that (curl does for
      * large uploads, and waits a second without it), again as mkv does. How the body's
      * first bytes reach nginx decides how its temp file is written (see run.lua,
-     * put1g_floor), so the floor must do here exactly what mkv does. */
+     * put1g_dfloor), so the floor must do here exactly what mkv does. */
     int first = 1, bad = 0;
     long long left = len;
     if (expect) {
