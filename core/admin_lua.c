@@ -166,42 +166,40 @@ static int l_unlock(lua_State *L) {
 
 /* ---- placement, through a checked policy state ---- */
 
-/* mkv.place(key) -> { "host:port[/svXX]", ... } (placement and replica count). */
-static int l_place(lua_State *L) {
+/* A policy call's failure, as the script sees it: nil, the policy's message, EPOLICY. */
+static int push_policy_error(lua_State *L, mkv_admin_t *a) {
+  lua_pushnil(L);
+  lua_pushstring(L, mkv_policy_error(a->policy));
+  lua_pushstring(L, mkv_errname(MKV_EPOLICY));
+  return 3;
+}
+
+/* mkv.place(key) -> { "host:port[/svXX]", ... } | nil, msg, code;
+ * mkv.path(key) -> "/ab/cd/<base64>" | nil, msg, code. */
+static int place_or_path(lua_State *L, int place) {
   mkv_admin_t *a = mkv__admin_of(L);
   size_t klen;
   const char *key = luaL_checklstring(L, 1, &klen);
-  mkv_buf_t j;
-  mkv_buf_init(&j);
-  int n;
-  if (mkv_policy_place(a->policy, key, klen, &j, &n) != 0) {
-    mkv_buf_free(&j);
-    lua_pushnil(L);
-    lua_pushstring(L, mkv_policy_error(a->policy));
-    lua_pushliteral(L, "EPOLICY");
-    return 3;
-  }
-  mkv_lua_push_volumes(L, j.data, j.len);
-  mkv_buf_free(&j);
-  return 1;
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  int n, rc = place ? mkv_policy_place(a->policy, key, klen, &b, &n)
+                    : mkv_policy_path(a->policy, key, klen, &b);
+  if (rc != 0)
+    n = push_policy_error(L, a);
+  else if (place)
+    mkv_lua_push_volumes(L, b.data, b.len), n = 1;
+  else
+    lua_pushlstring(L, b.data, b.len), n = 1;
+  mkv_buf_free(&b);
+  return n;
+}
+
+static int l_place(lua_State *L) {
+  return place_or_path(L, 1);
 }
 
 static int l_path(lua_State *L) {
-  mkv_admin_t *a = mkv__admin_of(L);
-  size_t klen;
-  const char *key = luaL_checklstring(L, 1, &klen);
-  mkv_buf_t p;
-  mkv_buf_init(&p);
-  if (mkv_policy_path(a->policy, key, klen, &p) != 0) {
-    mkv_buf_free(&p);
-    lua_pushnil(L);
-    lua_pushstring(L, mkv_policy_error(a->policy));
-    lua_pushliteral(L, "EPOLICY");
-    return 3;
-  }
-  lua_pushlstring(L, p.data, p.len);
-  mkv_buf_free(&p);
-  return 1;
+  return place_or_path(L, 0);
 }
 
 /* mkv.rebalance_plan(key, have, want) -> copy, drop: the rebalance policy's answer,
@@ -220,9 +218,7 @@ static int l_rebalance_plan(lua_State *L) {
   int rc = mkv_policy_rebalance(a->policy, key, klen, have.data ? have.data : "", have.len,
                                 want.data ? want.data : "", want.len, &copy, &drop);
   if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, mkv_policy_error(a->policy));
-    lua_pushliteral(L, "EPOLICY");
+    push_policy_error(L, a);
   } else {
     mkv_lua_push_volumes(L, copy.data, copy.len);
     mkv_lua_push_volumes(L, drop.data, drop.len);
@@ -329,35 +325,6 @@ int mkv_admin_script_exists(const char *name) {
   return mkv__embedded_find(path) != NULL;
 }
 
-static void push_config(lua_State *L, const mkv_config_t *cfg) {
-  lua_createtable(L, 0, 8);
-  lua_createtable(L, cfg->nvolumes, 0);
-  for (int i = 0; i < cfg->nvolumes; i++) {
-    lua_pushstring(L, cfg->volumes[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setfield(L, -2, "volumes");
-  lua_pushinteger(L, cfg->replicas);
-  lua_setfield(L, -2, "replicas");
-  lua_pushinteger(L, cfg->subvolumes);
-  lua_setfield(L, -2, "subvolumes");
-  lua_pushboolean(L, cfg->md5sum);
-  lua_setfield(L, -2, "md5sum");
-  lua_pushboolean(L, cfg->protect);
-  lua_setfield(L, -2, "protect");
-  lua_pushnumber(L, cfg->voltimeout_ms / 1000.0);
-  lua_setfield(L, -2, "voltimeout");
-  lua_pushnumber(L, cfg->limits.volume_timeout_ms / 1000.0);
-  lua_setfield(L, -2, "volume_timeout");
-  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
-  char *src = mkv_sprintf("return %s", pc);
-  if (luaL_loadbuffer(L, src, strlen(src), "=policy_config") == 0 && lua_pcall(L, 0, 1, 0) == 0)
-    lua_setfield(L, -2, "policy");
-  else
-    lua_pop(L, 1);
-  free(src);
-}
-
 int mkv__admin_build_state(mkv_admin_t *a, const char *script_path, char **err) {
   lua_State *L = luaL_newstate();
   if (L == NULL) mkv_fatal("cannot create a Lua state");
@@ -370,7 +337,10 @@ int mkv__admin_build_state(mkv_admin_t *a, const char *script_path, char **err) 
   luaL_register(L, NULL, mkv__admin_task_funcs);
   luaL_register(L, NULL, mkv__admin_xfer_funcs);
   luaL_register(L, NULL, admin_funcs);
-  push_config(L, a->cfg);
+  if (mkv_config_push(L, a->cfg) != 0) {
+    *err = mkv_sprintf("policy_config: %s", lua_tostring(L, -1));
+    return -1;
+  }
   lua_setfield(L, -2, "config");
   lua_newtable(L);
   for (int i = 0; i < a->opts.argc; i++) {

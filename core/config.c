@@ -13,42 +13,91 @@
 
 #include "internal.h"
 #include "mkv/common.h"
+#include "mkv/lua_api.h"
 
-const char *const mkv_policy_kind_names[MKV_POLICY_KINDS] = {"placement", "replicas",
-                                                             "listing", "rebalance"};
+const char *const mkv_policy_kind_names[MKV_POLICY_KINDS] = {
+#define KIND_NAME(id, name) name,
+    MKV_POLICY_KIND_LIST(KIND_NAME)
+#undef KIND_NAME
+};
 
-static const struct {
-  const char *name;
-  int is_bool;
-} known_flags[] = {{"port", 0},     {"db", 0},        {"fallback", 0}, {"replicas", 0},
-                   {"subvolumes", 0}, {"volumes", 0}, {"protect", 1},  {"v", 1},
-                   {"md5sum", 1},   {"voltimeout", 0}, {"listen", 0},  {"workers", 0},
-                   {"admin", 0},    {"public-url", 0}, {"access-log", 0},
-                   {"write-secret-file", 0}, {"volume-key-file", 0},
-                   {"redirect-secret-file", 0}};
-
-int mkv_config_flag_kind(const char *name, int *is_bool) {
-  for (size_t i = 0; i < MKV_ARRAY_SIZE(known_flags); i++) {
-    if (strcmp(known_flags[i].name, name) == 0) {
-      *is_bool = known_flags[i].is_bool;
-      return 0;
-    }
-  }
-  return -1;
-}
-
-/* Pushes the module table of lua/mkv_config.lua. */
-static int push_validator(lua_State *L, char **err) {
+/* A fresh state holding the module table of lua/mkv_config.lua on top, with the `mkv`
+ * helpers it requires (durations, the policy kinds). NULL with *err on failure. */
+static lua_State *validator_state(char **err) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) mkv_fatal("cannot create a Lua state");
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_pushcfunction(L, luaopen_mkv);
+  lua_call(L, 0, 1);
+  lua_setfield(L, -2, "mkv");
+  lua_pop(L, 2);
   const mkv__embedded_t *e = mkv__embedded_find("lua/mkv_config.lua");
   if (e == NULL) {
     *err = mkv_strdup("lua/mkv_config.lua is not compiled into this binary");
-    return -1;
-  }
-  if (luaL_loadbuffer(L, e->src, e->len, "@lua/mkv_config.lua") != 0 ||
-      lua_pcall(L, 0, 1, 0) != 0) {
+  } else if (luaL_loadbuffer(L, e->src, e->len, "@lua/mkv_config.lua") != 0 ||
+             lua_pcall(L, 0, 1, 0) != 0) {
     *err = mkv_sprintf("lua/mkv_config.lua: %s", lua_tostring(L, -1));
+  } else {
+    return L;
+  }
+  lua_close(L);
+  return NULL;
+}
+
+int mkv_config_flag_kind(const char *name, int *is_bool) {
+  char *err = NULL;
+  lua_State *L = validator_state(&err);
+  if (L == NULL) mkv_fatal("%s", err);
+  lua_getfield(L, -1, "flags");
+  lua_getfield(L, -1, name);
+  int known = lua_istable(L, -1);
+  if (known) {
+    lua_getfield(L, -1, "kind");
+    const char *kind = lua_tostring(L, -1);
+    *is_bool = kind != NULL && strcmp(kind, "bool") == 0;
+  }
+  lua_close(L);
+  return known ? 0 : -1;
+}
+
+int mkv_config_push(lua_State *L, const mkv_config_t *cfg) {
+  lua_createtable(L, 0, 10);
+  lua_createtable(L, cfg->nvolumes, 0);
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_pushstring(L, cfg->volumes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "volumes");
+  lua_pushinteger(L, cfg->nvolumes);
+  lua_setfield(L, -2, "nvolumes");
+  lua_pushinteger(L, cfg->replicas);
+  lua_setfield(L, -2, "replicas");
+  lua_pushinteger(L, cfg->subvolumes);
+  lua_setfield(L, -2, "subvolumes");
+  lua_pushboolean(L, cfg->md5sum);
+  lua_setfield(L, -2, "md5sum");
+  lua_pushboolean(L, cfg->protect);
+  lua_setfield(L, -2, "protect");
+  lua_pushnumber(L, cfg->voltimeout_ms / 1000.0);
+  lua_setfield(L, -2, "voltimeout");
+  lua_pushnumber(L, cfg->limits.volume_timeout_ms / 1000.0);
+  lua_setfield(L, -2, "volume_timeout");
+  /* policy_config is plain data that mkv_config.lua serialised (M.serialize): its
+   * chunk only builds tables, so it needs no deadline. */
+  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
+  mkv_buf_t src;
+  mkv_buf_init(&src);
+  mkv_buf_addf(&src, "return %s", pc);
+  int rc = luaL_loadbuffer(L, src.data, src.len, "=policy_config");
+  mkv_buf_free(&src);
+  if (rc == 0) rc = lua_pcall(L, 0, 1, 0);
+  if (rc != 0) {
+    lua_remove(L, -2); /* the half-built table: the message takes its place */
     return -1;
   }
+  lua_setfield(L, -2, "policy");
   return 0;
 }
 
@@ -168,11 +217,9 @@ static char *dir_of(const char *path) {
 int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags,
                     int nflags, const char *command, char **err) {
   memset(cfg, 0, sizeof(*cfg));
-  lua_State *L = luaL_newstate();
-  if (L == NULL) mkv_fatal("cannot create a Lua state");
-  luaL_openlibs(L);
+  lua_State *L = validator_state(err);
+  if (L == NULL) return -1;
   int rc = -1;
-  if (push_validator(L, err) != 0) goto cleanup;
   int M = lua_gettop(L);
 
   /* t = path and M.load_file(path) or {} */

@@ -9,6 +9,7 @@
 #include <lauxlib.h>
 
 #include "mkv/common.h"
+#include "mkv/config.h"
 #include "mkv/hash.h"
 #include "mkv/record.h"
 #include "mkv/text.h"
@@ -239,6 +240,18 @@ int luaopen_mkv(lua_State *L) {
   if (mkv_hash_init() != 0) return luaL_error(L, "OpenSSL has no MD5 (FIPS mode?)");
   lua_createtable(L, 0, (int)MKV_ARRAY_SIZE(mkv_funcs) + 1);
   luaL_register(L, NULL, mkv_funcs);
+  /* The policy kinds (config.h), for lua/mkv_config.lua's check of `policies`. */
+  static const char *const kinds[] = {
+#define KIND_NAME(id, name) name,
+      MKV_POLICY_KIND_LIST(KIND_NAME)
+#undef KIND_NAME
+  };
+  lua_createtable(L, (int)MKV_ARRAY_SIZE(kinds), 0);
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(kinds); i++) {
+    lua_pushstring(L, kinds[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "policy_kinds");
   /* A config table for specs that load policies outside a server; lua_vm.c replaces it
    * with the real one. */
   lua_createtable(L, 0, 4);

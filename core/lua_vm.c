@@ -306,36 +306,8 @@ static int build_state(mkv_policy_t *p) {
   lua_getglobal(L, "package");
   lua_pushcfunction(L, luaopen_mkv);
   lua_call(L, 0, 1);
-  const mkv_config_t *cfg = p->cfg;
-  lua_createtable(L, 0, 8);
-  lua_pushinteger(L, cfg->replicas);
-  lua_setfield(L, -2, "replicas");
-  lua_pushinteger(L, cfg->subvolumes);
-  lua_setfield(L, -2, "subvolumes");
-  lua_pushinteger(L, cfg->nvolumes);
-  lua_setfield(L, -2, "nvolumes");
-  /* The volume list, so a policy can check its parameters against it when it loads. */
-  lua_createtable(L, cfg->nvolumes, 0);
-  for (int i = 0; i < cfg->nvolumes; i++) {
-    lua_pushstring(L, cfg->volumes[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setfield(L, -2, "volumes");
-  lua_pushboolean(L, cfg->md5sum);
-  lua_setfield(L, -2, "md5sum");
-  lua_pushboolean(L, cfg->protect);
-  lua_setfield(L, -2, "protect");
-  /* policy_config: this state's own copy (a policy may read it freely; changing it
-   * would change nothing but this worker's copy) */
-  const char *pc = cfg->policy_config && cfg->policy_config[0] ? cfg->policy_config : "{}";
-  mkv_buf_t src;
-  mkv_buf_init(&src);
-  mkv_buf_addf(&src, "return %s", pc);
-  int lrc = luaL_loadbuffer(L, src.data, src.len, "=policy_config");
-  mkv_buf_free(&src);
-  if (lrc != 0) return policy_fail(p, "policy_config: %s", lua_tostring(L, -1));
-  if (pcall_budget(p, 0, 1, LOAD_BUDGET_MS, "policy_config") != 0) return MKV_EPOLICY;
-  lua_setfield(L, -2, "policy");
+  if (mkv_config_push(L, p->cfg) != 0)
+    return policy_fail(p, "policy_config: %s", lua_tostring(L, -1));
   if (pcall_budget(p, 4, 1, LOAD_BUDGET_MS, "lua/mkv_sandbox.lua") != 0) return MKV_EPOLICY;
   lua_replace(L, LUA_GLOBALSINDEX);
   return 0;

@@ -5,6 +5,7 @@
 -- line's flags over it, checks every field and returns a normalised table that C copies
 -- into a plain struct. Errors are one line naming the field (or the flag) and what was
 -- wrong; nothing here is called on the request path.
+local mkv = require "mkv" -- the C helpers: Go durations, the policy kinds
 local M = {}
 
 local function fail(where, fmt, ...)
@@ -26,27 +27,15 @@ local function describe(v)
   return type(v) .. " " .. tostring(v)
 end
 
--- Go duration strings ("1s", "500ms", "1m30s") or a number of seconds -> milliseconds.
-local units = { ns = 1e-6, us = 1e-3, ["\194\181s"] = 1e-3, ["\206\188s"] = 1e-3,
-                ms = 1, s = 1000, m = 60000, h = 3600000 }
+-- Go duration strings ("1s", "500ms", "1m30s": the C parser the server uses everywhere)
+-- or a number of seconds -> milliseconds; nil when it is neither.
 function M.duration_ms(v)
   if type(v) == "number" then
     if v ~= v or v < 0 or v == math.huge then return nil end
     return v * 1000
   end
-  if type(v) ~= "string" or v == "" then return nil end
-  if v == "0" then return 0 end
-  local total, rest = 0, v
-  while rest ~= "" do
-    local num, unit, tail = rest:match("^(%d*%.?%d*)([^%d%.]+)(.*)$")
-    if not num or num == "" or num == "." then return nil end
-    -- the unit runs up to the next digit
-    local mult = units[unit]
-    if not mult then return nil end
-    total = total + tonumber(num) * mult
-    rest = tail
-  end
-  return total
+  if type(v) ~= "string" then return nil end
+  return (mkv.duration_ms(v))
 end
 
 local function int(where, v, min, max)
@@ -115,7 +104,7 @@ M.leveldb_fields = {
   bloom_bits = { 10, function(w, v) return int(w, v, 0, 64) end },
 }
 
-M.policy_kinds = { "placement", "replicas", "listing", "rebalance" }
+M.policy_kinds = mkv.policy_kinds
 
 local function subtable(where, v, fields)
   local out = {}

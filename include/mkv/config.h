@@ -16,8 +16,19 @@ typedef struct mkv_flag_s {
   const char *value; /* as given; "true" for a bare boolean flag */
 } mkv_flag_t;
 
-enum { MKV_POLICY_PLACEMENT, MKV_POLICY_REPLICAS, MKV_POLICY_LISTING, MKV_POLICY_REBALANCE,
-       MKV_POLICY_KINDS };
+/* The policy kinds, listed once: the enum below, their names (mkv_policy_kind_names),
+ * and the list lua/mkv_config.lua checks the config's `policies` against
+ * (mkv.policy_kinds, lua_api.c). */
+#define MKV_POLICY_KIND_LIST(X)                                                          \
+  X(PLACEMENT, "placement") X(REPLICAS, "replicas") X(LISTING, "listing")               \
+  X(REBALANCE, "rebalance")
+
+enum {
+#define MKV_POLICY_KIND_ENUM(id, name) MKV_POLICY_##id,
+  MKV_POLICY_KIND_LIST(MKV_POLICY_KIND_ENUM)
+#undef MKV_POLICY_KIND_ENUM
+  MKV_POLICY_KINDS
+};
 
 typedef struct mkv_config_s {
   char *source;     /* the config file's path, or NULL when only flags were given */
@@ -68,7 +79,15 @@ int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags
                     int nflags, const char *command, char **err);
 void mkv_config_free(mkv_config_t *cfg);
 
-/* Is `name` a known flag, and is it boolean (takes no separate value)? -1 unknown. */
+/* Is `name` a known flag, and is it boolean (takes no separate value)? -1 unknown. The
+ * flags are lua/mkv_config.lua's table (M.flags): asked there, never listed twice. */
 int mkv_config_flag_kind(const char *name, int *is_bool);
+
+/* Pushes the config as the Lua table that policies and admin scripts see as
+ * mkv.config: volumes, nvolumes, replicas, subvolumes, md5sum, protect, voltimeout and
+ * volume_timeout (seconds), and policy (the policy_config table). Returns 0, or -1 with
+ * the error message pushed instead (policy_config failed to load: no memory). */
+struct lua_State;
+int mkv_config_push(struct lua_State *L, const mkv_config_t *cfg);
 
 #endif
