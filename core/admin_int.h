@@ -29,7 +29,7 @@
 #include <lua.h>
 
 #include "mkv/admin.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 #include "mkv/upstream.h"
 
 enum { T_READY, T_RUNNING, T_PARKED, T_DONE };

@@ -21,7 +21,7 @@
 #include "mkv/keylock.h"
 #include "mkv/log.h"
 #include "mkv/metrics.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 #include "mkv/text.h"
 
 #define MAX_PROBES 64

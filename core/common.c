@@ -148,7 +148,6 @@ static const struct {
     {MKV_EKEYPATH, "EKEYPATH", "key's volume path has an empty component"},
     {MKV_ECORRUPT, "ECORRUPT", "corrupt data"},
     {MKV_EPROTO, "EPROTO", "volume broke the HTTP protocol"},
-    {MKV_ECHECKSUM, "ECHECKSUM", "body does not match Content-MD5"},
 };
 
 const char *mkv_strerror(int err) {

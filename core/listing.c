@@ -16,7 +16,7 @@
 #include "internal.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 #include "mkv/server.h"
 #include "mkv/text.h"
 

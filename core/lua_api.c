@@ -252,7 +252,7 @@ int luaopen_mkv(lua_State *L) {
     lua_rawseti(L, -2, (int)i + 1);
   }
   lua_setfield(L, -2, "policy_kinds");
-  /* A config table for specs that load policies outside a server; lua_vm.c replaces it
+  /* A config table for specs that load policies outside a server; policy.c replaces it
    * with the real one. */
   lua_createtable(L, 0, 4);
   lua_pushinteger(L, 3);

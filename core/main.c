@@ -22,7 +22,7 @@
 #include "mkv/hash.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 #include "mkv/metrics.h"
 #include "mkv/worker.h"
 

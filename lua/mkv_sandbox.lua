@@ -1,6 +1,6 @@
 -- lua/mkv_sandbox.lua: locks the globals of a policy state (library-facts §3.3).
 --
--- lua_vm.c runs this once per worker state, after the allow-listed libraries and the
+-- policy.c runs this once per worker state, after the allow-listed libraries and the
 -- `mkv` helpers are in and before any policy module is loaded, and makes the table it
 -- returns the state's globals. Afterwards: reading an undefined global raises, setting
 -- any global raises, and `string`, `table`, `math`, `bit`, `mkv` are read-only. This is

@@ -1,5 +1,5 @@
 -- spec/policy_helpers.lua: loads a policy module in busted the way a server loads it
--- (core/lua_vm.c build_state() and require_policy()), so that the policy specs run it
+-- (core/policy.c build_state() and require_policy()), so that the policy specs run it
 -- under the same locked globals: only the allow-listed base functions; read-only
 -- string, table, math, bit, mkv and mkv.config; reading an undefined global or setting
 -- any global raises; require finds other policies only while the module loads.
@@ -125,7 +125,7 @@ function P.load(name, c)
   local sandbox = assert(loadfile(SANDBOX))
   setfenv(sandbox, G0)
   local G = sandbox(G0, pkg, copy(mkv_c), config(c or {}))
-  -- lua_vm.c's policy_searcher: a policy requires another from P.dirs, in the same
+  -- policy.c's policy_searcher: a policy requires another from P.dirs, in the same
   -- globals, and only while the first one loads (set_loaders).
   pkg.loaders = { function(mod)
     local tried = {}

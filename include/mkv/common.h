@@ -73,7 +73,6 @@ uint64_t mkv_now_ns(void);
 #define MKV_EKEYPATH (-10005)  /* the key's file path has an empty component */
 #define MKV_ECORRUPT (-10006)  /* a record or an index file is corrupt */
 #define MKV_EPROTO (-10007)    /* a volume broke HTTP */
-#define MKV_ECHECKSUM (-10008) /* body does not match the client's Content-MD5 */
 
 /* A short text for any code: mkv's own or libuv's. */
 const char *mkv_strerror(int err);

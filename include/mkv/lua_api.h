@@ -3,7 +3,7 @@
  * luaopen_mkv() builds the table of pure helpers (md5, md5_hex, hex, base64,
  * base64_decode, md5_scores, key_path, path_check, json_string, duration_ms, and the
  * record codec: record_decode, record_encode). It is opened in every
- * policy state by lua_vm.c, and CMake also builds it as a Lua C module (mkv.so) so
+ * policy state by policy.c, and CMake also builds it as a Lua C module (mkv.so) so
  * busted specs test the very same C code under LuaJIT. Nothing here does I/O or keeps
  * state, so any thread may use it on its own lua_State. */
 #ifndef MKV_LUA_API_H

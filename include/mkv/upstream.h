@@ -30,42 +30,11 @@
 
 #include <uv.h>
 
+#include "mkv/chunk.h"
 #include "mkv/common.h"
 
 typedef struct mkv_upstream_s mkv_upstream_t;
 typedef struct mkv_upreq_s mkv_upreq_t;
-typedef struct mkv_chunk_s mkv_chunk_t;
-
-/* ---- chunks ---- */
-
-typedef void (*mkv_chunk_release_cb)(mkv_chunk_t *ch);
-
-struct mkv_chunk_s {
-  int refs;
-  size_t len;
-  size_t cap;                   /* room in bytes[] */
-  mkv_chunk_release_cb release; /* called once, when the last reference goes */
-  void *data;                   /* the release callback's context */
-  char bytes[];
-};
-
-/* Returns owned: a copy of p with `refs` references. */
-mkv_chunk_t *mkv_chunk_new(const void *p, size_t len, int refs, mkv_chunk_release_cb release,
-                           void *data);
-/* Returns owned: an empty chunk (len 0) with room for `cap` bytes, to be filled. */
-mkv_chunk_t *mkv_chunk_alloc(size_t cap, int refs, mkv_chunk_release_cb release, void *data);
-void mkv_chunk_unref(mkv_chunk_t *ch);
-/* Frees a chunk no reference is held to (without its release callback); NULL is a
- * no-op, as for free(). Chunks of MKV_CHUNK_POOLED bytes go back to a small per-thread
- * pool. */
-void mkv_chunk_free(mkv_chunk_t *ch);
-/* Frees the calling thread's pool (at the end of a loop thread). */
-void mkv_chunk_pool_drain(void);
-
-/* The streaming chunk size, recycled per thread: a 1 GB body is 16384 of them, and a
- * malloc + free each cost page faults, as glibc gives a thread arena's top back with
- * madvise and the next chunk faults it in again (26 % of mkv's CPU on a 1 GB PUT). */
-#define MKV_CHUNK_POOLED 65536
 
 /* ---- requests ---- */
 

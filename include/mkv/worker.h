@@ -16,7 +16,7 @@
 #include "mkv/common.h"
 #include "mkv/config.h"
 #include "mkv/index.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 #include "mkv/upstream.h"
 
 typedef struct mkv_server_s mkv_server_t;

@@ -7,7 +7,7 @@ local H = require "helpers"
 local mkv = require "mkv"
 package.loaded.mkv = mkv
 
--- The keys mkv's startup check (core/lua_vm.c check_samples) runs place() on.
+-- The keys mkv's startup check (core/policy.c check_samples) runs place() on.
 local SAMPLE_KEYS = { "/", "/hello", "/wehave", "/tmp/scratch", "/a/b/c d+e=f",
                       "/\226\130\172/\255\254", "/" .. ("k"):rep(189) }
 

@@ -1,6 +1,6 @@
 -- policies/zones.lua: zone- (rack-) aware placement, in a policy state as a server makes
 -- it (spec/policy_helpers.lua), as the default policy's spec loads default.lua; the
--- zones map arrives as mkv.config.policy.zones, as lua_vm.c gives policy_config to a
+-- zones map arrives as mkv.config.policy.zones, as policy.c gives policy_config to a
 -- policy state.
 --
 -- The module reads the zones map when it loads, so every zones map and every

@@ -1,4 +1,4 @@
-/* lua_vm.h: one worker's policy state -- a LuaJIT state holding the policy modules the
+/* policy.h: one worker's policy state -- a LuaJIT state holding the policy modules the
  * config names, locked and called under a deadline.
  *
  * Each worker thread creates its own with mkv_policy_new() and is the only thread that
@@ -14,8 +14,8 @@
  * Any failure returns MKV_EPOLICY and leaves the message (with the policy's source:line)
  * in mkv_policy_error(). Never a silent fallback: data would land where reads do not
  * look. */
-#ifndef MKV_LUA_VM_H
-#define MKV_LUA_VM_H
+#ifndef MKV_POLICY_H
+#define MKV_POLICY_H
 
 #include <stddef.h>
 

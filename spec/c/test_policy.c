@@ -1,4 +1,4 @@
-/* test_lua_vm.c: core/lua_vm.c -- policy states: the default policy's goldens, checks
+/* test_policy.c: core/policy.c -- policy states: the default policy's goldens, checks
  * of what a policy returns, and the guards (deadline, memory cap, locked globals)
  * against policies written into a temporary directory. */
 #include "testutil.h"
@@ -6,7 +6,7 @@
 #include "mkv/common.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 
 static void load_flags(mkv_config_t *cfg, const char *volumes) {
   mkv_flag_t flags[] = {

@@ -1,6 +1,6 @@
-/* lua_vm.c: policy states. One per worker, made at startup, locked, called under a
+/* policy.c: policy states. One per worker, made at startup, locked, called under a
  * deadline with a capped allocator; what policies return is checked here. */
-#include "mkv/lua_vm.h"
+#include "mkv/policy.h"
 
 #include <stdlib.h>
 #include <string.h>
