@@ -64,6 +64,8 @@ static void setup(void) {
   if (mkv_index_port_new(idx, &w.loop, &w.port) != 0) abort();
   w.up = mkv_upstream_new(&w.loop, cfg.limits.suspect_time_ms);
   w.server = mkv_server_new(&w, &mkv_api_handler);
+  uv_timer_init(&w.loop, &w.defer_timer); /* listings and stream callbacks defer work */
+  w.defer_timer.data = &w;
 }
 
 typedef struct {
