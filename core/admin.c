@@ -1355,7 +1355,7 @@ static const luaL_Reg admin_funcs[] = {
 
 /* ---- the script's state ---- */
 
-/* package.loaders entry: modules of lua/ compiled into the binary ("mkv_json"). */
+/* package.loaders entry: modules of lua/ compiled into the binary ("mkv_admin"). */
 static int embedded_searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   char path[256];

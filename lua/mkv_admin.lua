@@ -2,7 +2,19 @@
 -- records in the Go original's format, volume URLs, option parsing, and the walk over
 -- every file on every volume through nginx's autoindex JSON.
 local mkv = require "mkv"
-local json = require "mkv_json"
+
+-- nginx's listings are read with Debian's lua-cjson (package lua-cjson, found on
+-- LuaJIT's default package.cpath; policy states cannot load it). A leaf directory can
+-- list hundreds of thousands of files. A private instance, so that no script's settings
+-- reach it; strict about numbers (no NaN, Infinity or hex, which nginx never writes).
+-- Sizes decode exactly up to 2^53 bytes.
+local has_cjson, cjson = pcall(require, "cjson")
+if not has_cjson then
+  error("the admin scripts need lua-cjson (Debian: apt-get install lua-cjson): " ..
+    tostring(cjson):match("^[^\n]*"), 0)
+end
+local json = cjson.new()
+json.decode_invalid_numbers(false)
 
 local M = {}
 
