@@ -79,6 +79,13 @@ function M.show(key)
   return s
 end
 
+-- A failure: one report line, string.format(fmt, ...), counted as "failed". Returns
+-- nothing, so that `return M.fail(...)` also ends the caller's work on that key.
+function M.fail(fmt, ...)
+  mkv.report(string.format(fmt, ...))
+  mkv.count("failed")
+end
+
 -- ---- options ----
 
 -- M.options({ md5 = "flag", ["dry-run"] = "flag", ["min-age"] = "string" }) parses
@@ -178,8 +185,7 @@ function M.walk(volumes, on_leaf)
   for _, v in ipairs(volumes) do
     local r, err = M.roots(v)
     if not r then
-      mkv.report("cannot read volume " .. v .. ": " .. err)
-      mkv.count("failed")
+      M.fail("cannot read volume %s: %s", v, err)
     else
       for _, x in ipairs(r) do roots[#roots + 1] = x end
     end
@@ -190,8 +196,7 @@ function M.walk(volumes, on_leaf)
   for _, root in ipairs(roots) do
     local entries, err = M.list(root, "/")
     if not entries then
-      mkv.report("cannot list " .. root .. ": " .. err)
-      mkv.count("failed")
+      M.fail("cannot list %s: %s", root, err)
     else
       for _, e in ipairs(entries) do
         if e.type == "directory" and is_hex2(e.name) then
@@ -212,8 +217,7 @@ function M.walk(volumes, on_leaf)
     for _, root in ipairs(tops[ab]) do
       local entries, err = M.list(root, "/" .. ab .. "/")
       if not entries then
-        mkv.report("cannot list " .. M.url(root, "/" .. ab .. "/") .. ": " .. err)
-        mkv.count("failed")
+        M.fail("cannot list %s: %s", M.url(root, "/" .. ab .. "/"), err)
       else
         for _, e in ipairs(entries) do
           if e.type == "directory" and is_hex2(e.name) then
@@ -233,10 +237,7 @@ function M.walk(volumes, on_leaf)
             found[b64] = found[b64] or {}
             table.insert(found[b64], { root = root, entry = e })
           end, 0)
-          if not ok then
-            mkv.report("cannot list " .. M.url(root, dir) .. ": " .. err)
-            mkv.count("failed")
-          end
+          if not ok then M.fail("cannot list %s: %s", M.url(root, dir), err) end
         end
         on_leaf(ab, cd, found)
       end)
