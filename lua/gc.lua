@@ -54,8 +54,7 @@ A.each_record(function(key, value)
       mkv.report("removed " .. A.show(key))
       mkv.count("changed")
     else
-      mkv.report("cannot remove the record of " .. A.show(key) .. ": " .. tostring(err))
-      mkv.count("failed")
+      A.fail("cannot remove the record of %s: %s", A.show(key), tostring(err))
     end
   end
   mkv.unlock(key)
@@ -90,8 +89,7 @@ A.walk(mkv.config.volumes, function(ab, cd, found)
                 mkv.report("deleted orphan " .. url)
                 mkv.count("changed")
               else
-                mkv.report(string.format("cannot delete orphan %s: %s", url, tostring(st or err)))
-                mkv.count("failed")
+                A.fail("cannot delete orphan %s: %s", url, tostring(st or err))
               end
             end
           end

@@ -2,7 +2,19 @@
 -- records in the Go original's format, volume URLs, option parsing, and the walk over
 -- every file on every volume through nginx's autoindex JSON.
 local mkv = require "mkv"
-local json = require "mkv_json"
+
+-- nginx's listings are read with Debian's lua-cjson (package lua-cjson, found on
+-- LuaJIT's default package.cpath; policy states cannot load it). A leaf directory can
+-- list hundreds of thousands of files. A private instance, so that no script's settings
+-- reach it; strict about numbers (no NaN, Infinity or hex, which nginx never writes).
+-- Sizes decode exactly up to 2^53 bytes.
+local has_cjson, cjson = pcall(require, "cjson")
+if not has_cjson then
+  error("the admin scripts need lua-cjson (Debian: apt-get install lua-cjson): " ..
+    tostring(cjson):match("^[^\n]*"), 0)
+end
+local json = cjson.new()
+json.decode_invalid_numbers(false)
 
 local M = {}
 
@@ -54,6 +66,13 @@ function M.show(key)
   local s = key:gsub("[%c\127-\255]", function(c) return string.format("\\x%02x", c:byte()) end)
   if #s > 200 then s = s:sub(1, 200) .. "..." end
   return s
+end
+
+-- A failure: one report line, string.format(fmt, ...), counted as "failed". Returns
+-- nothing, so that `return M.fail(...)` also ends the caller's work on that key.
+function M.fail(fmt, ...)
+  mkv.report(string.format(fmt, ...))
+  mkv.count("failed")
 end
 
 -- ---- options ----
@@ -155,8 +174,7 @@ function M.walk(volumes, on_leaf)
   for _, v in ipairs(volumes) do
     local r, err = M.roots(v)
     if not r then
-      mkv.report("cannot read volume " .. v .. ": " .. err)
-      mkv.count("failed")
+      M.fail("cannot read volume %s: %s", v, err)
     else
       for _, x in ipairs(r) do roots[#roots + 1] = x end
     end
@@ -167,8 +185,7 @@ function M.walk(volumes, on_leaf)
   for _, root in ipairs(roots) do
     local entries, err = M.list(root, "/")
     if not entries then
-      mkv.report("cannot list " .. root .. ": " .. err)
-      mkv.count("failed")
+      M.fail("cannot list %s: %s", root, err)
     else
       for _, e in ipairs(entries) do
         if e.type == "directory" and is_hex2(e.name) then
@@ -189,8 +206,7 @@ function M.walk(volumes, on_leaf)
     for _, root in ipairs(tops[ab]) do
       local entries, err = M.list(root, "/" .. ab .. "/")
       if not entries then
-        mkv.report("cannot list " .. M.url(root, "/" .. ab .. "/") .. ": " .. err)
-        mkv.count("failed")
+        M.fail("cannot list %s: %s", M.url(root, "/" .. ab .. "/"), err)
       else
         for _, e in ipairs(entries) do
           if e.type == "directory" and is_hex2(e.name) then
@@ -210,10 +226,7 @@ function M.walk(volumes, on_leaf)
             found[b64] = found[b64] or {}
             table.insert(found[b64], { root = root, entry = e })
           end, 0)
-          if not ok then
-            mkv.report("cannot list " .. M.url(root, dir) .. ": " .. err)
-            mkv.count("failed")
-          end
+          if not ok then M.fail("cannot list %s: %s", M.url(root, dir), err) end
         end
         on_leaf(ab, cd, found)
       end)

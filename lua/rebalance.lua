@@ -40,21 +40,18 @@ local function drop_copy(key, vol, path, tries)
   mkv.unlock(key)
 end
 
+-- A failure to move this key: "<key>: <what>", counted. `return fail(...)` ends the move.
+local function fail(key, fmt, ...)
+  return A.fail("%s: " .. fmt, A.show(key), ...)
+end
+
 local function move(key)
   local value = mkv.index_get(key)
   if not value then return end -- gone meanwhile
   local rec, err = A.decode(value)
-  if not rec then
-    mkv.report(A.show(key) .. ": " .. err)
-    mkv.count("failed")
-    return
-  end
+  if not rec then return fail(key, "%s", err) end
   local want, perr = mkv.place(key)
-  if not want then
-    mkv.report(A.show(key) .. ": placement failed: " .. tostring(perr))
-    mkv.count("failed")
-    return
-  end
+  if not want then return fail(key, "placement failed: %s", tostring(perr)) end
   if #rec.volumes == 0 or A.same_list(rec.volumes, want) then return end
   local path = mkv.path(key)
 
@@ -66,41 +63,29 @@ local function move(key)
       have[#have + 1] = v
       size = size or len
       if len ~= size then
-        mkv.report(string.format("%s: copies differ in size (%s has %d, another %d): left alone, run mkv verify",
-          A.show(key), v, len, size))
-        mkv.count("failed")
-        return
+        return fail(key, "copies differ in size (%s has %d, another %d): left alone, run mkv verify",
+          v, len, size)
       end
     elseif st ~= 404 then
       unknown[#unknown + 1] = v
     end
   end
   if #have == 0 then
-    mkv.report(string.format("%s: no copy found on %s%s", A.show(key), table.concat(rec.volumes, ","),
-      #unknown > 0 and " (some did not answer)" or ""))
-    mkv.count("failed")
-    return
+    return fail(key, "no copy found on %s%s", table.concat(rec.volumes, ","),
+      #unknown > 0 and " (some did not answer)" or "")
   end
   if A.same_set(have, want) and #unknown == 0 then
     -- The copies are where they should be; only the record's order differs.
     if not dry then
       rec.volumes = want
       local ok, werr = mkv.index_put(key, A.encode(rec), true)
-      if not ok then
-        mkv.report(A.show(key) .. ": cannot write its record: " .. tostring(werr))
-        mkv.count("failed")
-        return
-      end
+      if not ok then return fail(key, "cannot write its record: %s", tostring(werr)) end
     end
     mkv.count("changed")
     return
   end
   local copy, drop = mkv.rebalance_plan(key, have, want)
-  if not copy then
-    mkv.report(A.show(key) .. ": rebalance policy failed: " .. tostring(drop))
-    mkv.count("failed")
-    return
-  end
+  if not copy then return fail(key, "rebalance policy failed: %s", tostring(drop)) end
   if dry then
     mkv.report(string.format("would move %s: copy to %s, drop %s", A.show(key),
       #copy > 0 and table.concat(copy, ",") or "-", #drop > 0 and table.concat(drop, ",") or "-"))
@@ -123,8 +108,7 @@ local function move(key)
       bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
     end
     if bad then
-      mkv.report(string.format("%s: copy %s -> %s failed: %s", A.show(key), src, dst, bad))
-      mkv.count("failed")
+      fail(key, "copy %s -> %s failed: %s", src, dst, bad)
       if got then mkv.http("DELETE", A.url(dst, path)) end
       return
     end
@@ -143,11 +127,7 @@ local function move(key)
   end
   rec.volumes = vols
   local ok, werr = mkv.index_put(key, A.encode(rec), true)
-  if not ok then
-    mkv.report(A.show(key) .. ": cannot write its record: " .. tostring(werr))
-    mkv.count("failed")
-    return
-  end
+  if not ok then return fail(key, "cannot write its record: %s", tostring(werr)) end
   -- 3. only now, and after the grace period, the surplus copies go
   for _, v in ipairs(drop) do
     if not A.contains(vols, v) then mkv.after(grace, drop_copy, key, v, path, 0) end

@@ -46,8 +46,7 @@ local function rebuild_key(key, copies)
   if opts.md5 then
     local size, md5 = mkv.md5_url(A.url(vols[1], mkv.path(key)))
     if not size then
-      mkv.report("cannot hash " .. A.show(key) .. " on " .. vols[1] .. ": " .. tostring(md5))
-      mkv.count("failed")
+      A.fail("cannot hash %s on %s: %s", A.show(key), vols[1], tostring(md5))
     else
       if rec.hash and rec.hash ~= md5 then
         mkv.report(string.format("%s: the index said MD5 %s, the value on %s has %s", A.show(key),
@@ -60,8 +59,7 @@ local function rebuild_key(key, copies)
   if value ~= old then
     local ok, err = mkv.index_put(key, value)
     if not ok then
-      mkv.report("cannot write the record of " .. A.show(key) .. ": " .. tostring(err))
-      mkv.count("failed")
+      A.fail("cannot write the record of %s: %s", A.show(key), tostring(err))
     else
       mkv.count("changed")
     end

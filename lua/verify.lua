@@ -15,11 +15,7 @@ local function check(key, value)
   mkv.count("examined")
   mkv.progress({ done = 1 })
   local rec, err = A.decode(value)
-  if not rec then
-    mkv.report("corrupt record " .. A.show(key) .. ": " .. err)
-    mkv.count("failed")
-    return
-  end
+  if not rec then return A.fail("corrupt record %s: %s", A.show(key), err) end
   if rec.deleted or #rec.volumes == 0 then return end
   local path = mkv.path(key)
   local sizes, md5s, missing, unknown = {}, {}, {}, {}
@@ -31,8 +27,7 @@ local function check(key, value)
       missing[#missing + 1] = v
     else
       unknown[#unknown + 1] = v
-      mkv.report(string.format("unreachable %s on %s: %s", A.show(key), v, tostring(len)))
-      mkv.count("failed")
+      A.fail("unreachable %s on %s: %s", A.show(key), v, tostring(len))
     end
   end
   -- Which copies are good. The record's MD5, when there is one, is the judge: with
@@ -74,10 +69,8 @@ local function check(key, value)
   end
   local undecided = judge == nil and #present > 1
   if undecided then
-    mkv.report(string.format("conflicting %s: its copies differ and %s, so which one is good cannot be told",
-      A.show(key), rec.hash and "none matches the record's MD5" or "no MD5 is recorded"))
-    mkv.count("failed")
-    return
+    return A.fail("conflicting %s: its copies differ and %s, so which one is good cannot be told",
+      A.show(key), rec.hash and "none matches the record's MD5" or "no MD5 is recorded")
   end
   for _, v in ipairs(present) do
     if judge == nil or value_of(v) == judge then good[#good + 1] = v else bad[#bad + 1] = v end
@@ -129,9 +122,8 @@ local function check(key, value)
       mkv.report(string.format("repaired %s on %s (copied from %s)", A.show(key), dst, src))
       mkv.count("changed")
     else
-      mkv.report(string.format("repair of %s on %s failed: %s", A.show(key), dst,
-        size and ("MD5 " .. md5) or tostring(md5)))
-      mkv.count("failed")
+      A.fail("repair of %s on %s failed: %s", A.show(key), dst,
+        size and ("MD5 " .. md5) or tostring(md5))
     end
   end
   mkv.unlock(key)

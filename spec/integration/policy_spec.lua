@@ -192,6 +192,10 @@ return {
     refuses({ placement = fx("require_jit.lua") }, "'jit' not found")
   end)
 
+  it("require 'cjson' (a C module the admin scripts load from package.cpath)", function()
+    refuses({ placement = fx("require_cjson.lua") }, "'cjson' not found")
+  end)
+
   it("io.open", function()
     refuses({ placement = fx("io_open.lua") }, "undefined global 'io'")
   end)
