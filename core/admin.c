@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "admin_int.h"
 #include "mkv/admin_proto.h"
@@ -132,28 +131,6 @@ void mkv_admin_cancel(mkv_admin_t *a) {
 
 /* ---- options ---- */
 
-static int parse_rate(const char *s, double *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || v <= 0) return -1;
-  double mult = 1;
-  if (strncasecmp(end, "k", 1) == 0)
-    mult = 1e3, end++;
-  else if (strncasecmp(end, "m", 1) == 0)
-    mult = 1e6, end++;
-  else if (strncasecmp(end, "g", 1) == 0)
-    mult = 1e9, end++;
-  if (*end == 'i' || *end == 'I') { /* KiB, MiB, GiB */
-    mult = mult == 1e3 ? 1024 : mult == 1e6 ? 1048576 : mult == 1e9 ? 1073741824 : mult;
-    end++;
-  }
-  if (*end == 'B' || *end == 'b') end++;
-  if (strcmp(end, "/s") == 0) end += 2;
-  if (*end != '\0') return -1;
-  *out = v * mult;
-  return 0;
-}
-
 int mkv_admin_parse_opts(mkv_admin_opts_t *o, int argc, const char *const *argv,
                          const char **rest, int *nrest, char **err) {
   *nrest = 0;
@@ -184,7 +161,7 @@ int mkv_admin_parse_opts(mkv_admin_opts_t *o, int argc, const char *const *argv,
           return -1;
         }
         o->concurrency = (int)n;
-      } else if (parse_rate(val, &o->bandwidth) != 0) {
+      } else if (mkv_parse_rate(val, &o->bandwidth) != 0) {
         *err = mkv_sprintf("--bandwidth: expected a rate such as 50MB/s, got %s", val);
         return -1;
       }

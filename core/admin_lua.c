@@ -11,8 +11,10 @@
 
 #include "admin_int.h"
 #include "internal.h"
+#include "mkv/health.h"
 #include "mkv/keylock.h"
 #include "mkv/lua_api.h"
+#include "mkv/repair.h"
 
 /* ---- the index ---- */
 
@@ -290,6 +292,75 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* ---- volume health and the repair set (health.h, repair.h: the server's; offline, every
+ * volume reads as up and the set is empty) ---- */
+
+/* mkv.volume_state("host:port") -> "up" | "down" | "full" | "read_only" | "drain" */
+static int l_volume_state(lua_State *L) {
+  size_t n;
+  const char *v = luaL_checklstring(L, 1, &n);
+  mkv_vol_t *hv = mkv_health_find(v, mkv_volume_host_len(v, n));
+  mkv_vol_health_t h = mkv_vol_health(hv);
+  mkv_vol_mode_t m = mkv_vol_mode(hv);
+  lua_pushstring(L, h == MKV_VOL_DOWN ? "down" : h == MKV_VOL_FULL ? "full"
+                    : m == MKV_VOL_RW ? "up" : mkv_vol_mode_name(m));
+  return 1;
+}
+
+static int l_repair_note(lua_State *L) {
+  size_t n;
+  const char *k = luaL_checklstring(L, 1, &n);
+  mkv_repair_note(k, n);
+  return 0;
+}
+
+static void push_taken(const char *key, size_t klen, void *arg) {
+  lua_State *L = arg;
+  lua_pushlstring(L, key, klen);
+  lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+}
+
+/* mkv.repair_pass(): a new pass; mkv.repair_take(n) -> { key, ... } noted before it. */
+static int l_repair_pass(lua_State *L) {
+  (void)L;
+  mkv_repair_pass();
+  return 0;
+}
+
+static int l_repair_take(lua_State *L) {
+  int n = (int)luaL_checkinteger(L, 1);
+  lua_newtable(L);
+  mkv_repair_take(n, push_taken, L);
+  return 1;
+}
+
+static int l_repair_done(lua_State *L) {
+  size_t n;
+  const char *k = luaL_checklstring(L, 1, &n);
+  mkv_repair_done(k, n);
+  return 0;
+}
+
+static int l_repair_retry(lua_State *L) {
+  size_t n;
+  const char *k = luaL_checklstring(L, 1, &n);
+  mkv_repair_retry(k, n);
+  return 0;
+}
+
+/* mkv.repair_scan() -> true when a scan of the whole index is due (it is then the
+ * caller's, until mkv.repair_scan_done()). */
+static int l_repair_scan(lua_State *L) {
+  lua_pushboolean(L, mkv_repair_take_scan());
+  return 1;
+}
+
+static int l_repair_scan_done(lua_State *L) {
+  (void)L;
+  mkv_repair_scan_done();
+  return 0;
+}
+
 static const luaL_Reg admin_funcs[] = {
     {"index_scan", l_index_scan}, {"index_get", l_index_get},
     {"index_put", l_index_put}, {"index_del", l_index_del},
@@ -298,7 +369,11 @@ static const luaL_Reg admin_funcs[] = {
     {"rebalance_plan", l_rebalance_plan},
     {"progress", l_progress},   {"count", l_count},
     {"report", l_report},       {"log", l_log},
-    {"now", l_now},             {NULL, NULL},
+    {"now", l_now},             {"volume_state", l_volume_state},
+    {"repair_note", l_repair_note}, {"repair_pass", l_repair_pass},
+    {"repair_take", l_repair_take}, {"repair_done", l_repair_done},
+    {"repair_retry", l_repair_retry}, {"repair_scan", l_repair_scan},
+    {"repair_scan_done", l_repair_scan_done}, {NULL, NULL},
 };
 
 /* ---- the script's state ---- */

@@ -7,9 +7,10 @@
  *     otherwise). A client that goes away cancels its job.
  *
  *   GET /health
- *     200 when the index is open and writable and every volume answers (a HEAD of its
- *     root within voltimeout, any status below 500), else 503; the body (JSON) says
- *     which check failed and why.
+ *     The index and each volume's state (health.h) with since when, and a status:
+ *     200 "ok", 200 "degraded" (a volume down or full, writes still reach their
+ *     quorum), or 503 "failing" (the index is read-only, or too few volumes can take a
+ *     copy). No request to any volume: the prober's knowledge.
  *
  *   GET /metrics
  *     Prometheus text: requests by method and status, latency histograms, bytes, per
@@ -19,13 +20,16 @@
  * The command side is admin_client.c: it finds this listener through <db>/mkv.admin. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mkv/admin.h"
 #include "mkv/admin_proto.h"
+#include "mkv/health.h"
 #include "mkv/index.h"
 #include "mkv/keylock.h"
 #include "mkv/log.h"
 #include "mkv/metrics.h"
+#include "mkv/repair.h"
 #include "mkv/server.h"
 #include "mkv/text.h"
 #include "mkv/upstream.h"
@@ -74,6 +78,92 @@ static void job_done(void *arg, int code) {
   mkv_req_unref(j->req);
 }
 
+/* ---- the background repair ---- */
+
+/* lua/repair.lua, started on this thread every repair_interval while there is work for
+ * it (keys in the repair set, or a scan due), with its own bandwidth and concurrency;
+ * it runs beside an operator's job (both take the key locks). Its reports go to the
+ * log at debug level, its summary at info. */
+static struct {
+  mkv_worker_t *w;
+  uv_timer_t timer;
+  mkv_admin_t *job;
+  int started, stopping;
+  uint64_t last_end_ms; /* when the last pass ended: the next waits repair_interval */
+} repair;
+
+static void repair_line(void *ctx, int kind, const char *text, size_t len) {
+  (void)ctx;
+  if (kind == MKV_ADMIN_PROGRESS) return;
+  if (kind == MKV_ADMIN_LOG)
+    mkv_warn("repair: %.*s", (int)len, text);
+  else if (kind == MKV_ADMIN_SUMMARY) {
+    /* A pass that did or met something is news; an idle one is not. */
+    char line[512];
+    snprintf(line, sizeof(line), "%.*s", (int)len, text);
+    if (strstr(line, " changed 0,") && strstr(line, " failed 0,"))
+      mkv_debug("%s", line);
+    else
+      mkv_info("%s", line);
+  }
+  else
+    mkv_debug("repair: %.*s", (int)len, text);
+}
+
+static void repair_done(void *arg, int code) {
+  (void)arg;
+  (void)code;
+  repair.job = NULL;
+  repair.last_end_ms = mkv_now_ms();
+}
+
+static void on_repair_timer(uv_timer_t *t) {
+  mkv_worker_t *w = repair.w;
+  const mkv_config_t *cfg = w->cfg;
+  (void)t;
+  if (repair.job || repair.stopping || cfg->repair_interval_ms <= 0) return;
+  mkv_repair_stats_t st;
+  mkv_repair_stats(&st);
+  /* A scan (after a start or a reload) begins at once; passes over the noted keys come
+   * every repair_interval. */
+  if (!st.scan_due && (st.keys == 0 || mkv_now_ms() - repair.last_end_ms <
+                                           (uint64_t)cfg->repair_interval_ms))
+    return;
+  mkv_admin_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.script = "repair";
+  o.concurrency = cfg->repair_concurrency;
+  o.bandwidth = cfg->repair_bandwidth;
+  o.sink.line = repair_line;
+  char *err = NULL;
+  if (mkv_admin_start(&w->loop, cfg, w->index, &o, repair_done, NULL, &repair.job, &err) != 0) {
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "repair: cannot start: %s", err);
+    free(err);
+    repair.job = NULL;
+  }
+}
+
+void mkv_repair_schedule_start(mkv_worker_t *w) {
+  repair.w = w;
+  repair.started = 1;
+  repair.stopping = 0;
+  uv_timer_init(&w->loop, &repair.timer);
+  /* Ticks a few times a second; repair_interval is read at each, so a reload changes
+   * it. The first comes soon: after a start the scan finds what a stop left behind. */
+  uv_timer_start(&repair.timer, on_repair_timer, 100, 250);
+}
+
+void mkv_repair_schedule_stop(void) {
+  if (!repair.started || repair.stopping) return;
+  repair.stopping = 1;
+  if (repair.job) mkv_admin_cancel(repair.job);
+  uv_close((uv_handle_t *)&repair.timer, NULL);
+}
+
+int mkv_repair_schedule_busy(void) {
+  return repair.job != NULL;
+}
+
 static job_t *job_of(mkv_req_t *req) {
   if (req->data == NULL) {
     job_t *j = mkv_calloc(1, sizeof(*j));
@@ -88,92 +178,71 @@ static job_t *job_of(mkv_req_t *req) {
 
 /* ---- /health ---- */
 
-typedef struct health_s health_t;
-typedef struct probe_s {
-  mkv_upreq_t up;
-  health_t *h;
-  int err, status, done;
-} probe_t;
+typedef struct health_doc_s {
+  mkv_buf_t *b;
+  int n, down, full, writable;
+} health_doc_t;
 
-struct health_s {
-  mkv_req_t *req;
-  int n, pending;
-  probe_t *probes;
-};
+static void health_volume(const mkv_vol_info_t *vi, void *arg) {
+  health_doc_t *d = arg;
+  char since[40];
+  time_t secs = (time_t)(vi->since_ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (d->n++) mkv_buf_addc(d->b, ',');
+  mkv_json_string(d->b, vi->name, strlen(vi->name));
+  mkv_buf_adds(d->b, ":{\"state\":");
+  mkv_json_string(d->b, vi->state, strlen(vi->state));
+  mkv_buf_addf(d->b, ",\"since\":\"%s\"", since);
+  if (vi->reason[0]) {
+    mkv_buf_adds(d->b, ",\"reason\":");
+    mkv_json_string(d->b, vi->reason, strlen(vi->reason));
+  }
+  mkv_buf_addc(d->b, '}');
+  if (!vi->up) d->down++;
+  if (strcmp(vi->state, "full") == 0) d->full++;
+  if (strcmp(vi->state, "up") == 0) d->writable++;
+}
 
-static void health_answer(health_t *h) {
-  mkv_req_t *req = h->req;
+/* From what the prober knows (health.h), with no request to any volume: 200 "ok" when
+ * the index is writable and every volume is up; 200 "degraded" when a volume is down
+ * or full but a PUT can still reach its write quorum; 503 "failing" when the index is
+ * read-only or too few volumes can take a copy for any PUT to succeed. */
+static void health_respond(mkv_req_t *req) {
   const mkv_config_t *cfg = req->worker->cfg;
   const char *failure = mkv_index_failure(req->worker->index);
-  int ok = failure == NULL;
   mkv_buf_t b;
   mkv_buf_init(&b);
   mkv_buf_adds(&b, "{\"index\":");
   const char *ix = failure ? failure : "ok";
   mkv_json_string(&b, ix, strlen(ix));
   mkv_buf_adds(&b, ",\"volumes\":{");
-  for (int i = 0; i < h->n; i++) {
-    probe_t *p = &h->probes[i];
-    char why[96];
-    if (p->err)
-      snprintf(why, sizeof(why), "%s", uv_strerror(p->err));
-    else if (p->status >= 500)
-      snprintf(why, sizeof(why), "answered %d", p->status);
-    else
-      snprintf(why, sizeof(why), "ok");
-    if (strcmp(why, "ok") != 0) ok = 0;
-    if (i) mkv_buf_addc(&b, ',');
-    mkv_json_string(&b, cfg->volumes[i], strlen(cfg->volumes[i]));
-    mkv_buf_addc(&b, ':');
-    mkv_json_string(&b, why, strlen(why));
-  }
-  mkv_buf_addf(&b, "},\"status\":\"%s\"}\n", ok ? "ok" : "failing");
+  health_doc_t d = {&b, 0, 0, 0, 0};
+  mkv_health_foreach(health_volume, &d);
+  int quorum = mkv_write_quorum(cfg, cfg->replicas);
+  const char *status = failure || d.writable < quorum ? "failing"
+                       : d.down || d.full             ? "degraded"
+                                                      : "ok";
+  mkv_buf_addf(&b, "},\"writable_volumes\":%d,\"write_quorum\":%d,\"status\":\"%s\"}\n",
+               d.writable, quorum, status);
   mkv_header_t hd[2] = {{"Content-Type", "application/json", 0}, {"Cache-Control", "no-store", 0}};
-  mkv_req_respond(req, ok ? 200 : 503, hd, 2, b.data, b.len);
+  mkv_req_respond(req, strcmp(status, "failing") == 0 ? 503 : 200, hd, 2, b.data, b.len);
   mkv_buf_free(&b);
-  for (int i = 0; i < h->n; i++) mkv_upreq_free(&h->probes[i].up);
-  free(h->probes);
-  free(h);
-  mkv_req_unref(req);
-}
-
-static void health_probe_done(mkv_upreq_t *r, int err) {
-  probe_t *p = r->data;
-  p->err = err;
-  p->status = r->status;
-  p->done = 1;
-  if (--p->h->pending == 0) health_answer(p->h);
-}
-
-static void health_start(mkv_req_t *req) {
-  mkv_worker_t *w = req->worker;
-  const mkv_config_t *cfg = w->cfg;
-  health_t *h = mkv_calloc(1, sizeof(*h));
-  h->req = req;
-  h->n = cfg->nvolumes;
-  h->probes = mkv_calloc((size_t)MKV_MAX(1, h->n), sizeof(probe_t));
-  mkv_req_ref(req);
-  h->pending = 1; /* held until every probe is started */
-  for (int i = 0; i < h->n; i++) {
-    probe_t *p = &h->probes[i];
-    p->h = h;
-    mkv_upreq_init(&p->up);
-    mkv_buf_set(&p->up.host, cfg->volumes[i], strlen(cfg->volumes[i]));
-    mkv_buf_set(&p->up.path, "/", 1);
-    p->up.method = MKV_UP_HEAD;
-    p->up.timeout_ms = MKV_MAX(cfg->voltimeout_ms, 100);
-    p->up.done = health_probe_done;
-    p->up.data = p;
-    h->pending++;
-    if (mkv_upstream_start(w->up, &p->up) != 0) {
-      p->err = UV_EINVAL;
-      h->pending--;
-    }
-  }
-  if (--h->pending == 0) health_answer(h);
 }
 
 /* ---- /metrics ---- */
+
+static void metric_volume_up(const mkv_vol_info_t *vi, void *arg) {
+  mkv_buf_addf(arg, "mkv_volume_up{volume=\"%s\"} %d\n", vi->name, vi->up);
+}
+
+static void metric_volume_state(const mkv_vol_info_t *vi, void *arg) {
+  static const char *const states[] = {"up", "down", "full", "read_only", "drain"};
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(states); i++)
+    mkv_buf_addf(arg, "mkv_volume_state{volume=\"%s\",state=\"%s\"} %d\n", vi->name,
+                 states[i], strcmp(vi->state, states[i]) == 0);
+}
 
 static void metrics_extra(mkv_buf_t *out, void *arg) {
   mkv_worker_t *w = arg;
@@ -214,6 +283,26 @@ static void metrics_extra(mkv_buf_t *out, void *arg) {
                       "# TYPE mkv_leveldb_memory_bytes gauge\nmkv_leveldb_memory_bytes %s\n", mem);
     free(mem);
   }
+  mkv_buf_adds(out, "# HELP mkv_volume_up 1 while the volume answers its probes, 0 while it is "
+                    "down.\n# TYPE mkv_volume_up gauge\n");
+  mkv_health_foreach(metric_volume_up, out);
+  mkv_buf_adds(out, "# HELP mkv_volume_state The volume's state: 1 for the one it is in (up, "
+                    "down, full, read_only, drain).\n# TYPE mkv_volume_state gauge\n");
+  mkv_health_foreach(metric_volume_state, out);
+  mkv_repair_stats_t rs;
+  mkv_repair_stats(&rs);
+  mkv_buf_addf(out, "# HELP mkv_keys_underreplicated Keys known to have fewer copies than their "
+                    "replica count, or copies where placement does not want them (the repair's "
+                    "work).\n# TYPE mkv_keys_underreplicated gauge\nmkv_keys_underreplicated %llu\n"
+                    "# HELP mkv_repair_keys_total Keys the background repair settled.\n"
+                    "# TYPE mkv_repair_keys_total counter\nmkv_repair_keys_total %llu\n"
+                    "# HELP mkv_repair_dropped_total Keys not kept for the repair (its set was "
+                    "full): a scan of the index finds them.\n# TYPE mkv_repair_dropped_total "
+                    "counter\nmkv_repair_dropped_total %llu\n"
+                    "# HELP mkv_repair_scans_total Scans of the whole index the repair finished "
+                    "(one after each start and reload).\n# TYPE mkv_repair_scans_total counter\n"
+                    "mkv_repair_scans_total %d\n",
+               rs.keys, rs.repaired, rs.dropped, rs.scans_done);
   mkv_buf_addf(out, "# HELP mkv_config_reloads_total SIGHUP reloads, by result.\n"
                     "# TYPE mkv_config_reloads_total counter\n"
                     "mkv_config_reloads_total{result=\"ok\"} %llu\n"
@@ -236,7 +325,7 @@ static void on_headers(mkv_req_t *req) {
   const char *k = req->key.data;
   int get = req->method == MKV_M_GET || req->method == MKV_M_HEAD;
   if (get && req->key.len == 7 && memcmp(k, "/health", 7) == 0) {
-    health_start(req);
+    health_respond(req);
     return;
   }
   if (get && req->key.len == 8 && memcmp(k, "/metrics", 8) == 0) {

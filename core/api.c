@@ -17,11 +17,13 @@
 #include "mkv/failpoint.h"
 #include "mkv/fanout.h"
 #include "mkv/hash.h"
+#include "mkv/health.h"
 #include "mkv/index.h"
 #include "mkv/keylock.h"
 #include "mkv/log.h"
 #include "mkv/metrics.h"
 #include "mkv/policy.h"
+#include "mkv/repair.h"
 #include "mkv/text.h"
 
 #define MAX_PROBES 64
@@ -31,14 +33,18 @@ typedef struct api_s {
   int locked, client_gone, body_complete;
   mkv_buf_t recbuf;
   mkv_record_t rec;
-  mkv_buf_t placement; /* PUT: where it goes, record form */
-  int nrep;
+  mkv_buf_t placement; /* where placement wants the key, record form */
+  int nrep;            /* its replica count */
+  mkv_buf_t targets;   /* PUT: where its copies go (placement, or a handoff) */
+  int quorum;          /* PUT: copies it needs for its 201 */
+  mkv_buf_t written;   /* PUT: the volumes that stored it (the live record's) */
   mkv_buf_t path;
 
   /* PUT */
   mkv_fanout_t *fo;
   int fo_done, fo_err, mark_err, final_started;
   int index_pending, finishing, released;
+  int final_done, final_status, leftovers_pending;
   mkv_index_write_t w_mark, w_final;
   int has_client_md5;
   unsigned char client_md5[MKV_MD5_LEN];
@@ -68,6 +74,8 @@ static api_t *api_of(mkv_req_t *req) {
     a->req = req;
     mkv_buf_init(&a->recbuf);
     mkv_buf_init(&a->placement);
+    mkv_buf_init(&a->targets);
+    mkv_buf_init(&a->written);
     mkv_buf_init(&a->path);
     mkv_index_write_init(&a->w_mark);
     mkv_index_write_init(&a->w_final);
@@ -93,6 +101,8 @@ void mkv_api_free(mkv_req_t *req) {
   mkv_upreq_free(&a->probe);
   mkv_buf_free(&a->recbuf);
   mkv_buf_free(&a->placement);
+  mkv_buf_free(&a->targets);
+  mkv_buf_free(&a->written);
   mkv_buf_free(&a->path);
   mkv_index_write_free(&a->w_mark);
   mkv_index_write_free(&a->w_final);
@@ -211,9 +221,9 @@ static void on_del_done(mkv_upreq_t *r, int err) {
 
 /* Sends DELETE for the key's file to each volume of `vols` (record form), in parallel;
  * calls done when all have answered (a->dels_failed counts the failures). */
-static void delete_files(api_t *a, const char *vols, size_t vlen, void (*done)(api_t *a)) {
+static void delete_files(api_t *a, const char *vols, size_t vlen, double timeout_ms,
+                         void (*done)(api_t *a)) {
   mkv_req_t *req = a->req;
-  const mkv_config_t *cfg = req->worker->cfg;
   mkv_volumes_iter_t it;
   const char *item;
   size_t ilen;
@@ -235,7 +245,7 @@ static void delete_files(api_t *a, const char *vols, size_t vlen, void (*done)(a
     mkv_buf_set(&r->path, item + hlen, ilen - hlen);
     mkv_buf_add(&r->path, a->path.data, a->path.len);
     r->method = MKV_UP_DELETE;
-    r->timeout_ms = cfg->limits.volume_timeout_ms;
+    r->timeout_ms = timeout_ms;
     r->done = on_del_done;
     r->data = a;
     a->dels_pending++;
@@ -284,19 +294,18 @@ static void put_fail(api_t *a, int status, const char *why) {
   }
   /* Only replicas whose upload reached a connection can hold a copy; a volume that was
    * down got nothing, and a DELETE to it would only fail and keep the record. */
-  mkv_buf_t touched;
-  mkv_buf_init(&touched);
-  if (a->fo) mkv_fanout_touched(a->fo, &touched);
-  mkv_buf_set(&a->placement, touched.data ? touched.data : "", touched.len);
-  mkv_buf_free(&touched);
-  delete_files(a, a->placement.data, a->placement.len, on_cleanup_files_deleted);
+  mkv_buf_reset(&a->written);
+  if (a->fo) mkv_fanout_touched(a->fo, &a->written);
+  delete_files(a, a->written.data, a->written.len, req->worker->cfg->limits.volume_timeout_ms,
+               on_cleanup_files_deleted);
 }
 
-static void on_final_written(mkv_index_write_t *w, int status) {
-  api_t *a = w->data;
+/* The live record is written (or failed) and the leftovers of failed replicas are
+ * deleted: now the answer. */
+static void put_complete(api_t *a) {
   mkv_req_t *req = a->req;
-  a->index_pending--;
-  if (status != 0) {
+  if (!a->final_done || a->leftovers_pending) return;
+  if (a->final_status != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(req),
                         mkv_index_failure(req->worker->index));
     /* Not put_fail: the live record may have reached LevelDB's log before its sync
@@ -316,6 +325,49 @@ static void on_final_written(mkv_index_write_t *w, int status) {
   respond_empty(req, 201);
   MKV_FAILPOINT("put/after_reply");
   api_done(a);
+}
+
+static void on_final_written(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  a->index_pending--;
+  a->final_done = 1;
+  a->final_status = status;
+  put_complete(a);
+}
+
+static void on_leftovers_deleted(api_t *a) {
+  a->leftovers_pending = 0;
+  if (a->dels_failed)
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d failed replica(s) may keep a stray copy "
+                        "(no record names it: mkv gc removes it)", KEYARG(a->req), a->dels_failed);
+  put_complete(a);
+}
+
+/* A PUT that reached its quorum with some replicas failed: their leftovers (a file an
+ * upload may have stored before it failed) go now, under the key lock, while the live
+ * record is written; the record names only the copies that exist. A volume marked down
+ * is skipped (a DELETE there would only wait out its timeout): what it may hold is a
+ * stray copy no record names, which mkv gc removes. */
+static void delete_leftovers(api_t *a) {
+  mkv_buf_t left, up;
+  mkv_buf_init(&left);
+  mkv_buf_init(&up);
+  mkv_fanout_leftovers(a->fo, &left);
+  mkv_volumes_iter_t it;
+  const char *item;
+  size_t ilen;
+  mkv_volumes_iter(&it, left.data, left.len);
+  while (mkv_volumes_next(&it, &item, &ilen)) {
+    if (!mkv_health_readable(item, mkv_volume_host_len(item, ilen))) continue;
+    if (up.len) mkv_buf_addc(&up, ',');
+    mkv_buf_add(&up, item, ilen);
+  }
+  if (up.len) {
+    a->leftovers_pending = 1;
+    delete_files(a, up.data, up.len, a->req->worker->cfg->voltimeout_ms, on_leftovers_deleted);
+  }
+  mkv_buf_free(&left);
+  mkv_buf_free(&up);
 }
 
 static void on_fanout_done(mkv_fanout_t *fo, int err) {
@@ -353,15 +405,27 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
     put_fail(a, 400, "Content-MD5 does not match the body");
     return;
   }
+  /* The record names the copies that exist: every target, or those of a quorum. */
+  int written = mkv_fanout_written(fo, &a->written);
+  if (written < mkv_volumes_count(a->targets.data, a->targets.len))
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d of %d copies written (the write quorum "
+                        "is %d): %s", KEYARG(req), written,
+                        mkv_volumes_count(a->targets.data, a->targets.len), a->quorum,
+                        mkv_fanout_failure(fo));
   mkv_buf_t rec;
   mkv_buf_init(&rec);
-  mkv_record_encode(&rec, 0, cfg->md5sum ? hex : NULL, a->placement.data, a->placement.len);
+  mkv_record_encode(&rec, 0, cfg->md5sum ? hex : NULL, a->written.data, a->written.len);
   MKV_FAILPOINT("put/before_live");
   a->index_pending++;
   a->final_started = 1;
   mkv_index_put(req->worker->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len,
                 1, on_final_written);
   mkv_buf_free(&rec);
+  delete_leftovers(a);
+  /* Not where placement wants it (a handoff, a missing copy): the repair's. */
+  if (a->written.len != a->placement.len ||
+      memcmp(a->written.data, a->placement.data, a->placement.len) != 0)
+    mkv_repair_note(req->key.data, req->key.len);
 }
 
 static void on_fanout_flow(mkv_fanout_t *fo, int pause) {
@@ -393,6 +457,50 @@ static void on_mark_written(mkv_index_write_t *w, int status) {
     return;
   }
   MKV_FAILPOINT("put/after_mark");
+}
+
+/* Where a PUT's copies go. Placement's volumes when each can take a copy now -- the
+ * usual case, one atomic load per volume (health.h) -- else a handoff: placement asked
+ * again among the volumes that can (up, and neither read_only nor draining), so the
+ * next volumes in the policy's own order take the copies the refused ones would have
+ * had. Fewer volumes than the write quorum: 503, before anything is written.
+ * 0 with a->targets and a->quorum set, or answered. */
+static int choose_targets(api_t *a) {
+  mkv_req_t *req = a->req;
+  mkv_worker_t *w = req->worker;
+  const mkv_config_t *cfg = w->cfg;
+  a->quorum = mkv_write_quorum(cfg, a->nrep);
+  mkv_volumes_iter_t it;
+  const char *item;
+  size_t ilen;
+  int all = 1;
+  mkv_volumes_iter(&it, a->placement.data, a->placement.len);
+  while (all && mkv_volumes_next(&it, &item, &ilen))
+    all = mkv_health_writable(item, mkv_volume_host_len(item, ilen));
+  if (all) {
+    mkv_buf_set(&a->targets, a->placement.data, a->placement.len);
+    return 0;
+  }
+  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
+  int ncan = 0, got = 0, rc = 0;
+  for (int i = 0; i < cfg->nplacement; i++)
+    if (mkv_health_writable(cfg->placement_volumes[i], strlen(cfg->placement_volumes[i])))
+      can[ncan++] = cfg->placement_volumes[i];
+  if (ncan >= a->quorum &&
+      (rc = mkv_policy_place_among(w->policy, req->key.data, req->key.len, can, ncan, a->nrep,
+                                   &a->targets, &got)) != 0) {
+    policy_failed(req);
+  } else if (ncan < a->quorum || got < a->quorum) {
+    char why[200];
+    snprintf(why, sizeof(why), "only %d volume(s) can take a copy now (the others are down, full, "
+             "read-only or draining); this PUT needs %d (write_quorum)", ncan < a->quorum ? ncan
+             : got, a->quorum);
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %s", KEYARG(req), why);
+    respond_text(req, 503, why);
+    rc = -1;
+  }
+  free(can);
+  return rc != 0 ? -1 : 0;
 }
 
 /* Content-MD5: base64 of the 16 bytes (RFC 1864); the 32 hex digits that mkv (and the Go
@@ -434,7 +542,7 @@ static void put_start(mkv_req_t *req) {
     policy_failed(req);
     return;
   }
-  if (key_path(a) != 0) return;
+  if (key_path(a) != 0 || choose_targets(a) != 0) return;
   if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
     respond_empty(req, 409);
     return;
@@ -458,7 +566,7 @@ static void put_start(mkv_req_t *req) {
    *    need not be synced: losing it leaves only orphan files, never a live key. */
   mkv_buf_t mark;
   mkv_buf_init(&mark);
-  mkv_record_encode(&mark, 1, NULL, a->placement.data, a->placement.len);
+  mkv_record_encode(&mark, 1, NULL, a->targets.data, a->targets.len);
   a->index_pending++;
   mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 0,
                 on_mark_written);
@@ -466,8 +574,9 @@ static void put_start(mkv_req_t *req) {
 
   /* 2. Stream the body to every replica at once. */
   mkv_fanout_opts_t o = {
-      .volumes = a->placement.data,
-      .volumes_len = a->placement.len,
+      .volumes = a->targets.data,
+      .volumes_len = a->targets.len,
+      .quorum = a->quorum,
       .path = a->path.data,
       .path_len = a->path.len,
       .content_length = req->chunked ? -1 : req->content_length,
@@ -550,7 +659,8 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
     on_files_deleted(a);
     return;
   }
-  delete_files(a, a->rec.volumes, a->rec.volumes_len, on_files_deleted);
+  delete_files(a, a->rec.volumes, a->rec.volumes_len, req->worker->cfg->limits.volume_timeout_ms,
+               on_files_deleted);
 }
 
 static void delete_start(mkv_req_t *req) {
@@ -787,9 +897,10 @@ static void get_start(mkv_req_t *req) {
     return;
   }
   /* Probe order: random (spreads reads over replicas, as the original's rand.Perm),
-   * then replicas that failed recently last, so a dead volume does not cost voltimeout
-   * on every read, and so are those the client asks to avoid (X-Mkv-Avoid-Volume: a
-   * proxy whose fetch from a volume failed asks again; see deploy/proxy). */
+   * then replicas on volumes marked down (health.h) or that failed recently on this
+   * worker last, so a dead volume does not cost voltimeout on every read, and so are
+   * those the client asks to avoid (X-Mkv-Avoid-Volume: a proxy whose fetch from a
+   * volume failed asks again; see deploy/proxy). */
   mkv_volumes_iter_t vit;
   const char *item;
   size_t ilen;
@@ -814,7 +925,8 @@ static void get_start(mkv_req_t *req) {
   for (int i = 0; i < a->nprobes; i++) {
     const char *it = a->probe_items[i];
     size_t hl = mkv_volume_host_len(it, a->probe_lens[i]);
-    if (mkv_upstream_suspect(w->up, it, hl) || avoided(req, it, hl))
+    if (mkv_upstream_suspect(w->up, it, hl) || avoided(req, it, hl) ||
+        !mkv_health_readable(it, hl))
       bad[nb] = it, badl[nb++] = a->probe_lens[i];
     else
       good[ng] = it, goodl[ng++] = a->probe_lens[i];

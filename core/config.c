@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "mkv/common.h"
 #include "mkv/lua_api.h"
+#include "mkv/text.h"
 
 const char *const mkv_policy_kind_names[MKV_POLICY_KINDS] = {
 #define KIND_NAME(id, name) name,
@@ -60,6 +61,12 @@ int mkv_config_flag_kind(const char *name, int *is_bool) {
   }
   lua_close(L);
   return known ? 0 : -1;
+}
+
+int mkv_write_quorum(const mkv_config_t *cfg, int nrep) {
+  if (cfg->write_quorum < 0) return nrep;
+  if (cfg->write_quorum == 0) return nrep / 2 + 1;
+  return MKV_MIN(cfg->write_quorum, nrep);
 }
 
 int mkv_config_push(lua_State *L, const mkv_config_t *cfg) {
@@ -153,6 +160,29 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   }
   lua_pop(L, 1);
 
+  /* volume_state: { ["host:port"] = "read_only" | "drain" | "read_write" } */
+  cfg->volume_modes = mkv_calloc((size_t)cfg->nvolumes + 1, sizeof(mkv_vol_mode_t));
+  cfg->placement_volumes = mkv_calloc((size_t)cfg->nvolumes + 1, sizeof(char *));
+  lua_getfield(L, t, "volume_state");
+  for (int i = 0; i < cfg->nvolumes; i++) {
+    lua_getfield(L, -1, cfg->volumes[i]);
+    const char *s = lua_tostring(L, -1);
+    cfg->volume_modes[i] = s == NULL                      ? MKV_VOL_RW
+                           : strcmp(s, "read_only") == 0 ? MKV_VOL_READ_ONLY
+                           : strcmp(s, "drain") == 0     ? MKV_VOL_DRAIN
+                                                         : MKV_VOL_RW;
+    lua_pop(L, 1);
+    if (cfg->volume_modes[i] != MKV_VOL_DRAIN)
+      cfg->placement_volumes[cfg->nplacement++] = cfg->volumes[i];
+  }
+  lua_pop(L, 1);
+  cfg->write_quorum = (int)get_num(L, t, "write_quorum");
+  cfg->repair_interval_ms = get_num(L, t, "repair_interval");
+  char *rate = get_str(L, t, "repair_bandwidth");
+  if (mkv_parse_rate(rate, &cfg->repair_bandwidth) != 0) cfg->repair_bandwidth = 0;
+  free(rate);
+  cfg->repair_concurrency = (int)get_num(L, t, "repair_concurrency");
+
   lua_getfield(L, t, "policies");
   for (int k = 0; k < MKV_POLICY_KINDS; k++)
     cfg->policies[k] = get_str(L, lua_gettop(L), mkv_policy_kind_names[k]);
@@ -168,6 +198,8 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->limits.body_timeout_ms = get_num(L, l, "body_timeout");
   cfg->limits.volume_timeout_ms = get_num(L, l, "volume_timeout");
   cfg->limits.suspect_time_ms = get_num(L, l, "suspect_time");
+  cfg->limits.probe_interval_ms = get_num(L, l, "probe_interval");
+  cfg->limits.probe_backoff_ms = get_num(L, l, "probe_backoff");
   cfg->limits.drain_timeout_ms = get_num(L, l, "drain_timeout");
   cfg->limits.high_water = (size_t)get_num(L, l, "high_water_kb") << 10;
   cfg->limits.low_water = (size_t)get_num(L, l, "low_water_kb") << 10;
@@ -289,6 +321,8 @@ void mkv_config_free(mkv_config_t *cfg) {
   if (cfg->volumes)
     for (int i = 0; i < cfg->nvolumes; i++) free(cfg->volumes[i]);
   free(cfg->volumes);
+  free(cfg->volume_modes);
+  free(cfg->placement_volumes);
   free(cfg->fallback);
   free(cfg->public_url);
   free(cfg->access_log);

@@ -17,7 +17,10 @@ struct mkv_fanout_s {
   void *data;
   mkv_upstream_t *up;
   int n, nready, ndone, ended, started_done, freed;
-  int err;
+  int quorum, nfailed, ready_sent;
+  char *failed;    /* per replica: its upload failed (or never started) */
+  int err;         /* the fan-out failed: fewer than `quorum` replicas can succeed */
+  int first_err;   /* the first replica's failure */
   int64_t bytes;
   size_t inflight, high, low;
   int paused;
@@ -45,6 +48,7 @@ static void maybe_free(mkv_fanout_t *fo) {
   mkv_md5_stream_free(fo->md5);
   mkv_buf_free(&fo->failure);
   mkv_buf_free(&fo->volumes);
+  free(fo->failed);
   free(fo);
 }
 
@@ -68,21 +72,42 @@ static void cancel_all(mkv_fanout_t *fo) {
     if (!mkv_upreq_body_sent(&fo->reqs[i])) mkv_upreq_cancel(&fo->reqs[i]);
 }
 
-static void on_replica_done(mkv_upreq_t *req, int err) {
-  mkv_fanout_t *fo = req->data;
-  int ok = err == 0 && (req->status == 201 || req->status == 204);
-  if (!ok && fo->err == 0) {
-    fo->err = err ? err : MKV_ESTATUS;
-    mkv_buf_reset(&fo->failure);
+static void maybe_ready(mkv_fanout_t *fo) {
+  if (fo->ready_sent || fo->err || fo->nready + fo->nfailed < fo->n || fo->nready < fo->quorum)
+    return;
+  fo->ready_sent = 1;
+  if (fo->ready) fo->ready(fo);
+}
+
+/* Replica i failed (err, or the volume's status). The first failure is the one the
+ * log names. Below the quorum the fan-out has failed: the others stop now rather than
+ * finish uploads that will be deleted; above it they go on. */
+static void replica_failed(mkv_fanout_t *fo, int i, int err, int status) {
+  mkv_upreq_t *req = &fo->reqs[i];
+  fo->failed[i] = 1;
+  fo->nfailed++;
+  if (fo->failure.len == 0) {
     mkv_buf_addf(&fo->failure, "http://%.*s%.*s: ", (int)req->host.len, req->host.data,
                  (int)req->path.len, req->path.data);
     if (err)
       mkv_buf_addf(&fo->failure, "%s", mkv_strerror(err));
     else
-      mkv_buf_addf(&fo->failure, "volume answered %d", req->status);
-    /* One replica failed: the PUT has failed. Stop the others now rather than finish
-     * uploads that will be deleted. */
+      mkv_buf_addf(&fo->failure, "volume answered %d", status);
+    fo->first_err = err ? err : MKV_ESTATUS;
+  }
+  if (fo->err == 0 && fo->n - fo->nfailed < fo->quorum) {
+    fo->err = fo->first_err;
     cancel_all(fo);
+  }
+}
+
+static void on_replica_done(mkv_upreq_t *req, int err) {
+  mkv_fanout_t *fo = req->data;
+  int i = (int)(req - fo->reqs);
+  int ok = err == 0 && (req->status == 201 || req->status == 204);
+  if (!ok) {
+    replica_failed(fo, i, err, req->status);
+    maybe_ready(fo);
   }
   if (ok) MKV_FAILPOINT("put/after_replica");
   if (++fo->ndone < fo->n) return;
@@ -92,7 +117,8 @@ static void on_replica_done(mkv_upreq_t *req, int err) {
 
 static void on_replica_ready(mkv_upreq_t *req) {
   mkv_fanout_t *fo = req->data;
-  if (++fo->nready == fo->n && fo->ready && fo->err == 0) fo->ready(fo);
+  fo->nready++;
+  maybe_ready(fo);
 }
 
 int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_t **out) {
@@ -117,6 +143,8 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   mkv_buf_init(&fo->volumes);
   mkv_buf_set(&fo->volumes, o->volumes, o->volumes_len);
   fo->reqs = mkv_calloc((size_t)n, sizeof(mkv_upreq_t));
+  fo->failed = mkv_calloc((size_t)n, 1);
+  fo->quorum = o->quorum < 1 || o->quorum > n ? n : o->quorum;
   mkv_volumes_iter(&it, o->volumes, o->volumes_len);
   for (int i = 0; mkv_volumes_next(&it, &item, &ilen); i++) {
     mkv_upreq_t *r = &fo->reqs[i];
@@ -134,24 +162,22 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
     r->ready = on_replica_ready;
     r->hold_head = o->ready == NULL;
   }
+  int started = 0, first_rc = 0;
   for (int i = 0; i < n; i++) {
     int rc = mkv_upstream_start(up, &fo->reqs[i]);
-    if (rc != 0) {
-      /* Started ones must finish before done: count this one as failed and done. */
-      if (fo->err == 0) {
-        fo->err = rc;
-        mkv_buf_addf(&fo->failure, "http://%s%s: %s", fo->reqs[i].host.data,
-                     fo->reqs[i].path.data, mkv_strerror(rc));
-      }
-      if (i == 0) {
-        fo->freed = 1;
-        maybe_free(fo);
-        return rc;
-      }
-      fo->ndone += n - i;
-      cancel_all(fo);
-      break;
+    if (rc == 0) {
+      started++;
+      continue;
     }
+    /* Never started: it failed, and it is done (no callback will come). */
+    if (first_rc == 0) first_rc = rc;
+    fo->ndone++;
+    replica_failed(fo, i, rc, 0);
+  }
+  if (started == 0) {
+    fo->freed = 1;
+    maybe_free(fo);
+    return first_rc;
   }
   *out = fo;
   return 0;
@@ -241,17 +267,33 @@ void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]) {
   memcpy(out, fo->digest, MKV_MD5_LEN);
 }
 
-void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes) {
+/* The targets (record form) picked by `which`: 0 every touched one, 1 the written
+ * ones, 2 the failed ones that were touched. */
+static void pick(mkv_fanout_t *fo, mkv_buf_t *volumes, int which) {
   mkv_volumes_iter_t it;
   const char *item;
   size_t ilen;
   mkv_buf_reset(volumes);
   mkv_volumes_iter(&it, fo->volumes.data, fo->volumes.len);
   for (int i = 0; i < fo->n && mkv_volumes_next(&it, &item, &ilen); i++) {
-    if (!fo->reqs[i].touched) continue;
+    int take = which == 1 ? !fo->failed[i] : fo->reqs[i].touched && (which == 0 || fo->failed[i]);
+    if (!take) continue;
     if (volumes->len) mkv_buf_addc(volumes, ',');
     mkv_buf_add(volumes, item, ilen);
   }
+}
+
+void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes) {
+  pick(fo, volumes, 0);
+}
+
+int mkv_fanout_written(mkv_fanout_t *fo, mkv_buf_t *volumes) {
+  pick(fo, volumes, 1);
+  return fo->n - fo->nfailed;
+}
+
+void mkv_fanout_leftovers(mkv_fanout_t *fo, mkv_buf_t *volumes) {
+  pick(fo, volumes, 2);
 }
 
 const char *mkv_fanout_failure(mkv_fanout_t *fo) {

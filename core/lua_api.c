@@ -220,7 +220,21 @@ static int l_record_encode(lua_State *L) {
   return 1;
 }
 
+/* rate("100MB/s") -> bytes per second | nil, msg (the admin commands' --bandwidth). */
+static int l_rate(lua_State *L) {
+  const char *s = luaL_checkstring(L, 1);
+  double v;
+  if (mkv_parse_rate(s, &v) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "not a rate: %s", s);
+    return 2;
+  }
+  lua_pushnumber(L, v);
+  return 1;
+}
+
 static const luaL_Reg mkv_funcs[] = {
+    {"rate", l_rate},
     {"record_decode", l_record_decode},
     {"record_encode", l_record_encode},
     {"md5", l_md5},

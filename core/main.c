@@ -20,10 +20,12 @@
 #include "mkv/api.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
+#include "mkv/health.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
 #include "mkv/policy.h"
 #include "mkv/metrics.h"
+#include "mkv/repair.h"
 #include "mkv/worker.h"
 
 #define MKV_VERSION "0.1.0"
@@ -324,6 +326,13 @@ static void reload(void) {
     mkv_error("reload refused: %s; still serving the previous config", err);
     goto refused_cfg;
   }
+  if (mkv_health_reload(next) != 0) {
+    mkv_error("reload refused: too many volumes were added for this process (restart mkv "
+              "to serve them); still serving the previous config");
+    goto refused_cfg;
+  }
+  mkv_health_set_config(next);
+  mkv_repair_want_scan(); /* placement may have changed */
   for (i = 0; i < nworkers; i++) mkv_worker_reload(&workers[i], next, pol[i]);
   if (admin_worker_p) mkv_worker_reload(admin_worker_p, next, NULL);
   retired = mkv_realloc(retired, (size_t)(nretired + 1) * sizeof(*retired));
@@ -366,6 +375,24 @@ static void on_signal(uv_signal_t *h, int signum) {
   uv_close((uv_handle_t *)&sigterm, NULL);
   uv_close((uv_handle_t *)&sighup, NULL);
   signal(SIGHUP, SIG_IGN);
+}
+
+/* The admin thread's background work: the volume prober (health.h) and the repair
+ * (repair.h). */
+static void admin_thread_start(mkv_worker_t *w) {
+  mkv_health_start(&w->loop, w->up, w->cfg);
+  mkv_repair_schedule_start(w);
+}
+
+static void admin_thread_drain(mkv_worker_t *w) {
+  (void)w;
+  mkv_repair_schedule_stop();
+  mkv_health_stop();
+}
+
+static int admin_thread_busy(mkv_worker_t *w) {
+  (void)w;
+  return mkv_health_busy() || mkv_repair_schedule_busy();
 }
 
 static int run_server(const mkv_config_t *cfg, const args_t *args) {
@@ -411,6 +438,11 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   }
   mkv_worker_t admin_worker;
   mkv_worker_init(&admin_worker, 0, cfg, 0, &err);
+  /* The admin thread probes the volumes (health.h) for every thread. */
+  mkv_health_init(cfg);
+  admin_worker.on_start = admin_thread_start;
+  admin_worker.on_drain = admin_thread_drain;
+  admin_worker.busy = admin_thread_busy;
 
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &sigint);
@@ -488,6 +520,8 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   mkv_index_stats(index, &st);
   mkv_info("index: %llu writes in %llu batches, %llu fsyncs", st.writes, st.batches, st.syncs);
   mkv_index_close(index); /* flushes the memtable: the Go original can open it now */
+  mkv_health_free();
+  mkv_repair_free();
   mkv_info("stopped cleanly");
   free(workers);
   /* The first config is the caller's; later ones were made by reload(). */

@@ -327,11 +327,12 @@ static void set_loaders(mkv_policy_t *p, int enabled) {
   lua_pop(L, 1);
 }
 
+/* The placement targets: every volume but the draining ones (config order). */
 static void push_volumes_table(mkv_policy_t *p) {
   lua_State *L = p->L;
-  lua_createtable(L, p->cfg->nvolumes, 0);
-  for (int i = 0; i < p->cfg->nvolumes; i++) {
-    lua_pushstring(L, p->cfg->volumes[i]);
+  lua_createtable(L, p->cfg->nplacement, 0);
+  for (int i = 0; i < p->cfg->nplacement; i++) {
+    lua_pushstring(L, p->cfg->placement_volumes[i]);
     lua_rawseti(L, -2, i + 1);
   }
 }
@@ -460,11 +461,11 @@ const char *mkv_policy_name(mkv_policy_t *p, int kind) {
   return p->sources[kind] ? p->sources[kind] : "?";
 }
 
-/* Is s a configured volume, or a configured volume + "/<dir>" (a subvolume)? */
-static int known_volume(const mkv_config_t *cfg, const char *s, size_t n) {
-  for (int i = 0; i < cfg->nvolumes; i++) {
-    size_t vl = strlen(cfg->volumes[i]);
-    if (n < vl || memcmp(s, cfg->volumes[i], vl) != 0) continue;
+/* Is s one of vols, or one of vols + "/<dir>" (a subvolume)? */
+static int known_volume(char *const *vols, int nvols, const char *s, size_t n) {
+  for (int i = 0; i < nvols; i++) {
+    size_t vl = strlen(vols[i]);
+    if (n < vl || memcmp(s, vols[i], vl) != 0) continue;
     if (n == vl) return 1;
     if (s[vl] != '/' || n == vl + 1) continue;
     int ok = 1;
@@ -478,30 +479,34 @@ static int known_volume(const mkv_config_t *cfg, const char *s, size_t n) {
   return 0;
 }
 
+/* Whether the table on top holds exactly vols, in order, and nothing else. */
+static int same_volumes(lua_State *L, char *const *vols, int nvols) {
+  if (!lua_istable(L, -1)) return 0;
+  int nkeys = 0;
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    lua_pop(L, 1);
+    nkeys++;
+  }
+  if (nkeys != nvols) return 0;
+  for (int i = 0; i < nvols; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    int same = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), vols[i]) == 0;
+    lua_pop(L, 1);
+    if (!same) return 0;
+  }
+  return 1;
+}
 
 /* The volume table is shared by every call: a policy that changed it -- even in a
  * call that then failed -- would skew every later placement. If it is not exactly the
- * config's list any more, a fresh one replaces it, and a call that had succeeded
+ * placement list any more, a fresh one replaces it, and a call that had succeeded
  * fails. */
 static int restore_volumes(mkv_policy_t *p, int rc, const char *src) {
   lua_State *L = p->L;
   const mkv_config_t *cfg = p->cfg;
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
-  int changed = !lua_istable(L, -1);
-  if (!changed) { /* exactly the config's entries, and no other key */
-    int nkeys = 0;
-    lua_pushnil(L);
-    while (lua_next(L, -2) != 0) {
-      lua_pop(L, 1);
-      nkeys++;
-    }
-    changed = nkeys != cfg->nvolumes;
-  }
-  for (int i = 0; i < cfg->nvolumes && !changed; i++) {
-    lua_rawgeti(L, -1, i + 1);
-    changed = lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), cfg->volumes[i]) != 0;
-    lua_pop(L, 1);
-  }
+  int changed = !same_volumes(L, cfg->placement_volumes, cfg->nplacement);
   lua_pop(L, 1);
   if (!changed) return rc;
   luaL_unref(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
@@ -511,52 +516,59 @@ static int restore_volumes(mkv_policy_t *p, int rc, const char *src) {
   return rc;
 }
 
-int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
-                     int *n) {
+/* The replica count of key: 0 and *n set, or MKV_EPOLICY. */
+static int call_replicas(mkv_policy_t *p, const char *key, size_t klen, int *n) {
   lua_State *L = p->L;
-  const mkv_config_t *cfg = p->cfg;
-  int rc;
-
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_REPLICAS]);
   lua_pushlstring(L, key, klen);
-  if ((rc = pcall_budget(p, 1, 1, cfg->policy_timeout_ms, p->sources[MKV_POLICY_REPLICAS])) != 0)
-    return rc;
+  int rc = pcall_budget(p, 1, 1, p->cfg->policy_timeout_ms, p->sources[MKV_POLICY_REPLICAS]);
+  if (rc != 0) return rc;
   lua_Number r = lua_tonumber(L, -1);
   int is_num = lua_type(L, -1) == LUA_TNUMBER;
   lua_pop(L, 1);
-  int max = MKV_MIN(cfg->nvolumes, 255);
+  int max = MKV_MIN(p->cfg->nvolumes, 255);
   if (!is_num || r != (lua_Number)(int)r || r < 1 || r > max)
     return policy_fail(p, "%s: replicas() must return a whole number from 1 to %d",
                        p->sources[MKV_POLICY_REPLICAS], max);
-  int want = (int)r;
+  *n = (int)r;
+  return 0;
+}
 
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
-  lua_pushlstring(L, key, klen);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
-  lua_pushinteger(L, want);
+/* Calls place(key, volumes, want) -- the function and the volumes table are on the
+ * stack -- and checks the answer against vols: exactly `want` entries (with
+ * allow_fewer, 1 to want), each one of vols or a subvolume of one, no two on one host.
+ * joined gets the answer in record form, *got its count. */
+static int call_place(mkv_policy_t *p, const char *key, size_t klen, char *const *vols,
+                      int nvols, int want, int allow_fewer, mkv_buf_t *joined, int *got) {
+  lua_State *L = p->L;
   const char *src = p->sources[MKV_POLICY_PLACEMENT];
-  if ((rc = pcall_budget(p, 3, 1, cfg->policy_timeout_ms, src)) != 0)
-    return restore_volumes(p, rc, src);
-  rc = 0;
+  lua_pushlstring(L, key, klen);
+  lua_insert(L, -2); /* place, key, volumes */
+  lua_pushinteger(L, want);
+  int rc = pcall_budget(p, 3, 1, p->cfg->policy_timeout_ms, src);
+  if (rc != 0) return rc;
   mkv_buf_reset(joined);
-  if (!lua_istable(L, -1)) {
+  int count = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : -1;
+  if (count < 0) {
     rc = policy_fail(p, "%s: place() returned %s, expected a list of %d volumes", src,
                      luaL_typename(L, -1), want);
     goto done;
   }
-  if ((int)lua_objlen(L, -1) != want) {
-    rc = policy_fail(p, "%s: place() returned %d volumes, expected %d", src,
-                     (int)lua_objlen(L, -1), want);
+  if (allow_fewer ? count < 1 || count > want : count != want) {
+    rc = policy_fail(p, "%s: place() returned %d volumes, expected %s%d", src, count,
+                     allow_fewer ? "1 to " : "", want);
     goto done;
   }
   size_t starts[256];
-  for (int i = 1; i <= want; i++) {
+  for (int i = 1; i <= count; i++) {
     lua_rawgeti(L, -1, i);
     size_t vl;
     const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
-    if (v == NULL || !known_volume(cfg, v, vl)) {
-      rc = policy_fail(p, "%s: place() entry %d is %s%s%s, not one of the configured volumes",
-                       src, i, v ? "\"" : "a ", v ? v : luaL_typename(L, -1), v ? "\"" : "");
+    if (v == NULL || !known_volume(vols, nvols, v, vl)) {
+      rc = policy_fail(p, "%s: place() entry %d is %s%s%s, not one of the %s", src, i,
+                       v ? "\"" : "a ", v ? v : luaL_typename(L, -1), v ? "\"" : "",
+                       allow_fewer ? "volumes it was given (those that can take a copy now)"
+                                   : "configured volumes");
       lua_pop(L, 1);
       goto done;
     }
@@ -577,10 +589,40 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
     mkv_buf_add(joined, v, vl);
     lua_pop(L, 1);
   }
-  *n = want;
+  *got = count;
 done:
   lua_pop(L, 1);
-  return restore_volumes(p, rc, src);
+  return rc;
+}
+
+int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
+                     int *n) {
+  lua_State *L = p->L;
+  const mkv_config_t *cfg = p->cfg;
+  int want = 0, got = 0, rc;
+  if ((rc = call_replicas(p, key, klen, &want)) != 0) return rc;
+  if (want > cfg->nplacement)
+    return policy_fail(p, "%s: replicas() wants %d copies, but only %d volumes are placement "
+                       "targets (the others drain)", p->sources[MKV_POLICY_REPLICAS], want,
+                       cfg->nplacement);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
+  rc = call_place(p, key, klen, cfg->placement_volumes, cfg->nplacement, want, 0, joined, &got);
+  rc = restore_volumes(p, rc, p->sources[MKV_POLICY_PLACEMENT]);
+  if (rc == 0) *n = want;
+  return rc;
+}
+
+int mkv_policy_place_among(mkv_policy_t *p, const char *key, size_t klen, char *const *vols,
+                           int nvols, int n, mkv_buf_t *joined, int *got) {
+  lua_State *L = p->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
+  lua_createtable(L, nvols, 0); /* a table of its own: the shared one stays whole */
+  for (int i = 0; i < nvols; i++) {
+    lua_pushstring(L, vols[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return call_place(p, key, klen, vols, nvols, MKV_MIN(n, nvols), 1, joined, got);
 }
 
 int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *path) {

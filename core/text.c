@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int hexdigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -224,5 +225,27 @@ int mkv_parse_int(const char *s, size_t n, long long *out) {
     if (v > (unsigned long long)LLONG_MAX + (unsigned long long)neg) return -1;
   }
   *out = neg ? (long long)(0 - v) : (long long)v;
+  return 0;
+}
+
+int mkv_parse_rate(const char *s, double *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || v <= 0) return -1;
+  double mult = 1;
+  if (strncasecmp(end, "k", 1) == 0)
+    mult = 1e3, end++;
+  else if (strncasecmp(end, "m", 1) == 0)
+    mult = 1e6, end++;
+  else if (strncasecmp(end, "g", 1) == 0)
+    mult = 1e9, end++;
+  if (*end == 'i' || *end == 'I') { /* KiB, MiB, GiB */
+    mult = mult == 1e3 ? 1024 : mult == 1e6 ? 1048576 : mult == 1e9 ? 1073741824 : mult;
+    end++;
+  }
+  if (*end == 'B' || *end == 'b') end++;
+  if (strcmp(end, "/s") == 0) end += 2;
+  if (*end != '\0') return -1;
+  *out = v * mult;
   return 0;
 }

@@ -17,6 +17,7 @@
 
 #include <llhttp.h>
 
+#include "mkv/health.h"
 #include "mkv/log.h"
 #include "mkv/metrics.h"
 
@@ -59,6 +60,7 @@ typedef struct pool_s {
   uint64_t suspect_until_ns;
   unsigned long long requests, errors, timeouts, latency_ns_sum;
   mkv_vol_metrics_t *vm; /* this volume's shared counters (/metrics); may be NULL */
+  mkv_vol_t *hv;          /* its health entry (health.h); NULL when not configured */
 } pool_t;
 
 struct upconn_s {
@@ -149,6 +151,16 @@ static void finish(mkv_upreq_t *req, int err) {
       if (err == UV_ETIMEDOUT) mkv_ctr_add_shared(&pool->vm->timeouts, 1);
       if (err != UV_ECANCELED) mkv_hist_observe(&pool->vm->latency, req->elapsed_ns, 1);
     }
+    /* What this request says of the volume's health (a cancel says nothing). A volume
+     * added by a reload after this pool was made is looked up when something fails. */
+    if (err != UV_ECANCELED) {
+      mkv_vol_obs_t obs = err                 ? MKV_OBS_FAILED
+                          : req->status < 500 ? MKV_OBS_OK
+                          : req->method == MKV_UP_PUT ? MKV_OBS_WRITE_5XX
+                                                      : MKV_OBS_5XX;
+      if (pool->hv == NULL && obs != MKV_OBS_OK) pool->hv = mkv_health_find(pool->host, strlen(pool->host));
+      mkv_health_observe(pool->hv, obs);
+    }
   }
   req->done(req, err);
 }
@@ -218,6 +230,7 @@ static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen) {
   p->up = up;
   p->host = mkv_memdup(host, hostlen);
   p->vm = mkv_metrics_volume(host, hostlen);
+  p->hv = mkv_health_find(host, hostlen);
   const char *name = host;
   size_t nlen = (size_t)(colon - host);
   if (nlen >= 2 && name[0] == '[' && name[nlen - 1] == ']') name++, nlen -= 2;

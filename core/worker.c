@@ -85,7 +85,7 @@ static void on_drain_poll(uv_timer_t *t) {
   mkv_worker_t *w = t->data;
   /* Every connection closed too: a closing one still writes into the server. */
   if (w->live_reqs > 0 || mkv_index_port_pending(w->port) > 0 ||
-      mkv_server_connections(w->server) > 0 || w->defer_head) {
+      mkv_server_connections(w->server) > 0 || w->defer_head || (w->busy && w->busy(w))) {
     if (++w->drain_ticks % 500 == 0) /* every 5 s */
       mkv_info("draining: %d request(s) still finishing", w->live_reqs);
     return;
@@ -134,6 +134,7 @@ static void on_wakeup(uv_async_t *a) {
   mkv_upstream_set_headers(w->up, w->cfg->auth.volume_header);
   if (!w->stop_requested || w->server == NULL) return;
   mkv_server_t *s = w->server;
+  if (w->on_drain) w->on_drain(w);
   mkv_server_drain(s, w->cfg->limits.drain_timeout_ms, on_drained);
   uv_timer_start(&w->drain_poll, on_drain_poll, 10, 10);
 }
@@ -168,6 +169,7 @@ int mkv_worker_start(mkv_worker_t *w, mkv_index_t *index, int listen_fd,
   uv_timer_init(&w->loop, &w->defer_timer);
   w->defer_timer.data = w;
   if ((rc = mkv_server_listen(w->server)) != 0) goto fail;
+  if (w->on_start) w->on_start(w);
   if ((rc = uv_thread_create(&w->thread, worker_main, w)) != 0) goto fail;
   w->started_ok = 1;
   return 0;

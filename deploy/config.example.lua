@@ -12,6 +12,14 @@ return {
     "10.0.0.3:3001",
   },
   replicas = 3,            -- copies of each value (the replicas policy may vary it)
+  write_quorum = "majority", -- copies a PUT needs for its 201: "majority", "all" (the Go
+                           -- original's), or a number; the others are repaired later
+  volume_state = {},       -- { ["10.0.0.3:3001"] = "read_only" | "drain" }: no new copies
+                           -- there; a draining one's copies move off (README "Volume health")
+  repair_interval = "10s", -- the background repair of keys not where placement wants them
+                           -- ("0" = off: mkv rebalance / verify --repair do it by hand)
+  repair_bandwidth = "100MB/s", -- ... at most this many bytes per second
+  repair_concurrency = 4,  -- ... and this many transfers at once
   subvolumes = 10,         -- directories /sv00../svNN per volume (disks per machine)
   protect = false,         -- DELETE of a live key needs a prior UNLINK
   md5sum = true,           -- store each value's MD5 (sent back as Content-Md5)
@@ -47,6 +55,8 @@ return {
                            -- this long: connection closed
     volume_timeout = "30s",-- volume PUT/DELETE making no progress this long: failed
     suspect_time = "5s",   -- a volume that failed is probed last for this long
+    probe_interval = "1s", -- each volume's health probe (a HEAD, every tenth a small PUT)
+    probe_backoff = "5s",  -- ... backing off up to this while the volume stays down
     drain_timeout = "30s", -- on SIGTERM, how long in-flight requests may take
     high_water_kb = 4096,  -- PUT bytes in flight above which mkv stops reading
     low_water_kb = 1024,   -- ... and below which it reads again

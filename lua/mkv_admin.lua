@@ -265,4 +265,143 @@ function M.each_record(fn, prefix)
   return n
 end
 
+-- ---- moving one key where placement wants it (rebalance, verify --repair, the repair) ----
+
+-- Deletes a surplus copy, under the key's lock, unless the record names that volume
+-- again by now (a PUT after a DELETE, another rebalance).
+local function drop_copy(key, vol, path, tries)
+  if not mkv.lock(key) then
+    if tries < 60 then mkv.after(1, drop_copy, key, vol, path, tries + 1) return end
+    mkv.report(string.format("%s: left the surplus copy on %s (the key stayed busy): mkv gc will find it",
+      M.show(key), vol))
+    return
+  end
+  local value = mkv.index_get(key)
+  local rec = value and M.decode(value)
+  if not (rec and M.contains(rec.volumes, vol)) then
+    local st, derr = mkv.http("DELETE", M.url(vol, path))
+    if st ~= 204 and st ~= 404 then
+      mkv.report(string.format("%s: could not delete the surplus copy on %s (%s): mkv gc will find it",
+        M.show(key), vol, tostring(st or derr)))
+    end
+  end
+  mkv.unlock(key)
+end
+
+-- A failure to move this key: "<key>: <what>", counted; "failed".
+local function move_failed(key, fmt, ...)
+  M.fail("%s: " .. fmt, M.show(key), ...)
+  return "failed"
+end
+
+-- Moves one key where placement wants it; the caller holds its lock. For a record not
+-- where placement says: HEAD its volumes to see which hold a good copy (a volume that
+-- does not answer is not "missing", and nothing is dropped from it), ask the rebalance
+-- policy what to copy and drop, copy first (streamed volume to volume) and verify each
+-- copy (size, and the MD5 when the record has one), rewrite the record -- keeping its
+-- state and MD5 -- and only then, after opts.grace seconds (so a reader redirected to
+-- the old copy a moment before still finds it), delete the surplus copies. Never the
+-- last good one. opts.dry: only say what it would do. Returns "balanced" (nothing to
+-- do), "ordered" (only the record's order changed), "moved", "waiting" (a volume it
+-- would copy to cannot take a copy now: down, full, read-only or draining; nothing
+-- done), "gone" or "failed" (reported and counted). Reports one line per change.
+function M.move(key, opts)
+  local value = mkv.index_get(key)
+  if not value then return "gone" end
+  local rec, err = M.decode(value)
+  if not rec then return move_failed(key, "%s", err) end
+  local want, perr = mkv.place(key)
+  if not want then return move_failed(key, "placement failed: %s", tostring(perr)) end
+  if #rec.volumes == 0 or M.same_list(rec.volumes, want) then return "balanced" end
+  local path = mkv.path(key)
+
+  -- Which volumes hold a copy, and how big it is.
+  local have, size, unknown = {}, nil, {}
+  for _, v in ipairs(rec.volumes) do
+    local st, len = mkv.http("HEAD", M.url(v, path))
+    if st == 200 then
+      have[#have + 1] = v
+      size = size or len
+      if len ~= size then
+        return move_failed(key, "copies differ in size (%s has %d, another %d): left alone, run mkv verify",
+          v, len, size)
+      end
+    elseif st ~= 404 then
+      unknown[#unknown + 1] = v
+    end
+  end
+  if #have == 0 then
+    return move_failed(key, "no copy found on %s%s", table.concat(rec.volumes, ","),
+      #unknown > 0 and " (some did not answer)" or "")
+  end
+  if M.same_set(have, want) and #unknown == 0 then
+    -- The copies are where they should be; only the record's order differs.
+    if opts.dry then
+      mkv.report(string.format("would reorder %s's record: %s", M.show(key), table.concat(want, ",")))
+      return "ordered"
+    end
+    rec.volumes = want
+    local ok, werr = mkv.index_put(key, M.encode(rec), true)
+    if not ok then return move_failed(key, "cannot write its record: %s", tostring(werr)) end
+    mkv.report(string.format("reordered %s's record: %s", M.show(key), table.concat(want, ",")))
+    return "ordered"
+  end
+  local copy, drop = mkv.rebalance_plan(key, have, want)
+  if not copy then return move_failed(key, "rebalance policy failed: %s", tostring(drop)) end
+  for _, dst in ipairs(copy) do
+    local state = mkv.volume_state(dst)
+    if state ~= "up" then
+      mkv.report(string.format("waiting %s: %s is %s", M.show(key), dst, state))
+      return "waiting"
+    end
+  end
+  local plan = string.format("copy to %s, drop %s", #copy > 0 and table.concat(copy, ",") or "-",
+    #drop > 0 and table.concat(drop, ",") or "-")
+  if opts.dry then
+    mkv.report(string.format("would move %s: %s", M.show(key), plan))
+    return "moved"
+  end
+
+  -- 1. copies, each verified
+  local holds = {}
+  for _, v in ipairs(have) do holds[v] = true end
+  for _, dst in ipairs(copy) do
+    local src = have[1]
+    local got, md5 = mkv.copy(M.url(src, path), M.url(dst, path))
+    local bad
+    if not got then
+      bad = tostring(md5)
+    elseif got ~= size then
+      bad = string.format("copied %d bytes of %d", got, size)
+    elseif rec.hash and not M.same_md5(md5, rec.hash) then
+      bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
+    end
+    if bad then
+      if got then mkv.http("DELETE", M.url(dst, path)) end
+      return move_failed(key, "copy %s -> %s failed: %s", src, dst, bad)
+    end
+    holds[dst] = true
+  end
+  -- 2. the record: placement's volumes that hold a copy, in its order, then any good
+  -- copy the plan keeps elsewhere. Its state and its MD5 stay.
+  local dropping = {}
+  for _, v in ipairs(drop) do dropping[v] = true end
+  local vols = {}
+  for _, v in ipairs(want) do
+    if holds[v] then vols[#vols + 1] = v end
+  end
+  for _, v in ipairs(have) do
+    if not dropping[v] and not M.contains(vols, v) then vols[#vols + 1] = v end
+  end
+  rec.volumes = vols
+  local ok, werr = mkv.index_put(key, M.encode(rec), true)
+  if not ok then return move_failed(key, "cannot write its record: %s", tostring(werr)) end
+  mkv.report(string.format("moved %s: %s", M.show(key), plan))
+  -- 3. only now, and after the grace period, the surplus copies go
+  for _, v in ipairs(drop) do
+    if not M.contains(vols, v) then mkv.after(opts.grace or 5, drop_copy, key, v, path, 0) end
+  end
+  return "moved"
+end
+
 return M

@@ -90,6 +90,10 @@ M.limit_fields = {
   body_timeout = { "60s", function(w, v) return dur(w, v, 1) end },
   volume_timeout = { "30s", function(w, v) return dur(w, v, 1) end },
   suspect_time = { "5s", function(w, v) return dur(w, v, 0) end },
+  -- Volume health (README "Volume health"): each volume is probed this often, and a
+  -- volume that stays down this often at most.
+  probe_interval = { "1s", function(w, v) return dur(w, v, 10) end },
+  probe_backoff = { "5s", function(w, v) return dur(w, v, 10) end },
   drain_timeout = { "30s", function(w, v) return dur(w, v, 0) end },
   high_water_kb = { 4096, function(w, v) return int(w, v, 64, 1048576) end },
   low_water_kb = { 1024, function(w, v) return int(w, v, 0, 1048576) end },
@@ -254,6 +258,45 @@ M.fields = {
     return out
   end },
   replicas = { 3, function(w, v) return int(w, v, 1, 255) end },
+  -- How many copies of a PUT must be written for its 201: "majority" (of the key's
+  -- replica count: 2 of 3, 1 of 1, 2 of 2), "all" (the Go original), or a number (at
+  -- most the replica count). Kept as a number: 0 majority, -1 all.
+  write_quorum = { "majority", function(w, v)
+    if v == "majority" then return 0 end
+    if v == "all" then return -1 end
+    if type(v) == "string" and v:match("^%d+$") then v = tonumber(v) end
+    if type(v) ~= "number" then
+      fail(w, "expected \"majority\", \"all\" or a number of copies, got %s", describe(v))
+    end
+    return int(w, v, 1, 255)
+  end },
+  -- The operator's volume states: { ["host:port"] = "read_only" | "drain" }. A volume not
+  -- named is read-write. read_only: reads and deletes, no new copies; drain: the same,
+  -- and no longer a placement target (rebalance and the repair move its copies off).
+  volume_state = { {}, function(w, v)
+    if type(v) ~= "table" then fail(w, "expected a table { [\"host:port\"] = state }, got %s", describe(v)) end
+    local out = {}
+    for k, s in pairs(v) do
+      local ok, err = M.check_hostport(k)
+      if not ok then fail(w, "%s", err) end
+      if s ~= "read_only" and s ~= "drain" and s ~= "read_write" then
+        fail(w .. "[" .. quote(k) .. "]", "expected \"read_only\", \"drain\" or \"read_write\", got %s",
+          describe(s))
+      end
+      out[k] = s
+    end
+    return out
+  end },
+  -- The background repair (README "Volume health"): how often it looks for keys with
+  -- fewer copies than their replica count or copies where placement does not want them
+  -- ("0" turns it off), and the bounds it keeps to.
+  repair_interval = { "10s", function(w, v) return dur(w, v, 0) end },
+  repair_bandwidth = { "100MB/s", function(w, v)
+    str(w, v)
+    if not mkv.rate(v) then fail(w, "expected a rate such as \"100MB/s\", got %s", describe(v)) end
+    return v
+  end },
+  repair_concurrency = { 4, function(w, v) return int(w, v, 1, 1000) end },
   subvolumes = { 10, function(w, v) return int(w, v, 1, 65536) end },
   protect = { false, bool },
   md5sum = { true, bool },
@@ -369,6 +412,8 @@ M.flags = {
   listen = { field = "listen", kind = "string" },
   workers = { field = "workers", kind = "int" },
   admin = { field = "admin_listen", kind = "string" },
+  ["write-quorum"] = { field = "write_quorum", kind = "string" },
+  ["repair-interval"] = { field = "repair_interval", kind = "string" },
   ["public-url"] = { field = "public_url", kind = "string" },
   ["access-log"] = { field = "access_log", kind = "string" },
   -- Secrets only as files: a secret on the command line shows in ps and in the journal.
@@ -468,6 +513,25 @@ function M.build(t, flags, source)
       fail(where.replicas or where.volumes or src,
         "replicas is %d but there are only %d volumes (need at least as many volumes as replicas)",
         out.replicas, #out.volumes)
+    end
+    local known, targets = {}, 0
+    for _, vol in ipairs(out.volumes) do known[vol] = true end
+    for _, vol in ipairs(out.volumes) do
+      if out.volume_state[vol] ~= "drain" then targets = targets + 1 end
+    end
+    if #out.volumes > 0 and targets < out.replicas then
+      fail(where.volume_state or src, "replicas is %d but only %d volumes are not draining "
+        .. "(a draining volume takes no new copies)", out.replicas, targets)
+    end
+    for vol in pairs(out.volume_state) do
+      if #out.volumes > 0 and not known[vol] then
+        fail(where.volume_state or src, "volume_state names %s, which is not one of the volumes",
+          quote(vol))
+      end
+    end
+    if out.write_quorum > out.replicas then
+      fail(where.write_quorum or src, "write_quorum is %d but replicas is %d: a PUT could never "
+        .. "reach it", out.write_quorum, out.replicas)
     end
     if out.limits.low_water_kb >= out.limits.high_water_kb then
       fail(src .. ": field 'limits'", "low_water_kb (%d) must be below high_water_kb (%d)",

@@ -48,7 +48,7 @@ local function rebuild_key(key, copies)
     if not size then
       A.fail("cannot hash %s on %s: %s", A.show(key), vols[1], tostring(md5))
     else
-      if rec.hash and rec.hash ~= md5 then
+      if rec.hash and not A.same_md5(rec.hash, md5) then
         mkv.report(string.format("%s: the index said MD5 %s, the value on %s has %s", A.show(key),
           rec.hash, vols[1], md5))
       end

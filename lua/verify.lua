@@ -3,7 +3,9 @@
 -- For every live record: each replica answers a HEAD with the same size (with --deep
 -- each copy is read and its MD5 compared with the record's); copies that are missing,
 -- differ, or sit where placement does not want them are reported, one line each.
--- --repair copies a good replica over each missing or corrupt one (verified). Then the
+-- Keys with fewer good copies than placement wants are reported as under-replicated.
+-- --repair copies a good replica over each missing or corrupt one (verified), and moves
+-- a key that is misplaced or under-replicated as mkv rebalance would. Then the
 -- volumes are walked for orphan files: files that no record points to (mkv gc removes
 -- them). Exits non-zero when it found a problem it did not repair.
 local mkv = require "mkv"
@@ -11,11 +13,26 @@ local A = require "mkv_admin"
 
 local opts = A.options({ deep = "flag", repair = "flag" })
 
+-- --repair of a key whose copies are good but not where placement wants them, or too
+-- few: moved as mkv rebalance moves it, under its lock.
+local function settle(key)
+  if not mkv.lock(key) then
+    mkv.report("not repaired " .. A.show(key) .. ": a write of it is in flight")
+    return
+  end
+  local ok, res = pcall(A.move, key, {})
+  mkv.unlock(key)
+  if not ok then error(res, 0) end
+  if res == "moved" or res == "ordered" then mkv.count("changed") end
+end
+
 local function check(key, value)
   mkv.count("examined")
   mkv.progress({ done = 1 })
   local rec, err = A.decode(value)
   if not rec then return A.fail("corrupt record %s: %s", A.show(key), err) end
+  -- Compared with the lower-case MD5s of copies (verify never writes the record back).
+  if rec.hash then rec.hash = rec.hash:lower() end
   if rec.deleted or #rec.volumes == 0 then return end
   local path = mkv.path(key)
   local sizes, md5s, missing, unknown = {}, {}, {}, {}
@@ -82,12 +99,23 @@ local function check(key, value)
         or ("size " .. tostring(sizes[v]))))
   end
   local want = mkv.place(key)
-  if want and not A.same_list(want, rec.volumes) then
+  local misplaced = want and not A.same_list(want, rec.volumes)
+  if misplaced then
     mkv.report(string.format("misplaced %s: on %s, placement wants %s (mkv rebalance moves it)",
       A.show(key), table.concat(rec.volumes, ","), table.concat(want, ",")))
   end
+  -- Fewer good copies than placement wants (a write that went on without a volume that
+  -- was down, a copy lost): a finding, which --repair (or the server's repair) fixes.
+  local under = want and #good < #want
+  if under then
+    mkv.report(string.format("under-replicated %s: %d of %d copies", A.show(key), #good, #want))
+  end
   local broken = #missing + #bad
-  if broken == 0 then return end
+  if broken == 0 then
+    if under then mkv.count("failed") end
+    if (under or misplaced) and opts.repair then settle(key) end
+    return
+  end
   if not opts.repair or #good == 0 then
     if #good == 0 then mkv.report("no good copy of " .. A.show(key) .. " left: cannot repair") end
     mkv.count("failed", broken)
@@ -127,6 +155,7 @@ local function check(key, value)
     end
   end
   mkv.unlock(key)
+  if misplaced or (want and #rec.volumes < #want) then settle(key) end
 end
 
 A.each_record(check)

@@ -77,4 +77,11 @@ int mkv_admin_script_exists(const char *name);
 struct mkv_handler_s;
 extern const struct mkv_handler_s mkv_admin_handler;
 
+/* The background repair (repair.h), on the admin thread w: started before its loop
+ * runs, stopped (cancelling a run) when it drains; busy while a run is finishing. */
+struct mkv_worker_s;
+void mkv_repair_schedule_start(struct mkv_worker_s *w);
+void mkv_repair_schedule_stop(void);
+int mkv_repair_schedule_busy(void);
+
 #endif

@@ -30,6 +30,9 @@ enum {
   MKV_POLICY_KINDS
 };
 
+/* A volume's mode, set by the operator (volume_state; health.h says what each means). */
+typedef enum { MKV_VOL_RW, MKV_VOL_READ_ONLY, MKV_VOL_DRAIN } mkv_vol_mode_t;
+
 typedef struct mkv_config_s {
   char *source;     /* the config file's path, or NULL when only flags were given */
   char *config_dir; /* its directory ("." without a file) */
@@ -39,6 +42,12 @@ typedef struct mkv_config_s {
   char **volumes; /* "host:port", in config order (placement depends on the order) */
   int nvolumes;
   int replicas;
+  int write_quorum; /* copies a PUT needs for its 201: 0 a majority, -1 all, else n */
+  mkv_vol_mode_t *volume_modes; /* parallel to `volumes` */
+  /* The placement targets: `volumes` without the draining ones, in config order (the
+   * policies' volume table). Borrows the strings of `volumes`. */
+  char **placement_volumes;
+  int nplacement;
   int subvolumes;
   int protect;
   int md5sum;
@@ -61,6 +70,7 @@ typedef struct mkv_config_s {
     int max_connections;
     double idle_timeout_ms, header_timeout_ms, body_timeout_ms, volume_timeout_ms;
     double suspect_time_ms, drain_timeout_ms;
+    double probe_interval_ms, probe_backoff_ms;
     size_t high_water, low_water;
     int list_slice;
   } limits;
@@ -69,6 +79,9 @@ typedef struct mkv_config_s {
     int max_open_files, bloom_bits;
   } leveldb;
   mkv_auth_config_t auth; /* write protection (auth.h); all off by default */
+  double repair_interval_ms; /* 0: no background repair */
+  double repair_bandwidth;   /* bytes per second */
+  int repair_concurrency;
 } mkv_config_t;
 
 extern const char *const mkv_policy_kind_names[MKV_POLICY_KINDS];
@@ -82,6 +95,10 @@ void mkv_config_free(mkv_config_t *cfg);
 /* Is `name` a known flag, and is it boolean (takes no separate value)? -1 unknown. The
  * flags are lua/mkv_config.lua's table (M.flags): asked there, never listed twice. */
 int mkv_config_flag_kind(const char *name, int *is_bool);
+
+/* The copies a PUT of a key with nrep replicas must write for its 201 (write_quorum):
+ * a majority (nrep / 2 + 1), all nrep, or the number configured (at most nrep). */
+int mkv_write_quorum(const mkv_config_t *cfg, int nrep);
 
 /* Pushes the config as the Lua table that policies and admin scripts see as
  * mkv.config: volumes, nvolumes, replicas, subvolumes, md5sum, protect, voltimeout and

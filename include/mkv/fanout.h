@@ -10,13 +10,19 @@
  * - Above the high-water mark of bytes in flight, flow(fo, 1) asks the owner to stop
  *   reading the client (uv_read_stop, never the parser); below the low-water mark,
  *   flow(fo, 0) lets it read again.
- * - ready(fo) runs once every replica is connected and its request line sent: the owner
- *   answers `Expect: 100-continue` only then, so a dead volume costs no upload.
+ * - A write quorum q (1..N): the fan-out succeeds when at least q replicas answered 201
+ *   or 204. A replica that fails while q can still be reached is dropped and the others
+ *   go on (its chunk references are released, so it no longer sets the pace); once q
+ *   cannot be reached the others are cancelled at once (closing their connections makes
+ *   nginx drop its temp files; one whose whole body is sent is left to answer).
+ * - ready(fo) runs once every replica is connected and its request line sent, or has
+ *   failed, as long as q are connected: the owner answers `Expect: 100-continue` only
+ *   then, so a dead volume costs no upload.
  * - done(fo, err) runs exactly once, after every replica upload has finished: err 0
- *   when all answered 201 or 204; otherwise the first failure (others are cancelled at
- *   once: closing their connections makes nginx drop its temp files). After done the
- *   owner may free the fanout; chunks still in a kernel write keep it alive (delayed
- *   free) until they are released.
+ *   when the quorum was reached (mkv_fanout_written says which replicas have the
+ *   value); otherwise the first failure. After done the owner may free the fanout;
+ *   chunks still in a kernel write keep it alive (delayed free) until they are
+ *   released.
  * - A body received chunked is forwarded chunked (nginx accepts it). */
 #ifndef MKV_FANOUT_H
 #define MKV_FANOUT_H
@@ -41,6 +47,7 @@ typedef struct mkv_fanout_opts_s {
   double timeout_ms;      /* per-replica inactivity timeout */
   size_t high_water, low_water;
   int md5;                /* compute the body's MD5 */
+  int quorum;             /* replicas that must succeed; 0 (or > N): every one */
   mkv_fanout_done_cb done;
   mkv_fanout_flow_cb flow;
   mkv_fanout_ready_cb ready;
@@ -67,6 +74,12 @@ void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]);
 /* The volumes (record form) whose upload reached a connection, so may have left a file:
  * what a failed PUT must clean up. Replicas that never connected wrote nothing. */
 void mkv_fanout_touched(mkv_fanout_t *fo, mkv_buf_t *volumes);
+/* After a successful done: the volumes (record form, in target order) that stored the
+ * value; returns their count. */
+int mkv_fanout_written(mkv_fanout_t *fo, mkv_buf_t *volumes);
+/* After done: the volumes whose upload failed after it reached a connection, so may
+ * hold a leftover file: what a PUT that reached its quorum still cleans up. */
+void mkv_fanout_leftovers(mkv_fanout_t *fo, mkv_buf_t *volumes);
 /* Which replica failed first, and how (for the log line): its URL and a reason. */
 const char *mkv_fanout_failure(mkv_fanout_t *fo);
 

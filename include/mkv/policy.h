@@ -9,8 +9,10 @@
  * allocator caps the state's memory. Globals are locked after loading (library-facts
  * §3.3). This guards against mistakes in trusted operator code; it is not a sandbox.
  *
- * What a policy returns is checked here: the placement has exactly n distinct entries,
- * each a configured volume or a volume followed by "/<subdir>"; a path starts with '/'.
+ * What a policy returns is checked here: the placement has exactly n entries on n
+ * distinct hosts, each one of the volumes the policy was given or one of them followed
+ * by "/<subdir>"; a path starts with '/'. The volumes a placement is given are the
+ * placement targets: every configured volume but the draining ones.
  * Any failure returns MKV_EPOLICY and leaves the message (with the policy's source:line)
  * in mkv_policy_error(). Never a silent fallback: data would land where reads do not
  * look. */
@@ -34,6 +36,16 @@ void mkv_policy_free(mkv_policy_t *p);
  * Key-Volumes' form); *n their count. */
 int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
                      int *n);
+
+/* Placement of `key` among `vols` only: the volumes that can take a new copy now (a
+ * handoff, when a volume placement chose is down, full, read-only or draining). The
+ * policy is called as for mkv_policy_place but with these volumes and n = the key's
+ * replica count (at most nvols); unlike there, it may answer fewer than n volumes --
+ * at least one -- when its rules cannot be kept with these (the zones policy with a
+ * zone missing): the key then gets fewer copies, and the repair restores the others
+ * once their volumes are back. *got is the count. */
+int mkv_policy_place_among(mkv_policy_t *p, const char *key, size_t klen, char *const *vols,
+                           int nvols, int n, mkv_buf_t *joined, int *got);
 
 /* The file path of `key` on a volume ("/ab/cd/<base64>"). */
 int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *path);

@@ -43,4 +43,9 @@ void mkv_pct_encode_path(mkv_buf_t *out, const char *s, size_t n);
  * ("+5" and "-5" yes, spaces no). Returns 0 or -1 (also on overflow). */
 int mkv_parse_int(const char *s, size_t n, long long *out);
 
+/* Parses a rate in bytes per second: "50MB/s", "1GB/s", "800KB/s", "100MiB/s", "1e6"
+ * (decimal units k, M, G; binary ones with 'i'; "B" and "/s" optional). Returns 0 and
+ * sets *out (> 0), or -1. */
+int mkv_parse_rate(const char *s, double *out);
+
 #endif

@@ -46,6 +46,12 @@ typedef struct mkv_worker_s {
   struct mkv_deferred_s *defer_head, *defer_tail;
   int started_ok;
   struct mkv_metrics_s *metrics; /* for /metrics; written by this thread only */
+  /* Optional (the admin thread's volume prober): run on the worker's loop before it
+   * serves (called by mkv_worker_start, on the caller's thread, before the loop runs),
+   * when it starts to drain, and polled while it drains (nonzero: still busy). */
+  void (*on_start)(struct mkv_worker_s *w);
+  void (*on_drain)(struct mkv_worker_s *w);
+  int (*busy)(struct mkv_worker_s *w);
   _Atomic(struct mkv_reload_s *) pending_reload; /* main -> worker: a new config */
 } mkv_worker_t;
 

@@ -44,6 +44,7 @@ struct ts_server_s {
 
   /* Behaviour, set by the test. */
   int status;             /* default 200 */
+  int put_status;         /* a PUT's, when set (a volume whose disk is full: 500) */
   long long resp_clen;    /* Content-Length sent; -1: the length of resp_body */
   const char *resp_body;  /* not sent to a HEAD */
   const char *resp_extra; /* extra header lines, each ending in \r\n */
@@ -119,7 +120,8 @@ static inline void ts_answer(ts_conn_t *c) {
     mkv_buf_adds(&r, s->resp_raw);
     goto send;
   }
-  mkv_buf_addf(&r, "HTTP/1.1 %d Canned\r\n", s->status ? s->status : 200);
+  int status = s->put_status && strcmp(c->method, "PUT") == 0 ? s->put_status : s->status;
+  mkv_buf_addf(&r, "HTTP/1.1 %d Canned\r\n", status ? status : 200);
   if (s->resp_chunked)
     mkv_buf_adds(&r, "Transfer-Encoding: chunked\r\n");
   else

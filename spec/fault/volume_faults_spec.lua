@@ -4,6 +4,10 @@
 -- drop), answers 500 (its root read-only), is full (an 8 MB tmpfs), is slow (tbf on its
 -- port only) or resets mid-body during a 1 GB PUT (nft ct original bytes).
 --
+-- These run with write_quorum = "all" (the Go original's rule): every copy is needed, so
+-- each fault fails the PUT, and what is checked is that a failed write leaves nothing.
+-- The default, a majority, writes on through the same faults: volume_availability_spec.
+--
 -- For each: the PUT's answer and how long it took; the key is not live (GET 404, not in
 -- ?list) and the healthy volumes keep no file of it; GETs of other keys keep working
 -- while the fault lasts; mkv's peak memory stays flat; fds go back to the baseline; once
@@ -59,7 +63,7 @@ describe("volume faults in a private network namespace (n=3, replicas=3)", funct
     -- ASan's quarantine would read as growth (see memory_spec.lua).
     local asan = os.getenv("MKV_CHILD_ASAN_OPTIONS")
     c = F.cluster({
-      n = 3, replicas = 3, voltimeout = VOLUME_TIMEOUT .. "s",
+      n = 3, replicas = 3, voltimeout = VOLUME_TIMEOUT .. "s", flags = { "-write-quorum", "all" },
       config = string.format('return { limits = { volume_timeout = "%ds", suspect_time = "1s" } }',
         VOLUME_TIMEOUT),
       env = asan and { ASAN_OPTIONS = asan .. ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0" },

@@ -1,7 +1,9 @@
 -- Writes that fail: a volume down or hung, a client that goes away mid-body, a
 -- Content-MD5 that does not match; the index server's own start/stop failures. After a
 -- failed PUT the key must not be live and mkv must delete what it wrote
--- (ARCHITECTURE.md "Request semantics").
+-- (ARCHITECTURE.md "Request semantics"). And writes that go on without a volume: the
+-- write quorum (a majority of the copies by default), the handoff of a copy to the next
+-- volume in placement's order, and the repair back to where placement wants it.
 local H = require "helpers"
 local A = require "api_support"
 
@@ -35,9 +37,9 @@ local function eventually_cleaned(c, key, volumes, check_unlinked)
 end
 
 -- ---------------------------------------------------------------------------------------
-describe("PUT with a volume down", function()
+describe("PUT with a volume down, write_quorum all (the Go original's)", function()
   local c
-  setup(function() c = H.cluster({ n = 3, replicas = 3 }) end)
+  setup(function() c = H.cluster({ n = 3, replicas = 3, flags = { "-write-quorum", "all" } }) end)
   teardown(H.cleanup)
 
   it("5xx, nothing live, nothing left on the other volumes, not in ?unlinked", function()
@@ -50,19 +52,24 @@ describe("PUT with a volume down", function()
     assert_not_live(c, key)
     eventually_cleaned(c, key, { c.volumes[1], c.volumes[2] })
     assert_not_live(c, key)
-    -- the volume comes back: the same key can be written
+    -- the volume comes back: once the prober has seen it (within its probe interval,
+    -- backed off while it was down), the same key can be written
     local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
     c.volumes[3] = v
-    assert.equal(201, (H.http("PUT", c.url .. key, { body = "second try" })))
+    H.eventually(function()
+      local st = H.http("PUT", c.url .. key, { body = "second try" })
+      return st == 201, "PUT answered " .. tostring(st)
+    end, 10 * H.slow, "a PUT once the volume is back")
     assert.same({ 1, 2, 3 }, A.holders(c.volumes, key))
   end)
 end)
 
 -- ---------------------------------------------------------------------------------------
-describe("PUT with a volume hung (SIGSTOP)", function()
+describe("PUT with a volume hung (SIGSTOP), write_quorum all", function()
   local c
   setup(function()
-    c = H.cluster({ n = 3, replicas = 3, config = 'return { limits = { volume_timeout = "2s" } }' })
+    c = H.cluster({ n = 3, replicas = 3, flags = { "-write-quorum", "all" },
+                    config = 'return { limits = { volume_timeout = "2s" } }' })
   end)
   teardown(H.cleanup)
 
@@ -93,6 +100,152 @@ describe("PUT with a volume hung (SIGSTOP)", function()
     local st, _, body = H.http("GET", c.url .. key, { follow = true })
     assert.equal(200, st)
     assert.equal("after the hang", body)
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+-- The volumes a key's record names, from Key-Volumes (host:port, subvolumes = 1).
+local function record_volumes(c, key)
+  local st, h = H.http("HEAD", c.url .. H.urlencode_path(key))
+  assert.equal(302, st)
+  local out = {}
+  for v in (h["key-volumes"] or ""):gmatch("[^,]+") do out[#out + 1] = v end
+  return out, h["key-balance"]
+end
+
+local function indexes_of(c, addrs)
+  local out = {}
+  for i, v in ipairs(c.volumes) do
+    for _, a in ipairs(addrs) do if a == v.addr then out[#out + 1] = i end end
+  end
+  return out
+end
+
+-- Waits until the prober has marked the volume `state` (GET /health).
+local function eventually_state(c, addr, state)
+  local json = require "json"
+  H.eventually(function()
+    local st, _, body = H.http("GET", "http://" .. H.admin_addr(c.db) .. "/health")
+    if not body then return false end
+    local doc = json.decode(body)
+    local v = doc.volumes and doc.volumes[addr]
+    return v and v.state == state, body
+  end, 10 * H.slow, addr .. " " .. state)
+end
+
+describe("PUT with a volume down, write_quorum majority (the default)", function()
+  local c
+  setup(function()
+    c = H.cluster({ n = 3, replicas = 3, flags = { "-repair-interval", "300ms" } })
+  end)
+  teardown(H.cleanup)
+
+  it("1 of 3 down: 201 with the 2 copies that exist, the record names them; back to 3 by itself", function()
+    local down = c.volumes[3]
+    down:stop()
+    local keys = {}
+    for i = 1, 5 do
+      local key = "/maj/" .. i
+      keys[#keys + 1] = key
+      local st, _, body = H.http("PUT", c.url .. key, { body = "value " .. i })
+      assert.equal(201, st, body)
+      local vols, balance = record_volumes(c, key)
+      assert.same({ 1, 2 }, indexes_of(c, vols))
+      assert.same({ 1, 2 }, A.holders(c.volumes, key))
+      assert.equal("unbalanced", balance)
+      local st2, _, got = H.http("GET", c.url .. key, { follow = true })
+      assert.equal(200, st2)
+      assert.equal("value " .. i, got)
+    end
+    -- The volume returns: the background repair restores the third copy of each key.
+    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    c.volumes[3] = v
+    H.eventually(function()
+      for _, key in ipairs(keys) do
+        local vols, balance = record_volumes(c, key)
+        if balance ~= "balanced" or #vols ~= 3 then return false, key .. " " .. tostring(balance) end
+        if #A.holders(c.volumes, key) ~= 3 then return false, key .. " on disk" end
+      end
+      return true
+    end, 20 * H.slow, "the repair of every key")
+  end)
+
+  it("2 of 3 down: 503 at once, nothing written anywhere", function()
+    c.volumes[2]:stop()
+    c.volumes[3]:stop()
+    eventually_state(c, c.volumes[2].addr, "down")
+    eventually_state(c, c.volumes[3].addr, "down")
+    local key = "/maj/two-down"
+    local st, _, body = H.http("PUT", c.url .. key, { body = A.bytes(10000, 3) })
+    assert.equal(503, st, body)
+    assert.truthy(body:find("write_quorum", 1, true), body)
+    assert_not_live(c, key)
+    assert.same({}, A.find_files(c.volumes, key))
+    assert.is_false(listed(c, key, "unlinked"))
+  end)
+end)
+
+describe("PUT with a volume down or hung, 4 volumes for 3 replicas: handoff", function()
+  local c
+  setup(function()
+    c = H.cluster({ n = 4, replicas = 3, flags = { "-repair-interval", "300ms" },
+                    config = 'return { limits = { volume_timeout = "2s" } }' })
+  end)
+  teardown(H.cleanup)
+
+  it("a down volume's copy goes to the next volume; 3 copies, all on live volumes", function()
+    local down = c.volumes[1]
+    down:stop()
+    eventually_state(c, down.addr, "down")
+    local n = 0
+    for i = 1, 40 do
+      local key = "/ho/" .. i
+      local st, _, body = H.http("PUT", c.url .. key, { body = "handoff " .. i })
+      assert.equal(201, st, body)
+      local vols = record_volumes(c, key)
+      assert.equal(3, #vols, key)
+      assert.is_false(A.contains(vols, down.addr), key)
+      assert.same(indexes_of(c, vols), A.holders(c.volumes, key))
+      n = n + 1
+    end
+    assert.equal(40, n)
+    -- back: every key where placement wants it, and the handoff copies gone
+    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    c.volumes[1] = v
+    H.eventually(function()
+      for i = 1, 40 do
+        local key = "/ho/" .. i
+        local vols, balance = record_volumes(c, key)
+        if balance ~= "balanced" then return false, key .. " unbalanced" end
+        if #A.holders(c.volumes, key) ~= 3 then return false, key .. " copies on disk" end
+        for _, idx in ipairs(A.holders(c.volumes, key)) do
+          if not A.contains(vols, c.volumes[idx].addr) then return false, key .. " surplus" end
+        end
+      end
+      return true
+    end, 30 * H.slow, "every key moved back")
+  end)
+
+  it("a hung volume: the first PUTs answer within volume_timeout, then it is routed around", function()
+    local hung = c.volumes[2]
+    assert.is_true(H.T.kill(-hung.pid, SIGSTOP))
+    local ok, err = pcall(function()
+      for i = 1, 10 do
+        local key = "/hung/" .. i
+        local t0 = H.now()
+        local st, _, body = H.http("PUT", c.url .. key, { body = "hung " .. i, timeout = 20 })
+        local took = H.now() - t0
+        assert.equal(201, st, body)
+        assert.truthy(took <= (2 + 1.5) * H.slow, string.format("201 after %.2fs", took))
+        assert.is_false(A.contains((record_volumes(c, key)), hung.addr), key)
+      end
+      eventually_state(c, hung.addr, "down")
+      local t0 = H.now()
+      assert.equal(201, (H.http("PUT", c.url .. "/hung/after", { body = "x" })))
+      assert.truthy(H.now() - t0 < 1 * H.slow, "a PUT once the volume is marked down waits for nothing")
+    end)
+    H.T.kill(-hung.pid, SIGCONT)
+    if not ok then error(err, 0) end
   end)
 end)
 

@@ -56,6 +56,7 @@ describe("mkv_config.build defaults", function()
       idle_timeout = 60000, header_timeout = 30000, body_timeout = 60000,
       volume_timeout = 30000, suspect_time = 5000, drain_timeout = 30000,
       high_water_kb = 4096, low_water_kb = 1024, list_slice = 1000,
+      probe_interval = 1000, probe_backoff = 5000,
     }, cfg.limits)
   end)
 
