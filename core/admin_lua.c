@@ -204,6 +204,33 @@ static int l_path(lua_State *L) {
   return place_or_path(L, 0);
 }
 
+/* mkv.place_writable(key, n) -> { volume, ... } | nil, msg, code: placement asked again
+ * among the volumes that can take a copy now (up, neither full, read-only nor draining),
+ * at most n of them -- the order a PUT hands copies off in. */
+static int l_place_writable(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  int n = (int)luaL_checkinteger(L, 2);
+  const mkv_config_t *cfg = a->cfg;
+  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
+  int ncan = 0, got = 0, rc = 0;
+  for (int i = 0; i < cfg->nplacement; i++)
+    if (mkv_health_writable(cfg->placement_volumes[i], strlen(cfg->placement_volumes[i])))
+      can[ncan++] = cfg->placement_volumes[i];
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  if (ncan > 0 && n > 0) rc = mkv_policy_place_among(a->policy, key, klen, can, ncan, n, &b, &got);
+  free(can);
+  int nret = 1;
+  if (rc != 0)
+    nret = push_policy_error(L, a);
+  else
+    mkv_lua_push_volumes(L, b.data, b.len);
+  mkv_buf_free(&b);
+  return nret;
+}
+
 /* mkv.rebalance_plan(key, have, want) -> copy, drop: the rebalance policy's answer,
  * checked (copies only to `want`, drops only from `have`, never every good copy). */
 static int l_rebalance_plan(lua_State *L) {
@@ -341,10 +368,11 @@ static int l_repair_done(lua_State *L) {
   return 0;
 }
 
+/* mkv.repair_retry(key [, failed]) */
 static int l_repair_retry(lua_State *L) {
   size_t n;
   const char *k = luaL_checklstring(L, 1, &n);
-  mkv_repair_retry(k, n);
+  mkv_repair_retry(k, n, lua_toboolean(L, 2));
   return 0;
 }
 
@@ -366,6 +394,7 @@ static const luaL_Reg admin_funcs[] = {
     {"index_put", l_index_put}, {"index_del", l_index_del},
     {"lock", l_lock},           {"unlock", l_unlock},
     {"place", l_place},         {"path", l_path},
+    {"place_writable", l_place_writable},
     {"rebalance_plan", l_rebalance_plan},
     {"progress", l_progress},   {"count", l_count},
     {"report", l_report},       {"log", l_log},

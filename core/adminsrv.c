@@ -301,8 +301,11 @@ static void metrics_extra(mkv_buf_t *out, void *arg) {
                     "counter\nmkv_repair_dropped_total %llu\n"
                     "# HELP mkv_repair_scans_total Scans of the whole index the repair finished "
                     "(one after each start and reload).\n# TYPE mkv_repair_scans_total counter\n"
-                    "mkv_repair_scans_total %d\n",
-               rs.keys, rs.repaired, rs.dropped, rs.scans_done);
+                    "mkv_repair_scans_total %d\n"
+                    "# HELP mkv_repair_given_up_total Keys the repair gave up on after failed "
+                    "attempts (mkv verify says what is wrong).\n"
+                    "# TYPE mkv_repair_given_up_total counter\nmkv_repair_given_up_total %llu\n",
+               rs.keys, rs.repaired, rs.dropped, rs.scans_done, rs.given_up);
   mkv_buf_addf(out, "# HELP mkv_config_reloads_total SIGHUP reloads, by result.\n"
                     "# TYPE mkv_config_reloads_total counter\n"
                     "mkv_config_reloads_total{result=\"ok\"} %llu\n"

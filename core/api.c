@@ -9,6 +9,7 @@
  * UNLINK: record marked DELETED (synced) -> 204. */
 #include "mkv/api.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -64,6 +65,10 @@ typedef struct api_s {
   size_t probe_lens[MAX_PROBES];
   int nprobes, next_probe, probing;
   int balanced;
+  int probe_missing;   /* replicas that answered 404 */
+  int nmissed_probes;  /* replicas left out: they missed this read already (a bounce) */
+  mkv_buf_t missed;    /* the volumes that bounced this read back, comma-joined */
+  mkv_buf_t order;     /* the read policy's order of the record's volumes */
 } api_t;
 
 /* ---- helpers ---- */
@@ -76,6 +81,8 @@ static api_t *api_of(mkv_req_t *req) {
     mkv_buf_init(&a->placement);
     mkv_buf_init(&a->targets);
     mkv_buf_init(&a->written);
+    mkv_buf_init(&a->missed);
+    mkv_buf_init(&a->order);
     mkv_buf_init(&a->path);
     mkv_index_write_init(&a->w_mark);
     mkv_index_write_init(&a->w_final);
@@ -103,6 +110,8 @@ void mkv_api_free(mkv_req_t *req) {
   mkv_buf_free(&a->placement);
   mkv_buf_free(&a->targets);
   mkv_buf_free(&a->written);
+  mkv_buf_free(&a->missed);
+  mkv_buf_free(&a->order);
   mkv_buf_free(&a->path);
   mkv_index_write_free(&a->w_mark);
   mkv_index_write_free(&a->w_final);
@@ -136,6 +145,21 @@ static void respond_text(mkv_req_t *req, int status, const char *text) {
 
 static void respond_empty(mkv_req_t *req, int status) {
   if (!req->responded) mkv_req_respond(req, status, NULL, 0, NULL, 0);
+}
+
+/* Is host:port `h` in the list s (comma-separated items "host:port[/dir]", blanks
+ * allowed)? The X-Mkv-Avoid-Volume header and the bounce's mkv_miss lists. */
+static int in_host_list(const char *s, size_t n, const char *h, size_t hl) {
+  size_t i = 0;
+  while (i < n) {
+    while (i < n && (s[i] == ' ' || s[i] == ',')) i++;
+    size_t j = i; /* the item: up to ',' ; its host part: up to '/' or ' ' */
+    while (j < n && s[j] != ',' && s[j] != '/' && s[j] != ' ') j++;
+    if (j - i == hl && memcmp(s + i, h, hl) == 0) return 1;
+    while (j < n && s[j] != ',') j++;
+    i = j;
+  }
+  return 0;
 }
 
 /* A key shown in a log line: at most 100 bytes (the logger masks control bytes). */
@@ -503,6 +527,63 @@ static int choose_targets(api_t *a) {
   return rc != 0 ? -1 : 0;
 }
 
+/* The fan-out's replacement of a replica whose volume could not be connected to (it
+ * got nothing): placement is asked again among the volumes that can take a copy, the
+ * failed one aside, and the one volume of that answer that holds no copy of this PUT
+ * yet takes the failed one's place -- so the policy's rules (zones, weights) hold for
+ * the new set as for a handoff. None when the answer differs by more than that. */
+static int replace_replica(mkv_fanout_t *fo, const char *failed, mkv_buf_t *vol) {
+  api_t *a = mkv_fanout_data(fo);
+  mkv_req_t *req = a->req;
+  const mkv_config_t *cfg = req->worker->cfg;
+  size_t fh = mkv_volume_host_len(failed, strlen(failed));
+  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
+  int ncan = 0, got = 0, fresh = 0, rc = -1;
+  for (int i = 0; i < cfg->nplacement; i++) {
+    char *v = cfg->placement_volumes[i];
+    size_t vl = strlen(v);
+    if ((vl != fh || memcmp(v, failed, fh) != 0) && mkv_health_writable(v, vl)) can[ncan++] = v;
+  }
+  mkv_buf_t answer, next;
+  mkv_buf_init(&answer);
+  mkv_buf_init(&next);
+  if (ncan > 0 && mkv_policy_place_among(req->worker->policy, req->key.data, req->key.len, can,
+                                         ncan, a->nrep, &answer, &got) == 0) {
+    mkv_volumes_iter_t it;
+    const char *item;
+    size_t ilen;
+    mkv_volumes_iter(&it, answer.data, answer.len);
+    while (mkv_volumes_next(&it, &item, &ilen)) {
+      if (in_host_list(a->targets.data, a->targets.len, item, mkv_volume_host_len(item, ilen)))
+        continue;
+      fresh++;
+      mkv_buf_set(vol, item, ilen);
+    }
+  }
+  if (fresh == 1) {
+    /* The targets with the failed one replaced: what the PUT's record names. */
+    mkv_volumes_iter_t it;
+    const char *item;
+    size_t ilen;
+    mkv_volumes_iter(&it, a->targets.data, a->targets.len);
+    while (mkv_volumes_next(&it, &item, &ilen)) {
+      if (next.len) mkv_buf_addc(&next, ',');
+      if (ilen == strlen(failed) && memcmp(item, failed, ilen) == 0)
+        mkv_buf_add(&next, vol->data, vol->len);
+      else
+        mkv_buf_add(&next, item, ilen);
+    }
+    mkv_buf_set(&a->targets, next.data, next.len);
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": cannot reach %s; %.*s takes its copy",
+                        KEYARG(req), failed, (int)vol->len, vol->data);
+    rc = 0;
+  }
+  mkv_buf_free(&answer);
+  mkv_buf_free(&next);
+  free(can);
+  return rc;
+}
+
 /* Content-MD5: base64 of the 16 bytes (RFC 1864); the 32 hex digits that mkv (and the Go
  * original) answer in Content-Md5 are accepted too. */
 static int parse_content_md5(const mkv_buf_t *v, unsigned char out[MKV_MD5_LEN]) {
@@ -577,6 +658,7 @@ static void put_start(mkv_req_t *req) {
       .volumes = a->targets.data,
       .volumes_len = a->targets.len,
       .quorum = a->quorum,
+      .replace = replace_replica,
       .path = a->path.data,
       .path_len = a->path.len,
       .content_length = req->chunked ? -1 : req->content_length,
@@ -774,6 +856,45 @@ static void get_respond(api_t *a, int status, const char *location, size_t locle
   mkv_req_respond(req, status, h, n, NULL, 0);
 }
 
+/* 302 to replica `item` ("host:port[/svXX]") of the key: Location is the volume's URL
+ * (or the public_url form), signed when redirects are. After a bounce the volumes that
+ * missed ride along in the query (?mkv_miss=...), so that a volume missing too bounces
+ * back with all of them and the chain stays bounded. */
+static void redirect_to(api_t *a, const char *item, size_t ilen) {
+  mkv_req_t *req = a->req;
+  const mkv_config_t *cfg = req->worker->cfg;
+  mkv_buf_t *loc = &req->worker->scratch;
+  mkv_buf_reset(loc);
+  if (cfg->public_url[0]) {
+    mkv_buf_adds(loc, cfg->public_url);
+    mkv_buf_addc(loc, '/');
+  } else {
+    mkv_buf_adds(loc, "http://");
+  }
+  size_t vol_at = loc->len;
+  mkv_buf_add(loc, item, ilen);
+  mkv_buf_add(loc, a->path.data, a->path.len);
+  if (mkv_auth_signing(&cfg->auth))
+    mkv_auth_sign_location(&cfg->auth, loc, vol_at, (long long)time(NULL));
+  if (a->missed.len) {
+    mkv_buf_addc(loc, memchr(loc->data + vol_at, '?', loc->len - vol_at) ? '&' : '?');
+    mkv_buf_adds(loc, "mkv_miss=");
+    mkv_buf_add(loc, a->missed.data, a->missed.len);
+  }
+  get_respond(a, 302, loc->data, loc->len);
+}
+
+/* No replica to send the client to: 410 when every one was asked and has no copy (the
+ * value is lost: comma.ai's fork answers so), else 404 (none answered in time). */
+static void get_not_found(api_t *a) {
+  int gone = a->nprobes + a->nmissed_probes > 0 && a->probe_missing == a->nprobes;
+  if (gone) {
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "GET " KEYFMT ": no volume holds a copy of this live key "
+                        "(410): restore it from a backup, or DELETE it", KEYARG(a->req));
+  }
+  get_respond(a, gone ? 410 : 404, NULL, 0);
+}
+
 static void probe_next(api_t *a);
 
 static void on_probe_done(mkv_upreq_t *r, int err) {
@@ -785,26 +906,13 @@ static void on_probe_done(mkv_upreq_t *r, int err) {
     return;
   }
   if (err == 0 && r->status == 200) {
-    const char *item = a->probe_items[a->next_probe - 1];
-    size_t ilen = a->probe_lens[a->next_probe - 1];
-    mkv_buf_t loc;
-    mkv_buf_init(&loc);
-    const char *pub = req->worker->cfg->public_url;
-    if (pub[0]) {
-      mkv_buf_adds(&loc, pub);
-      mkv_buf_addc(&loc, '/');
-    } else {
-      mkv_buf_adds(&loc, "http://");
-    }
-    size_t vol_at = loc.len;
-    mkv_buf_add(&loc, item, ilen);
-    mkv_buf_add(&loc, a->path.data, a->path.len);
-    if (mkv_auth_signing(&req->worker->cfg->auth))
-      mkv_auth_sign_location(&req->worker->cfg->auth, &loc, vol_at, (long long)time(NULL));
-    get_respond(a, 302, loc.data, loc.len);
-    mkv_buf_free(&loc);
+    redirect_to(a, a->probe_items[a->next_probe - 1], a->probe_lens[a->next_probe - 1]);
     mkv_req_unref(req);
     return;
+  }
+  if (err == 0 && r->status == 404) {
+    a->probe_missing++;
+    mkv_repair_note(req->key.data, req->key.len); /* a live key without one of its copies */
   }
   probe_next(a);
 }
@@ -830,8 +938,8 @@ static void probe_next(api_t *a) {
       return;
     }
   }
-  /* No replica answered: 404, still with the record's headers (as the original). */
-  get_respond(a, 404, NULL, 0);
+  /* No replica answered: 410 or 404, still with the record's headers (as the original). */
+  get_not_found(a);
   mkv_req_unref(req);
 }
 
@@ -844,34 +952,154 @@ static int volume_ok_for_url(const char *s, size_t n) {
   return 1;
 }
 
-/* Is host:port `h` in the request's X-Mkv-Avoid-Volume list (comma-separated)? */
-static int avoided(const mkv_req_t *req, const char *h, size_t hl) {
-  const char *s = req->avoid.data;
-  size_t n = req->avoid.len, i = 0;
-  while (i < n) {
-    while (i < n && (s[i] == ' ' || s[i] == ',')) i++;
-    size_t j = i; /* the item: up to ',' ; its host part: up to '/' or ' ' */
-    while (j < n && s[j] != ',' && s[j] != '/' && s[j] != ' ') j++;
-    if (j - i == hl && memcmp(s + i, h, hl) == 0) return 1;
-    while (j < n && s[j] != ',') j++;
-    i = j;
+/* ---- a miss bounced back by a volume (read_check = "none") ---- */
+
+/* The volume config mkv ships answers a GET or HEAD of a file it does not have with
+ *   302 http://<mkv>/<the volume path>?mkv_miss=<the volume>[&<the query it got>]
+ * The volume path is the replica's directory then the key's path (path() of the
+ * placement policy: /ab/cd/<base64> by default); the key is the base64 after the first
+ * /xx/yy/ (two hex levels) whose decoding has exactly that path. 0 with the key in
+ * *key and the volumes that missed (every mkv_miss value, comma-joined) in a->missed;
+ * -1 when the request is not such a bounce (nothing answered); 1 when it is one whose
+ * key cannot be told (answered 404). */
+static int parse_bounce(api_t *a, mkv_buf_t *key) {
+  mkv_req_t *req = a->req;
+  const char *q = req->raw_query.data;
+  size_t qlen = req->raw_query.len, pos = 0, nlen, vlen;
+  const char *name, *val;
+  int found = 0;
+  mkv_buf_t v;
+  mkv_buf_init(&v);
+  while (mkv_query_next(q, qlen, &pos, &name, &nlen, &val, &vlen)) {
+    if (nlen != 8 || memcmp(name, "mkv_miss", 8) != 0) continue;
+    found = 1;
+    mkv_buf_reset(&v);
+    if (mkv_query_unescape(val, vlen, &v) != 0 || v.len == 0) continue;
+    if (a->missed.len) mkv_buf_addc(&a->missed, ',');
+    mkv_buf_add(&a->missed, v.data, v.len);
   }
-  return 0;
+  mkv_buf_free(&v);
+  if (!found) return -1;
+  const char *p = req->key.data;
+  size_t n = req->key.len;
+  for (size_t i = 0; i + 7 < n; i++) {
+    if (p[i] != '/' || p[i + 3] != '/' || p[i + 6] != '/' || !isxdigit((unsigned char)p[i + 1]) ||
+        !isxdigit((unsigned char)p[i + 2]) || !isxdigit((unsigned char)p[i + 4]) ||
+        !isxdigit((unsigned char)p[i + 5]))
+      continue;
+    const char *b64 = p + i + 7;
+    size_t blen = n - i - 7, klen = 0;
+    char *k = mkv_malloc(blen + 1);
+    int ok = mkv_base64_decode(b64, blen, (unsigned char *)k, &klen) == 0;
+    if (ok) {
+      mkv_buf_t path;
+      mkv_buf_init(&path);
+      ok = mkv_policy_path(req->worker->policy, k, klen, &path) == 0 && path.len == n - i &&
+           memcmp(path.data, p + i, path.len) == 0;
+      mkv_buf_free(&path);
+    }
+    if (ok) mkv_buf_set(key, k, klen);
+    free(k);
+    if (ok) return 0;
+  }
+  return 1;
+}
+
+/* ---- GET and HEAD ---- */
+
+/* The order in which the key's replicas are tried: the read policy's order() when it
+ * has one, else random (spreads reads over replicas, as the original's rand.Perm);
+ * then those on volumes marked down (health.h), that failed recently on this worker,
+ * or that the client asks to avoid (X-Mkv-Avoid-Volume: a proxy whose fetch from a
+ * volume failed asks again) last, so a dead volume costs a read nothing while another
+ * replica is up. Volumes that already missed this read (a bounce) are left out. Returns
+ * how many are in front (believed able to serve), or -1 when the policy failed. */
+static int order_replicas(api_t *a) {
+  mkv_req_t *req = a->req;
+  mkv_worker_t *w = req->worker;
+  const char *vols = a->rec.volumes;
+  size_t vlen = a->rec.volumes_len;
+  if (mkv_policy_has_read_order(w->policy)) {
+    if (mkv_policy_read_order(w->policy, req->key.data, req->key.len, vols, vlen,
+                              req->zone.len ? req->zone.data : NULL, req->zone.len,
+                              &a->order) != 0)
+      return -1;
+    vols = a->order.data;
+    vlen = a->order.len;
+  }
+  mkv_volumes_iter_t vit;
+  const char *item;
+  size_t ilen;
+  a->nprobes = 0;
+  mkv_volumes_iter(&vit, vols, vlen);
+  while (mkv_volumes_next(&vit, &item, &ilen) && a->nprobes < MAX_PROBES) {
+    if (!volume_ok_for_url(item, ilen)) continue;
+    size_t hl = mkv_volume_host_len(item, ilen);
+    if (a->missed.len && in_host_list(a->missed.data, a->missed.len, item, hl)) {
+      a->nmissed_probes++;
+      continue;
+    }
+    a->probe_items[a->nprobes] = item;
+    a->probe_lens[a->nprobes] = ilen;
+    a->nprobes++;
+  }
+  if (!mkv_policy_has_read_order(w->policy)) {
+    for (int i = a->nprobes - 1; i > 0; i--) {
+      int j = (int)(mkv_worker_rand(w) % (uint32_t)(i + 1));
+      const char *ti = a->probe_items[i];
+      size_t tl = a->probe_lens[i];
+      a->probe_items[i] = a->probe_items[j], a->probe_lens[i] = a->probe_lens[j];
+      a->probe_items[j] = ti, a->probe_lens[j] = tl;
+    }
+  }
+  const char *good[MAX_PROBES], *bad[MAX_PROBES];
+  size_t goodl[MAX_PROBES], badl[MAX_PROBES];
+  int ng = 0, nb = 0;
+  for (int i = 0; i < a->nprobes; i++) {
+    const char *it = a->probe_items[i];
+    size_t hl = mkv_volume_host_len(it, a->probe_lens[i]);
+    if (mkv_upstream_suspect(w->up, it, hl) ||
+        (req->avoid.len && in_host_list(req->avoid.data, req->avoid.len, it, hl)) ||
+        !mkv_health_readable(it, hl))
+      bad[nb] = it, badl[nb++] = a->probe_lens[i];
+    else
+      good[ng] = it, goodl[ng++] = a->probe_lens[i];
+  }
+  for (int i = 0; i < ng; i++) a->probe_items[i] = good[i], a->probe_lens[i] = goodl[i];
+  for (int i = 0; i < nb; i++) a->probe_items[ng + i] = bad[i], a->probe_lens[ng + i] = badl[i];
+  return ng;
 }
 
 static void get_start(mkv_req_t *req) {
   api_t *a = api_of(req);
   mkv_worker_t *w = req->worker;
   const mkv_config_t *cfg = w->cfg;
-  if (req->method == MKV_M_GET && req->raw_query.len > 0) {
-    listing_start(a);
-    return;
+  int bounced = 0;
+  if (req->raw_query.len > 0) {
+    mkv_buf_t key;
+    mkv_buf_init(&key);
+    int rc = parse_bounce(a, &key);
+    if (rc == 0) { /* the rest of the request is about the key the volume missed */
+      mkv_buf_free(&req->key);
+      req->key = key;
+      bounced = 1;
+    } else {
+      mkv_buf_free(&key);
+      if (rc == 1) {
+        respond_empty(req, 404);
+        return;
+      }
+      if (req->method == MKV_M_GET) {
+        listing_start(a);
+        return;
+      }
+    }
   }
   int rc = load_record(a);
   if (rc == -1) return;
   if (rc == UV_ENOENT || a->rec.deleted) {
     if (rc == UV_ENOENT) memset(&a->rec, 0, sizeof(a->rec));
-    if (cfg->fallback[0]) {
+    if (cfg->fallback[0] && !bounced) {
       /* Unlike the original, the key is escaped: it may hold bytes a Location cannot. */
       mkv_buf_t loc;
       mkv_buf_init(&loc);
@@ -896,43 +1124,20 @@ static void get_start(mkv_req_t *req) {
     policy_failed(req);
     return;
   }
-  /* Probe order: random (spreads reads over replicas, as the original's rand.Perm),
-   * then replicas on volumes marked down (health.h) or that failed recently on this
-   * worker last, so a dead volume does not cost voltimeout on every read, and so are
-   * those the client asks to avoid (X-Mkv-Avoid-Volume: a proxy whose fetch from a
-   * volume failed asks again; see deploy/proxy). */
-  mkv_volumes_iter_t vit;
-  const char *item;
-  size_t ilen;
-  a->nprobes = 0;
-  mkv_volumes_iter(&vit, a->rec.volumes, a->rec.volumes_len);
-  while (mkv_volumes_next(&vit, &item, &ilen) && a->nprobes < MAX_PROBES) {
-    if (!volume_ok_for_url(item, ilen)) continue;
-    a->probe_items[a->nprobes] = item;
-    a->probe_lens[a->nprobes] = ilen;
-    a->nprobes++;
+  int up = order_replicas(a);
+  if (up < 0) {
+    policy_failed(req);
+    return;
   }
-  for (int i = a->nprobes - 1; i > 0; i--) {
-    int j = (int)(mkv_worker_rand(w) % (uint32_t)(i + 1));
-    const char *ti = a->probe_items[i];
-    size_t tl = a->probe_lens[i];
-    a->probe_items[i] = a->probe_items[j], a->probe_lens[i] = a->probe_lens[j];
-    a->probe_items[j] = ti, a->probe_lens[j] = tl;
+  if (bounced) {
+    /* A copy is missing behind mkv's back: the repair restores it. The others are asked
+     * (as read_check "head" does), so the client is sent only where the value is. */
+    mkv_repair_note(req->key.data, req->key.len);
+  } else if (cfg->read_check == MKV_READ_CHECK_NONE && up > 0) {
+    /* No request to any volume: the first replica on a volume that is up. */
+    redirect_to(a, a->probe_items[0], a->probe_lens[0]);
+    return;
   }
-  const char *good[MAX_PROBES], *bad[MAX_PROBES];
-  size_t goodl[MAX_PROBES], badl[MAX_PROBES];
-  int ng = 0, nb = 0;
-  for (int i = 0; i < a->nprobes; i++) {
-    const char *it = a->probe_items[i];
-    size_t hl = mkv_volume_host_len(it, a->probe_lens[i]);
-    if (mkv_upstream_suspect(w->up, it, hl) || avoided(req, it, hl) ||
-        !mkv_health_readable(it, hl))
-      bad[nb] = it, badl[nb++] = a->probe_lens[i];
-    else
-      good[ng] = it, goodl[ng++] = a->probe_lens[i];
-  }
-  for (int i = 0; i < ng; i++) a->probe_items[i] = good[i], a->probe_lens[i] = goodl[i];
-  for (int i = 0; i < nb; i++) a->probe_items[ng + i] = bad[i], a->probe_lens[ng + i] = badl[i];
   mkv_req_ref(req);
   probe_next(a);
 }

@@ -177,6 +177,9 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   }
   lua_pop(L, 1);
   cfg->write_quorum = (int)get_num(L, t, "write_quorum");
+  char *rc = get_str(L, t, "read_check");
+  cfg->read_check = strcmp(rc, "none") == 0 ? MKV_READ_CHECK_NONE : MKV_READ_CHECK_HEAD;
+  free(rc);
   cfg->repair_interval_ms = get_num(L, t, "repair_interval");
   char *rate = get_str(L, t, "repair_bandwidth");
   if (mkv_parse_rate(rate, &cfg->repair_bandwidth) != 0) cfg->repair_bandwidth = 0;

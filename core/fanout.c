@@ -32,7 +32,17 @@ struct mkv_fanout_s {
   mkv_fanout_flow_cb flow;
   mkv_fanout_ready_cb ready;
   mkv_buf_t failure;
-  mkv_buf_t volumes; /* the targets, record form */
+  char **vols;       /* per replica: its volume ("host:port[/dir]"), owned */
+  mkv_buf_t path;    /* the key's path on a volume */
+  double timeout_ms;
+  int hold_head;
+  /* Replacement of a replica that could not connect (opts.replace): until every
+   * replica is connected, the body sent so far is kept (one more reference on each
+   * chunk, at most high_water bytes) so a replacement can be sent all of it. */
+  mkv_fanout_replace_cb replace;
+  mkv_chunk_t **replay;
+  int nreplay, replay_cap, replaying, replacements;
+  size_t replay_bytes;
   mkv_chunk_t *cur;  /* being filled, not yet sent */
   size_t cur_cap;    /* its capacity */
   int64_t content_length; /* -1: chunked */
@@ -43,13 +53,31 @@ struct mkv_fanout_s {
 static void maybe_free(mkv_fanout_t *fo) {
   if (!fo->freed || fo->chunks_live > 0) return;
   free(fo->cur);
-  for (int i = 0; i < fo->n; i++) mkv_upreq_free(&fo->reqs[i]);
+  for (int i = 0; i < fo->n; i++) {
+    mkv_upreq_free(&fo->reqs[i]);
+    free(fo->vols[i]);
+  }
+  free(fo->vols);
   free(fo->reqs);
   mkv_md5_stream_free(fo->md5);
   mkv_buf_free(&fo->failure);
-  mkv_buf_free(&fo->volumes);
+  mkv_buf_free(&fo->path);
   free(fo->failed);
+  free(fo->replay);
   free(fo);
+}
+
+/* The body is no longer kept for a replacement: every replica is connected, the body
+ * sent so far outgrew high_water, or the fan-out is over. */
+static void replay_drop(mkv_fanout_t *fo) {
+  fo->replaying = 0;
+  mkv_chunk_t **list = fo->replay;
+  int n = fo->nreplay;
+  fo->replay = NULL;
+  fo->nreplay = fo->replay_cap = 0;
+  fo->replay_bytes = 0;
+  for (int i = 0; i < n; i++) mkv_chunk_unref(list[i]); /* may free the fanout: last */
+  free(list);
 }
 
 static void chunk_released(mkv_chunk_t *ch) {
@@ -101,10 +129,59 @@ static void replica_failed(mkv_fanout_t *fo, int i, int err, int status) {
   }
 }
 
+static void on_replica_done(mkv_upreq_t *req, int err);
+static void on_replica_ready(mkv_upreq_t *req);
+
+/* Sets up replica i's request for volume vol (its host, its directory + the key's path). */
+static void replica_init(mkv_fanout_t *fo, int i, const char *vol, size_t vlen) {
+  mkv_upreq_t *r = &fo->reqs[i];
+  mkv_upreq_free(r);
+  mkv_upreq_init(r);
+  free(fo->vols[i]);
+  fo->vols[i] = mkv_memdup(vol, vlen);
+  r->data = fo;
+  r->method = MKV_UP_PUT;
+  /* "host:port/sv01" -> host "host:port", path "/sv01" + key path */
+  size_t hlen = mkv_volume_host_len(vol, vlen);
+  mkv_buf_set(&r->host, vol, hlen);
+  mkv_buf_set(&r->path, vol + hlen, vlen - hlen);
+  mkv_buf_add(&r->path, fo->path.data, fo->path.len);
+  r->content_length = fo->content_length;
+  r->timeout_ms = fo->timeout_ms;
+  r->done = on_replica_done;
+  r->ready = on_replica_ready;
+  r->hold_head = fo->hold_head;
+}
+
+/* Replica i could not connect, so its volume has nothing of the body: while the body so
+ * far is still kept, the owner may name another volume to take its place; the new
+ * upload gets every byte from the start. 1 when replaced. */
+static int try_replace(mkv_fanout_t *fo, int i) {
+  mkv_upreq_t *req = &fo->reqs[i];
+  if (!fo->replaying || req->touched || fo->err || fo->replacements >= fo->n) return 0;
+  mkv_buf_t vol;
+  mkv_buf_init(&vol);
+  int ok = fo->replace(fo, fo->vols[i], &vol) == 0 && vol.len > 0;
+  if (ok) {
+    fo->replacements++;
+    replica_init(fo, i, vol.data, vol.len);
+    ok = mkv_upstream_start(fo->up, &fo->reqs[i]) == 0;
+  }
+  mkv_buf_free(&vol);
+  if (!ok) return 0;
+  for (int k = 0; k < fo->nreplay; k++) {
+    fo->replay[k]->refs++; /* the new write's reference */
+    mkv_upreq_write(&fo->reqs[i], fo->replay[k]);
+  }
+  if (fo->ended) mkv_upreq_end(&fo->reqs[i]);
+  return 1;
+}
+
 static void on_replica_done(mkv_upreq_t *req, int err) {
   mkv_fanout_t *fo = req->data;
   int i = (int)(req - fo->reqs);
   int ok = err == 0 && (req->status == 201 || req->status == 204);
+  if (!ok && err != UV_ECANCELED && try_replace(fo, i)) return;
   if (!ok) {
     replica_failed(fo, i, err, req->status);
     maybe_ready(fo);
@@ -112,12 +189,14 @@ static void on_replica_done(mkv_upreq_t *req, int err) {
   if (ok) MKV_FAILPOINT("put/after_replica");
   if (++fo->ndone < fo->n) return;
   fo->started_done = 1;
+  if (fo->replaying) replay_drop(fo);
   fo->done(fo, fo->err);
 }
 
 static void on_replica_ready(mkv_upreq_t *req) {
   mkv_fanout_t *fo = req->data;
   fo->nready++;
+  if (fo->replaying && fo->nready == fo->n) replay_drop(fo); /* all connected */
   maybe_ready(fo);
 }
 
@@ -140,27 +219,20 @@ int mkv_fanout_start(mkv_upstream_t *up, const mkv_fanout_opts_t *o, mkv_fanout_
   fo->content_length = o->content_length;
   if (o->md5) fo->md5 = mkv_md5_stream_new();
   mkv_buf_init(&fo->failure);
-  mkv_buf_init(&fo->volumes);
-  mkv_buf_set(&fo->volumes, o->volumes, o->volumes_len);
+  mkv_buf_init(&fo->path);
+  mkv_buf_set(&fo->path, o->path, o->path_len);
+  fo->timeout_ms = o->timeout_ms;
+  fo->hold_head = o->ready == NULL;
+  fo->replace = o->replace;
+  fo->replaying = o->replace != NULL;
   fo->reqs = mkv_calloc((size_t)n, sizeof(mkv_upreq_t));
+  fo->vols = mkv_calloc((size_t)n, sizeof(char *));
   fo->failed = mkv_calloc((size_t)n, 1);
   fo->quorum = o->quorum < 1 || o->quorum > n ? n : o->quorum;
   mkv_volumes_iter(&it, o->volumes, o->volumes_len);
   for (int i = 0; mkv_volumes_next(&it, &item, &ilen); i++) {
-    mkv_upreq_t *r = &fo->reqs[i];
-    mkv_upreq_init(r);
-    r->data = fo;
-    r->method = MKV_UP_PUT;
-    /* "host:port/sv01" -> host "host:port", path "/sv01" + key path */
-    size_t hlen = mkv_volume_host_len(item, ilen);
-    mkv_buf_set(&r->host, item, hlen);
-    mkv_buf_set(&r->path, item + hlen, ilen - hlen);
-    mkv_buf_add(&r->path, o->path, o->path_len);
-    r->content_length = o->content_length;
-    r->timeout_ms = o->timeout_ms;
-    r->done = on_replica_done;
-    r->ready = on_replica_ready;
-    r->hold_head = o->ready == NULL;
+    mkv_upreq_init(&fo->reqs[i]);
+    replica_init(fo, i, item, ilen);
   }
   int started = 0, first_rc = 0;
   for (int i = 0; i < n; i++) {
@@ -194,6 +266,19 @@ void mkv_fanout_flush(mkv_fanout_t *fo) {
   fo->inflight += ch->len;
   fo->flushed += (int64_t)ch->len;
   fo->chunks_live++;
+  if (fo->replaying) {
+    if (fo->replay_bytes + ch->len > fo->high) {
+      replay_drop(fo); /* too much to keep: a replica that fails now is not replaced */
+    } else {
+      if (fo->nreplay == fo->replay_cap) {
+        fo->replay_cap = fo->replay_cap ? 2 * fo->replay_cap : 16;
+        fo->replay = mkv_realloc(fo->replay, sizeof(*fo->replay) * (size_t)fo->replay_cap);
+      }
+      ch->refs++; /* the replay list's */
+      fo->replay[fo->nreplay++] = ch;
+      fo->replay_bytes += ch->len;
+    }
+  }
   /* Each write takes one of the n references, also when it fails. */
   for (int i = 0; i < fo->n; i++) mkv_upreq_write(&fo->reqs[i], ch);
   if (!fo->paused && fo->inflight > fo->high && !fo->started_done) {
@@ -239,6 +324,7 @@ void mkv_fanout_end(mkv_fanout_t *fo) {
 }
 
 void mkv_fanout_abort(mkv_fanout_t *fo) {
+  if (fo->replaying) replay_drop(fo);
   if (fo->err == 0) {
     fo->err = UV_ECANCELED;
     mkv_buf_set(&fo->failure, "cancelled", 9);
@@ -270,16 +356,12 @@ void mkv_fanout_md5(mkv_fanout_t *fo, unsigned char out[MKV_MD5_LEN]) {
 /* The targets (record form) picked by `which`: 0 every touched one, 1 the written
  * ones, 2 the failed ones that were touched. */
 static void pick(mkv_fanout_t *fo, mkv_buf_t *volumes, int which) {
-  mkv_volumes_iter_t it;
-  const char *item;
-  size_t ilen;
   mkv_buf_reset(volumes);
-  mkv_volumes_iter(&it, fo->volumes.data, fo->volumes.len);
-  for (int i = 0; i < fo->n && mkv_volumes_next(&it, &item, &ilen); i++) {
+  for (int i = 0; i < fo->n; i++) {
     int take = which == 1 ? !fo->failed[i] : fo->reqs[i].touched && (which == 0 || fo->failed[i]);
     if (!take) continue;
     if (volumes->len) mkv_buf_addc(volumes, ',');
-    mkv_buf_add(volumes, item, ilen);
+    mkv_buf_adds(volumes, fo->vols[i]);
   }
 }
 

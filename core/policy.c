@@ -24,6 +24,7 @@
 #define LOAD_BUDGET_MS 1000.0
 
 enum { REF_PLACE, REF_PATH, REF_REPLICAS, REF_LIST_LIMIT, REF_LIST_SHOW, REF_REBALANCE,
+       REF_READ_ORDER,
        REF_VOLUMES, NREFS };
 
 struct mkv_policy_s {
@@ -35,6 +36,10 @@ struct mkv_policy_s {
   int in_call, expired;
   int refs[NREFS];
   char *sources[MKV_POLICY_KINDS]; /* "name (file)" per kind, for messages */
+  /* Placement, path and replica count are the built-in default policy's: computed in C
+   * (default_place), byte for byte what policies/default.lua computes, with no call
+   * into Lua -- on every PUT, and on every GET for Key-Balance. */
+  int builtin_default;
   mkv_buf_t err;
 };
 
@@ -401,7 +406,9 @@ int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
                 {MKV_POLICY_REPLICAS, "replicas", 0, REF_REPLICAS},
                 {MKV_POLICY_LISTING, "list_limit", 0, REF_LIST_LIMIT},
                 {MKV_POLICY_LISTING, "show", 1, REF_LIST_SHOW},
+                {MKV_POLICY_READ, "order", 1, REF_READ_ORDER},
                 {MKV_POLICY_REBALANCE, "rebalance", 0, REF_REBALANCE}};
+  int default_is_builtin = 0;
   set_loaders(p, 1);
   for (size_t i = 0; i < MKV_ARRAY_SIZE(wanted); i++) {
     int kind = wanted[i].kind;
@@ -412,6 +419,10 @@ int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
                          p->err.data);
       goto fail;
     }
+    /* The module "default" loads once (later kinds find it in package.loaded): its
+     * source says whether it is the built-in one or an operator's file of that name. */
+    if (source && strcmp(cfg->policies[kind], "default") == 0)
+      default_is_builtin = strstr(source, "(built in)") != NULL;
     if (p->sources[kind] == NULL)
       p->sources[kind] = source;
     else
@@ -424,6 +435,12 @@ int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
     }
   }
   set_loaders(p, 0);
+  /* MKV_POLICY_IN_LUA=1 runs the built-in policy in Lua all the same: how the specs
+   * check that the two agree. */
+  p->builtin_default = default_is_builtin &&
+                       strcmp(cfg->policies[MKV_POLICY_PLACEMENT], "default") == 0 &&
+                       strcmp(cfg->policies[MKV_POLICY_REPLICAS], "default") == 0 &&
+                       cfg->replicas <= cfg->nplacement && !getenv("MKV_POLICY_IN_LUA");
 
   /* The volume list crosses into Lua once; calls pass this same table. */
   push_volumes_table(p);
@@ -595,11 +612,47 @@ done:
   return rc;
 }
 
+/* policies/default.lua's place(key, vols, n) in C (GO-ORIGINAL.md §2.4): each volume
+ * scores md5(key .. volume), the n highest win (ties: config order), each with /svXX
+ * from its score's last four bytes when subvolumes > 1. */
+static void default_place(const mkv_config_t *cfg, const char *key, size_t klen,
+                          char *const *vols, int nvols, int n, mkv_buf_t *out) {
+  unsigned char small[64][MKV_MD5_LEN];
+  unsigned char (*md)[MKV_MD5_LEN] = nvols <= 64 ? small : mkv_malloc((size_t)nvols * MKV_MD5_LEN);
+  char taken_small[64];
+  char *taken = nvols <= 64 ? taken_small : mkv_malloc((size_t)nvols);
+  for (int i = 0; i < nvols; i++) {
+    mkv_md5_2(key, klen, vols[i], strlen(vols[i]), md[i]);
+    taken[i] = 0;
+  }
+  mkv_buf_reset(out);
+  for (int r = 0; r < n && r < nvols; r++) {
+    int best = -1;
+    for (int i = 0; i < nvols; i++)
+      if (!taken[i] && (best < 0 || memcmp(md[i], md[best], MKV_MD5_LEN) > 0)) best = i;
+    taken[best] = 1;
+    if (r) mkv_buf_addc(out, ',');
+    mkv_buf_adds(out, vols[best]);
+    if (cfg->subvolumes > 1) {
+      const unsigned char *s = md[best] + 12;
+      uint32_t u = (uint32_t)s[0] << 24 | (uint32_t)s[1] << 16 | (uint32_t)s[2] << 8 | s[3];
+      mkv_buf_addf(out, "/sv%02X", (unsigned)(u % (uint32_t)cfg->subvolumes));
+    }
+  }
+  if (md != small) free(md);
+  if (taken != taken_small) free(taken);
+}
+
 int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *joined,
                      int *n) {
   lua_State *L = p->L;
   const mkv_config_t *cfg = p->cfg;
   int want = 0, got = 0, rc;
+  if (p->builtin_default) {
+    default_place(cfg, key, klen, cfg->placement_volumes, cfg->nplacement, cfg->replicas, joined);
+    *n = cfg->replicas;
+    return 0;
+  }
   if ((rc = call_replicas(p, key, klen, &want)) != 0) return rc;
   if (want > cfg->nplacement)
     return policy_fail(p, "%s: replicas() wants %d copies, but only %d volumes are placement "
@@ -616,6 +669,11 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
 int mkv_policy_place_among(mkv_policy_t *p, const char *key, size_t klen, char *const *vols,
                            int nvols, int n, mkv_buf_t *joined, int *got) {
   lua_State *L = p->L;
+  if (p->builtin_default) {
+    default_place(p->cfg, key, klen, vols, nvols, MKV_MIN(n, nvols), joined);
+    *got = MKV_MIN(n, nvols);
+    return 0;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
   lua_createtable(L, nvols, 0); /* a table of its own: the shared one stays whole */
   for (int i = 0; i < nvols; i++) {
@@ -627,6 +685,19 @@ int mkv_policy_place_among(mkv_policy_t *p, const char *key, size_t klen, char *
 
 int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *path) {
   lua_State *L = p->L;
+  if (p->builtin_default) { /* policies/default.lua's path(): /<md5 hex 0-1>/<2-3>/<base64> */
+    mkv_buf_reset(path);
+    mkv_buf_reserve(path, 7 + mkv_base64_len(klen) + 1);
+    unsigned char md[MKV_MD5_LEN];
+    char hex[MKV_MD5_HEX_LEN + 1];
+    mkv_md5(key, klen, md);
+    mkv_hex(md, 2, hex);
+    char head[8] = {'/', hex[0], hex[1], '/', hex[2], hex[3], '/', 0};
+    mkv_buf_add(path, head, 7);
+    path->len += mkv_base64(key, klen, path->data + path->len);
+    path->data[path->len] = '\0';
+    return 0;
+  }
   const char *src = p->sources[MKV_POLICY_PLACEMENT];
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PATH]);
   lua_pushlstring(L, key, klen);
@@ -757,4 +828,47 @@ int mkv_policy_list_show(mkv_policy_t *p, const char *op, const char *key, size_
   *show = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return 0;
+}
+
+int mkv_policy_has_read_order(mkv_policy_t *p) {
+  return p->refs[REF_READ_ORDER] != LUA_NOREF;
+}
+
+int mkv_policy_read_order(mkv_policy_t *p, const char *key, size_t klen, const char *vols,
+                          size_t vlen, const char *zone, size_t zlen, mkv_buf_t *out) {
+  lua_State *L = p->L;
+  const char *src = p->sources[MKV_POLICY_READ];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_READ_ORDER]);
+  lua_pushlstring(L, key, klen);
+  mkv_lua_push_volumes(L, vols, vlen);
+  lua_createtable(L, 0, 1);
+  if (zone) {
+    lua_pushlstring(L, zone, zlen);
+    lua_setfield(L, -2, "zone");
+  }
+  int rc = pcall_budget(p, 3, 1, p->cfg->policy_timeout_ms, src);
+  if (rc != 0) return rc;
+  /* A reordering of the record's volumes, nothing else: each exactly once. */
+  int n = mkv_volumes_count(vols, vlen);
+  mkv_buf_reset(out);
+  if (!lua_istable(L, -1) || (int)lua_objlen(L, -1) != n) {
+    rc = policy_fail(p, "%s: order() must return the %d volumes it was given, reordered", src, n);
+  } else {
+    for (int i = 1; i <= n && rc == 0; i++) {
+      lua_rawgeti(L, -1, i);
+      size_t l;
+      const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
+      if (v == NULL || !mkv_volumes_contains(vols, vlen, v, l) ||
+          mkv_volumes_contains(out->data, out->len, v, l))
+        rc = policy_fail(p, "%s: order() entry %d is %s%s%s: not one of the record's volumes, or "
+                         "twice", src, i, v ? "\"" : "a ", v ? v : luaL_typename(L, -1), v ? "\"" : "");
+      else {
+        if (out->len) mkv_buf_addc(out, ',');
+        mkv_buf_add(out, v, l);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return rc;
 }

@@ -42,7 +42,7 @@ void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char
 
 void mkv_volumes_iter(mkv_volumes_iter_t *it, const char *list, size_t len) {
   it->pos = len ? list : NULL;
-  it->end = list + len;
+  it->end = len ? list + len : NULL; /* list may be NULL when len is 0 */
 }
 
 int mkv_volumes_next(mkv_volumes_iter_t *it, const char **item, size_t *ilen) {

@@ -13,6 +13,7 @@ typedef struct entry_s {
   struct entry_s *prev, *next; /* in the FIFO while E_TODO */
   int state;
   int again;                   /* noted again while taken: back to the FIFO on done */
+  int failures;                /* failed attempts so far */
   unsigned long long pass;     /* a retried key waits for a pass after this one */
   size_t klen;
   char key[];
@@ -24,7 +25,7 @@ static struct {
   size_t nbuckets, count;
   entry_t *head, *tail;
   unsigned long long pass;
-  unsigned long long repaired, dropped;
+  unsigned long long repaired, dropped, given_up;
   int scan_due, scanning, scans_done;
 } R = {.mu = PTHREAD_MUTEX_INITIALIZER, .scan_due = 1};
 
@@ -144,12 +145,20 @@ void mkv_repair_done(const char *key, size_t klen) {
   pthread_mutex_unlock(&R.mu);
 }
 
-void mkv_repair_retry(const char *key, size_t klen) {
+void mkv_repair_retry(const char *key, size_t klen, int failed) {
   pthread_mutex_lock(&R.mu);
-  entry_t *e = *slot(key, klen);
+  entry_t **pp = slot(key, klen);
+  entry_t *e = *pp;
   if (e && e->state == E_TAKEN) {
-    e->pass = e->again ? 0 : R.pass;
-    fifo_push(e);
+    if (failed && ++e->failures >= MKV_REPAIR_ATTEMPTS && !e->again) {
+      *pp = e->next_hash;
+      free(e);
+      R.count--;
+      R.given_up++;
+    } else {
+      e->pass = e->again ? 0 : R.pass;
+      fifo_push(e);
+    }
   }
   pthread_mutex_unlock(&R.mu);
 }
@@ -183,6 +192,7 @@ void mkv_repair_stats(mkv_repair_stats_t *st) {
   st->keys = R.count;
   st->repaired = R.repaired;
   st->dropped = R.dropped;
+  st->given_up = R.given_up;
   st->scanning = R.scanning;
   st->scan_due = R.scan_due;
   st->scans_done = R.scans_done;

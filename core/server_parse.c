@@ -63,6 +63,7 @@ static int on_message_begin(llhttp_t *p) {
   mkv_buf_init(&req->raw_query);
   mkv_buf_init(&req->content_md5);
   mkv_buf_init(&req->avoid);
+  mkv_buf_init(&req->zone);
   mkv_buf_init(&req->authorization);
   mkv_buf_init(&req->target);
   memcpy(req->peer, c->peer, sizeof(req->peer));
@@ -136,6 +137,8 @@ static int on_header_value_complete(llhttp_t *p) {
   } else if (c->hfield.len == 18 && strncasecmp(c->hfield.data, "x-mkv-avoid-volume", 18) == 0) {
     if (req->avoid.len) mkv_buf_addc(&req->avoid, ',');
     mkv_buf_add(&req->avoid, c->hvalue.data, c->hvalue.len);
+  } else if (c->hfield.len == 17 && strncasecmp(c->hfield.data, "x-mkv-client-zone", 17) == 0) {
+    mkv_buf_set(&req->zone, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 13 && strncasecmp(c->hfield.data, "authorization", 13) == 0) {
     mkv_buf_set(&req->authorization, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 6 && strncasecmp(c->hfield.data, "expect", 6) == 0) {

@@ -204,6 +204,7 @@ void mkv_req_unref(mkv_req_t *req) {
   mkv_buf_free(&req->raw_query);
   mkv_buf_free(&req->content_md5);
   mkv_buf_free(&req->avoid);
+  mkv_buf_free(&req->zone);
   mkv_buf_free(&req->authorization);
   req->worker->live_reqs--;
   free(req);

@@ -656,7 +656,9 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
   mkv_buf_add(&h, req->path.data, req->path.len);
   mkv_buf_adds(&h, " HTTP/1.1\r\nHost: ");
   mkv_buf_add(&h, req->host.data, req->host.len);
-  mkv_buf_adds(&h, "\r\n");
+  /* The volume config tells mkv's own requests by this: a GET or HEAD of a file it
+   * does not have is a 404 for mkv, and a bounce back to mkv for a client. */
+  mkv_buf_adds(&h, "\r\nUser-Agent: " MKV_UPSTREAM_AGENT "\r\n");
   if (req->up->extra_headers) mkv_buf_adds(&h, req->up->extra_headers);
   if (req->method == MKV_UP_PUT) {
     if (req->content_length >= 0)

@@ -62,12 +62,14 @@ int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, int with_p
     snprintf(w->name, sizeof(w->name), "w%d", id);
   w->rng = (uint32_t)(mkv_now_ns() ^ ((uint64_t)id * 2654435761u)) | 1u;
   w->metrics = mkv_metrics_new();
+  mkv_buf_init(&w->scratch);
   return with_policy ? mkv_policy_new(cfg, &w->policy, err) : 0;
 }
 
 void mkv_worker_destroy(mkv_worker_t *w) {
   mkv_policy_free(w->policy);
   w->policy = NULL;
+  mkv_buf_free(&w->scratch);
 }
 
 static void close_handles(mkv_worker_t *w) {
@@ -148,6 +150,7 @@ static void worker_main(void *arg) {
   if (rc != 0) mkv_error("worker loop closed with handles still open: %s", uv_strerror(rc));
   mkv_policy_free(w->policy);
   w->policy = NULL;
+  mkv_buf_free(&w->scratch);
   mkv_hash_thread_done();
   mkv_chunk_pool_drain();
 }

@@ -24,6 +24,8 @@ return {
   protect = false,         -- DELETE of a live key needs a prior UNLINK
   md5sum = true,           -- store each value's MD5 (sent back as Content-Md5)
   voltimeout = "1s",       -- how long a GET waits for a volume's HEAD probe
+  read_check = "head",     -- "none": redirect to a replica on a volume that is up without
+                           -- asking it (volumes bounce misses back: deploy/volume INDEX=)
   fallback = "",           -- host:port to redirect missing keys to ("" = 404)
   verbose = false,         -- log every request (debug level)
   access_log = "",         -- "" = none, "-" = stderr, or a file: one line per request,
@@ -39,6 +41,7 @@ return {
     replicas = "default",  -- replicas(key)
     listing = "default",   -- list_limit(op, requested) [, show(op, key)]
     rebalance = "default", -- rebalance(key, have, want)
+    read = "default",      -- [order(key, volumes, client)]: which copy a GET sends to first
   },
   policy_path = "",        -- ";"-separated "dir/?.lua" templates; "" = <config dir>/policies/?.lua
   policy_config = {},      -- data for the policies (zones, weights ...), as mkv.config.policy

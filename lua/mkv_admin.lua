@@ -294,6 +294,91 @@ local function move_failed(key, fmt, ...)
   return "failed"
 end
 
+-- Copies key's value from src to dst (streamed volume to volume) and checks the copy:
+-- its size, and its MD5 when the record has one. nil, or why it failed (the bad copy
+-- deleted).
+local function copy_verified(rec, src, dst, path, size)
+  local got, md5 = mkv.copy(M.url(src, path), M.url(dst, path))
+  local bad
+  if not got then
+    bad = tostring(md5)
+  elseif got ~= size then
+    bad = string.format("copied %d bytes of %d", got, size)
+  elseif rec.hash and not M.same_md5(md5, rec.hash) then
+    bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
+  end
+  if bad and got then mkv.http("DELETE", M.url(dst, path)) end
+  return bad
+end
+
+-- A key with fewer copies than placement wants (its record names fewer, or a volume
+-- answered 404) whose missing copies' volumes cannot take one now (down, full,
+-- read-only, draining): the repair (opts.check) copies it to the next volumes that can,
+-- in placement's order -- the handoff a PUT would have made -- so a volume that stays
+-- down leaves no key short of copies. Only copies are added; the record names them and
+-- keeps every volume it named that did not answer. The key stays in the repair's set
+-- ("waiting"): once the volume is back, a later pass moves it where placement wants it.
+local function handoff(key, rec, have, unknown, want, path, size, opts)
+  local need = #want - #have - #unknown
+  if not opts.check or need <= 0 then return "waiting" end
+  local alt, perr = mkv.place_writable(key, #want)
+  if not alt then return move_failed(key, "placement failed: %s", tostring(perr)) end
+  local to = {}
+  for _, v in ipairs(alt) do
+    if #to < need and not M.contains(have, v) and not M.contains(unknown, v) then to[#to + 1] = v end
+  end
+  if #to == 0 then return "waiting" end
+  if opts.dry then
+    mkv.report(string.format("would hand %s off to %s", M.show(key), table.concat(to, ",")))
+    return "waiting"
+  end
+  for _, dst in ipairs(to) do
+    local bad = copy_verified(rec, have[1], dst, path, size)
+    if bad then return move_failed(key, "handing its copy off to %s failed: %s", dst, bad) end
+  end
+  local vols = {}
+  for _, v in ipairs(rec.volumes) do
+    if M.contains(have, v) or M.contains(unknown, v) then vols[#vols + 1] = v end
+  end
+  for _, v in ipairs(to) do vols[#vols + 1] = v end
+  rec.volumes = vols
+  local ok, werr = mkv.index_put(key, M.encode(rec), true)
+  if not ok then
+    -- the new copies are orphans now: mkv gc finds them
+    return move_failed(key, "cannot write its record: %s", tostring(werr))
+  end
+  mkv.report(string.format("handed %s off to %s (placement's volume cannot take it now)",
+    M.show(key), table.concat(to, ",")))
+  return "waiting"
+end
+
+-- A balanced record whose volumes do not all hold a copy (one lost behind mkv's back:
+-- a GET bounced, a disk swapped): a good copy goes back to each that answered 404,
+-- verified. Volumes that did not answer are left alone (not "missing").
+local function restore_copies(key, rec, have, unknown, path, size, opts)
+  local missing = {}
+  for _, v in ipairs(rec.volumes) do
+    if not M.contains(have, v) and not M.contains(unknown, v) then missing[#missing + 1] = v end
+  end
+  for _, dst in ipairs(missing) do
+    local state = mkv.volume_state(dst)
+    if state ~= "up" then
+      mkv.report(string.format("waiting %s: %s is %s", M.show(key), dst, state))
+      return handoff(key, rec, have, unknown, rec.volumes, path, size, opts)
+    end
+  end
+  if opts.dry then
+    mkv.report(string.format("would restore %s on %s", M.show(key), table.concat(missing, ",")))
+    return "moved"
+  end
+  for _, dst in ipairs(missing) do
+    local bad = copy_verified(rec, have[1], dst, path, size)
+    if bad then return move_failed(key, "restoring its copy on %s failed: %s", dst, bad) end
+    mkv.report(string.format("restored %s on %s (copied from %s)", M.show(key), dst, have[1]))
+  end
+  return "moved"
+end
+
 -- Moves one key where placement wants it; the caller holds its lock. For a record not
 -- where placement says: HEAD its volumes to see which hold a good copy (a volume that
 -- does not answer is not "missing", and nothing is dropped from it), ask the rebalance
@@ -305,6 +390,10 @@ end
 -- do), "ordered" (only the record's order changed), "moved", "waiting" (a volume it
 -- would copy to cannot take a copy now: down, full, read-only or draining; nothing
 -- done), "gone" or "failed" (reported and counted). Reports one line per change.
+-- opts.check (what the repair does for the keys it is told of): also look at a record
+-- that is where placement wants it, and put back a copy missing from one of its volumes;
+-- and when a key short of copies waits for a volume, hand the missing copies off to the
+-- next volumes that can take them (handoff above).
 function M.move(key, opts)
   local value = mkv.index_get(key)
   if not value then return "gone" end
@@ -312,7 +401,8 @@ function M.move(key, opts)
   if not rec then return move_failed(key, "%s", err) end
   local want, perr = mkv.place(key)
   if not want then return move_failed(key, "placement failed: %s", tostring(perr)) end
-  if #rec.volumes == 0 or M.same_list(rec.volumes, want) then return "balanced" end
+  local balanced = M.same_list(rec.volumes, want)
+  if #rec.volumes == 0 or (balanced and not opts.check) then return "balanced" end
   local path = mkv.path(key)
 
   -- Which volumes hold a copy, and how big it is.
@@ -330,9 +420,18 @@ function M.move(key, opts)
       unknown[#unknown + 1] = v
     end
   end
+  if #have == 0 and rec.deleted and #unknown == 0 then
+    -- a write that never finished (or a deleted key's last record): nothing to move;
+    -- mkv gc removes the record
+    return "gone"
+  end
   if #have == 0 then
     return move_failed(key, "no copy found on %s%s", table.concat(rec.volumes, ","),
       #unknown > 0 and " (some did not answer)" or "")
+  end
+  if balanced then -- opts.check: the record is right; are its copies all there?
+    if #have + #unknown == #rec.volumes then return "balanced" end
+    return restore_copies(key, rec, have, unknown, path, size, opts)
   end
   if M.same_set(have, want) and #unknown == 0 then
     -- The copies are where they should be; only the record's order differs.
@@ -352,7 +451,7 @@ function M.move(key, opts)
     local state = mkv.volume_state(dst)
     if state ~= "up" then
       mkv.report(string.format("waiting %s: %s is %s", M.show(key), dst, state))
-      return "waiting"
+      return handoff(key, rec, have, unknown, want, path, size, opts)
     end
   end
   local plan = string.format("copy to %s, drop %s", #copy > 0 and table.concat(copy, ",") or "-",
@@ -366,20 +465,8 @@ function M.move(key, opts)
   local holds = {}
   for _, v in ipairs(have) do holds[v] = true end
   for _, dst in ipairs(copy) do
-    local src = have[1]
-    local got, md5 = mkv.copy(M.url(src, path), M.url(dst, path))
-    local bad
-    if not got then
-      bad = tostring(md5)
-    elseif got ~= size then
-      bad = string.format("copied %d bytes of %d", got, size)
-    elseif rec.hash and not M.same_md5(md5, rec.hash) then
-      bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
-    end
-    if bad then
-      if got then mkv.http("DELETE", M.url(dst, path)) end
-      return move_failed(key, "copy %s -> %s failed: %s", src, dst, bad)
-    end
+    local bad = copy_verified(rec, have[1], dst, path, size)
+    if bad then return move_failed(key, "copy %s -> %s failed: %s", have[1], dst, bad) end
     holds[dst] = true
   end
   -- 2. the record: placement's volumes that hold a copy, in its order, then any good

@@ -301,6 +301,13 @@ M.fields = {
   protect = { false, bool },
   md5sum = { true, bool },
   voltimeout = { "1s", function(w, v) return dur(w, v, 1) end },
+  -- How a GET picks the replica it redirects to: "head" (a HEAD to each in turn until
+  -- one has the value: the Go original's) or "none" (the first on a volume that is up,
+  -- with no request on the path; a miss bounces back from the volume).
+  read_check = { "head", function(w, v)
+    if v ~= "head" and v ~= "none" then fail(w, "expected \"head\" or \"none\", got %s", describe(v)) end
+    return v
+  end },
   fallback = { "", function(w, v)
     str(w, v, true)
     if v ~= "" then
@@ -341,7 +348,7 @@ M.fields = {
     for _, k in ipairs(M.policy_kinds) do known[k] = true end
     for k in pairs(v) do
       if not known[k] then
-        fail(w, "unknown policy kind %s (expected placement, replicas, listing or rebalance)", describe(k))
+        fail(w, "unknown policy kind %s (expected %s)", describe(k), table.concat(M.policy_kinds, ", "))
       end
     end
     for _, k in ipairs(M.policy_kinds) do
@@ -414,6 +421,7 @@ M.flags = {
   admin = { field = "admin_listen", kind = "string" },
   ["write-quorum"] = { field = "write_quorum", kind = "string" },
   ["repair-interval"] = { field = "repair_interval", kind = "string" },
+  ["read-check"] = { field = "read_check", kind = "string" },
   ["public-url"] = { field = "public_url", kind = "string" },
   ["access-log"] = { field = "access_log", kind = "string" },
   -- Secrets only as files: a secret on the command line shows in ps and in the journal.

@@ -45,14 +45,14 @@ while true do
         mkv.count("skipped")
         return
       end
-      local ok, res = pcall(A.move, key, { grace = grace })
+      local ok, res = pcall(A.move, key, { grace = grace, check = true })
       mkv.unlock(key)
       if not ok then
-        mkv.repair_retry(key)
+        mkv.repair_retry(key, true)
         error(res, 0)
       end
       if res == "waiting" or res == "failed" then
-        mkv.repair_retry(key)
+        mkv.repair_retry(key, res == "failed") -- a failure is given up after a few passes
         if res == "waiting" then mkv.count("skipped") end
       else
         mkv.repair_done(key)

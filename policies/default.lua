@@ -26,7 +26,7 @@ end
 -- uint32 of score bytes 12..15 modulo the subvolume count.
 -- The indexes of `volumes`, best first by `rank` (an array parallel to volumes; higher
 -- wins), ties broken by config order. Shared with the zones and weighted policies.
-function M.order(rank)
+function M.by_rank(rank)
   local order = {}
   for i = 1, #rank do order[i] = i end
   sort(order, function(a, b)
@@ -47,7 +47,7 @@ end
 
 function M.place(key, volumes, n)
   local scores = mkv.md5_scores(key, volumes)
-  local order = M.order(scores)
+  local order = M.by_rank(scores)
   local out = {}
   for i = 1, n do
     local v = order[i]

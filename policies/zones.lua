@@ -47,7 +47,7 @@ function M.place(key, volumes, n)
   end
   local scores = mkv.md5_scores(key, volumes)
   local out, used = {}, {}
-  for _, v in ipairs(default.order(scores)) do
+  for _, v in ipairs(default.by_rank(scores)) do
     local vol = volumes[v]
     local zone = zones[vol]
     if not used[zone] then

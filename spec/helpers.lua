@@ -168,10 +168,12 @@ function H.start_volume(opts)
   local argv = { H.root .. "/deploy/volume" }
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
   argv[#argv + 1] = root
+  -- opts.index: mkv's host:port, where a client's read of a missing file bounces to
   local p = spawn("nginx-" .. port, argv, {
-    env = { PORT = tostring(port), BIND = "127.0.0.1", WORKERS = tostring(opts.workers or 1), STATE = state },
+    env = { PORT = tostring(port), BIND = "127.0.0.1", WORKERS = tostring(opts.workers or 1), STATE = state,
+            INDEX = opts.index },
   })
-  p.port, p.root, p.state = port, root, state
+  p.port, p.root, p.state, p.index = port, root, state, opts.index
   p.addr = "127.0.0.1:" .. port
   H.eventually(function()
     if not p:alive() then error("nginx exited: " .. p:log()) end

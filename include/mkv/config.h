@@ -21,7 +21,7 @@ typedef struct mkv_flag_s {
  * (mkv.policy_kinds, lua_api.c). */
 #define MKV_POLICY_KIND_LIST(X)                                                          \
   X(PLACEMENT, "placement") X(REPLICAS, "replicas") X(LISTING, "listing")               \
-  X(REBALANCE, "rebalance")
+  X(REBALANCE, "rebalance") X(READ, "read")
 
 enum {
 #define MKV_POLICY_KIND_ENUM(id, name) MKV_POLICY_##id,
@@ -29,6 +29,11 @@ enum {
 #undef MKV_POLICY_KIND_ENUM
   MKV_POLICY_KINDS
 };
+
+/* How a GET finds the replica it redirects to: a HEAD to each in turn until one has
+ * the value (the Go original's), or none: the first on a volume that is up (health.h),
+ * misses bouncing back from the volume (README "Reads"). */
+enum { MKV_READ_CHECK_HEAD, MKV_READ_CHECK_NONE };
 
 /* A volume's mode, set by the operator (volume_state; health.h says what each means). */
 typedef enum { MKV_VOL_RW, MKV_VOL_READ_ONLY, MKV_VOL_DRAIN } mkv_vol_mode_t;
@@ -49,6 +54,7 @@ typedef struct mkv_config_s {
   char **placement_volumes;
   int nplacement;
   int subvolumes;
+  int read_check; /* MKV_READ_CHECK_HEAD (the Go original's) or MKV_READ_CHECK_NONE */
   int protect;
   int md5sum;
   double voltimeout_ms;

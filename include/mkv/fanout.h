@@ -15,6 +15,10 @@
  *   go on (its chunk references are released, so it no longer sets the pace); once q
  *   cannot be reached the others are cancelled at once (closing their connections makes
  *   nginx drop its temp files; one whose whole body is sent is left to answer).
+ * - With opts.replace, a replica whose volume cannot be connected to (refused, no
+ *   route: nothing reached it) is replaced by the volume replace() names, before it
+ *   counts as failed: until every replica is connected the fan-out keeps the body sent
+ *   so far (at most high_water bytes), and the new upload gets all of it.
  * - ready(fo) runs once every replica is connected and its request line sent, or has
  *   failed, as long as q are connected: the owner answers `Expect: 100-continue` only
  *   then, so a dead volume costs no upload.
@@ -37,6 +41,9 @@ typedef struct mkv_fanout_s mkv_fanout_t;
 typedef void (*mkv_fanout_done_cb)(mkv_fanout_t *fo, int err);
 typedef void (*mkv_fanout_flow_cb)(mkv_fanout_t *fo, int pause);
 typedef void (*mkv_fanout_ready_cb)(mkv_fanout_t *fo);
+/* A replica's volume (record form, borrowed) could not be connected to: set *vol to the
+ * volume that takes its place and return 0, or return -1 for none. */
+typedef int (*mkv_fanout_replace_cb)(mkv_fanout_t *fo, const char *failed, mkv_buf_t *vol);
 
 typedef struct mkv_fanout_opts_s {
   const char *volumes; /* record form: "host:port/sv01,host:port/sv02" (borrowed) */
@@ -48,6 +55,7 @@ typedef struct mkv_fanout_opts_s {
   size_t high_water, low_water;
   int md5;                /* compute the body's MD5 */
   int quorum;             /* replicas that must succeed; 0 (or > N): every one */
+  mkv_fanout_replace_cb replace; /* optional: a replica that could not connect is replaced */
   mkv_fanout_done_cb done;
   mkv_fanout_flow_cb flow;
   mkv_fanout_ready_cb ready;

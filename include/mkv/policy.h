@@ -70,6 +70,15 @@ int mkv_policy_rebalance(mkv_policy_t *p, const char *key, size_t klen, const ch
                          size_t hlen, const char *want, size_t wlen, mkv_buf_t *copy,
                          mkv_buf_t *drop);
 
+/* Whether the read policy has order() (the default has none: mkv's own order, random
+ * with volumes that are down last). When it does, mkv_policy_read_order() asks it which
+ * of a record's volumes a GET sends the client to first: order(key, volumes, client)
+ * with client = { zone = <X-Mkv-Client-Zone, if any> }. Checked: the answer holds each
+ * of the record's volumes exactly once (record form in out). */
+int mkv_policy_has_read_order(mkv_policy_t *p);
+int mkv_policy_read_order(mkv_policy_t *p, const char *key, size_t klen, const char *vols,
+                          size_t vlen, const char *zone, size_t zlen, mkv_buf_t *out);
+
 /* The message of the last MKV_EPOLICY (borrowed: valid until the next call). */
 const char *mkv_policy_error(mkv_policy_t *p);
 

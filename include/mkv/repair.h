@@ -32,8 +32,12 @@ void mkv_repair_pass(void);
 int mkv_repair_take(int n, void (*fn)(const char *key, size_t klen, void *arg), void *arg);
 /* The key is where placement wants it (or gone): forgotten. */
 void mkv_repair_done(const char *key, size_t klen);
-/* Not now: back in the set for the next pass. */
-void mkv_repair_retry(const char *key, size_t klen);
+/* Not now: back in the set for the next pass. failed: the attempt failed (a copy that
+ * did not verify, no good copy found: reported), rather than waited (a volume still
+ * down, a client's write in flight); after MKV_REPAIR_ATTEMPTS failed attempts the key
+ * is given up (counted: mkv verify says what is wrong with it). */
+#define MKV_REPAIR_ATTEMPTS 5
+void mkv_repair_retry(const char *key, size_t klen, int failed);
 
 /* A scan of the whole index is wanted (at start, after a reload, after an overflow). */
 void mkv_repair_want_scan(void);
@@ -46,6 +50,7 @@ typedef struct mkv_repair_stats_s {
   unsigned long long keys;        /* in the set: noted or being repaired */
   unsigned long long repaired;    /* settled since start */
   unsigned long long dropped;     /* notes dropped at MKV_REPAIR_MAX */
+  unsigned long long given_up;    /* keys whose repair failed MKV_REPAIR_ATTEMPTS times */
   int scanning, scan_due, scans_done;
 } mkv_repair_stats_t;
 void mkv_repair_stats(mkv_repair_stats_t *st);

@@ -63,6 +63,7 @@ struct mkv_req_s {
   mkv_buf_t content_md5;  /* the Content-MD5 header, if any */
   int has_content_md5;
   mkv_buf_t avoid;        /* X-Mkv-Avoid-Volume: "host:port[,...]" to probe last */
+  mkv_buf_t zone;         /* X-Mkv-Client-Zone: for the read policy (a proxy sets it) */
   mkv_buf_t authorization; /* the Authorization header (auth.c); never logged */
   mkv_buf_t target;       /* the request target as sent (only with an access log) */
   char peer[48];          /* the client's address (only with an access log) */

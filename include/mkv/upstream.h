@@ -40,6 +40,10 @@ typedef struct mkv_upreq_s mkv_upreq_t;
 
 typedef enum { MKV_UP_HEAD, MKV_UP_GET, MKV_UP_PUT, MKV_UP_DELETE } mkv_up_method_t;
 
+/* Every request to a volume carries User-Agent: mkv/1 (deploy/nginx-volume.conf answers
+ * mkv's own reads of a missing file 404, and a client's with a bounce back to mkv). */
+#define MKV_UPSTREAM_AGENT "mkv/1"
+
 /* err is 0 when a response arrived (status holds it), else a UV_E* / MKV_E* code. */
 typedef void (*mkv_upreq_done_cb)(mkv_upreq_t *req, int err);
 /* A PUT's connection is up and its request line is sent: body writes will flow. */

@@ -39,6 +39,7 @@ typedef struct mkv_worker_s {
   mkv_server_t *server;
 
   uint32_t rng; /* replica probe order (xorshift), per worker */
+  mkv_buf_t scratch; /* a buffer a request may use and drop within one call (a Location) */
   int live_reqs; /* request objects alive, including detached ones (drain waits) */
   uv_timer_t drain_poll;
   int drain_ticks;

@@ -440,7 +440,56 @@ TEST(missing_policy_file) {
   site_free(&s);
 }
 
-TEST_MAIN(T(default_policy_from_flags), T(place_golden_wehave), T(list_limit),
+/* The built-in default policy runs in C (default_place): byte for byte what
+ * policies/default.lua computes, for placement, a handoff's placement and paths. */
+TEST(builtin_default_in_c_is_the_lua_policy) {
+  ASSERT_EQ(mkv_hash_init(), 0);
+  static const char *const sets[][2] = {{"a:1,b:2,c:3", "1"}, {"a:1,b:2,c:3,d:4,e:5", "10"},
+                                        {"10.0.0.1:3001,10.0.0.2:3001,10.0.0.3:3001", "300"}};
+  for (size_t s = 0; s < MKV_ARRAY_SIZE(sets); s++) {
+    mkv_config_t cfg;
+    mkv_flag_t flags[] = {{"volumes", sets[s][0]}, {"db", "/tmp/x"}, {"replicas", "2"},
+                          {"subvolumes", sets[s][1]}};
+    char *err = NULL;
+    ASSERT_EQ(mkv_config_load(&cfg, NULL, flags, 4, "server", &err), 0);
+    setenv("MKV_POLICY_IN_LUA", "1", 1);
+    mkv_policy_t *lua = policy_ok(&cfg);
+    unsetenv("MKV_POLICY_IN_LUA");
+    mkv_policy_t *c = policy_ok(&cfg);
+    mkv_buf_t a, b;
+    mkv_buf_init(&a);
+    mkv_buf_init(&b);
+    char key[64];
+    for (int i = 0; i < 3000; i++) {
+      int klen = snprintf(key, sizeof(key), "/key/%d\xff%c", i, i % 256);
+      int na = 0, nb = 0;
+      ASSERT_EQ(mkv_policy_place(lua, key, (size_t)klen, &a, &na), 0);
+      ASSERT_EQ(mkv_policy_place(c, key, (size_t)klen, &b, &nb), 0);
+      ASSERT_EQ(na, nb);
+      ASSERT_EQ(a.len, b.len);
+      ASSERT_MEMEQ(a.data, b.data, a.len);
+      ASSERT_EQ(mkv_policy_path(lua, key, (size_t)klen, &a), 0);
+      ASSERT_EQ(mkv_policy_path(c, key, (size_t)klen, &b), 0);
+      ASSERT_EQ(a.len, b.len);
+      ASSERT_MEMEQ(a.data, b.data, a.len);
+      /* a handoff: every volume but the first */
+      ASSERT_EQ(mkv_policy_place_among(lua, key, (size_t)klen, cfg.volumes + 1, cfg.nvolumes - 1, 2,
+                                       &a, &na), 0);
+      ASSERT_EQ(mkv_policy_place_among(c, key, (size_t)klen, cfg.volumes + 1, cfg.nvolumes - 1, 2,
+                                       &b, &nb), 0);
+      ASSERT_EQ(na, nb);
+      ASSERT_EQ(a.len, b.len);
+      ASSERT_MEMEQ(a.data, b.data, a.len);
+    }
+    mkv_buf_free(&a);
+    mkv_buf_free(&b);
+    mkv_policy_free(lua);
+    mkv_policy_free(c);
+    mkv_config_free(&cfg);
+  }
+}
+
+TEST_MAIN(T(builtin_default_in_c_is_the_lua_policy), T(default_policy_from_flags), T(place_golden_wehave), T(list_limit),
           T(operator_policy_by_path), T(loop_forever_hits_deadline), T(memory_cap),
           T(results_are_checked), T(volume_table_changed_in_place_is_restored),
           T(volume_table_changed_before_an_error_is_restored),

@@ -53,7 +53,7 @@ TEST(retry_waits_for_the_next_pass) {
   mkv_repair_pass();
   took_t t = {0};
   ASSERT_EQ(mkv_repair_take(10, took, &t), 1);
-  mkv_repair_retry("/r", 2);
+  mkv_repair_retry("/r", 2, 0);
   ASSERT_EQ(mkv_repair_take(10, took, &t), 0); /* not again in the same pass */
   mkv_repair_pass();
   ASSERT_EQ(mkv_repair_take(10, took, &t), 1);
@@ -93,5 +93,32 @@ TEST(bounded_then_a_scan_is_due) {
   mkv_repair_free();
 }
 
+TEST(failed_attempts_are_given_up) {
+  mkv_repair_note("/f", 2);
+  took_t t = {0};
+  for (int i = 0; i < MKV_REPAIR_ATTEMPTS; i++) {
+    mkv_repair_pass();
+    t.n = 0;
+    ASSERT_EQ(mkv_repair_take(10, took, &t), 1);
+    mkv_repair_retry("/f", 2, 1);
+  }
+  mkv_repair_stats_t st;
+  mkv_repair_stats(&st);
+  ASSERT_EQ(st.keys, 0);
+  ASSERT_EQ(st.given_up, 1);
+  /* waiting (a volume down) is no failed attempt: kept however long */
+  mkv_repair_note("/w", 2);
+  for (int i = 0; i < MKV_REPAIR_ATTEMPTS * 2; i++) {
+    mkv_repair_pass();
+    t.n = 0;
+    ASSERT_EQ(mkv_repair_take(10, took, &t), 1);
+    mkv_repair_retry("/w", 2, 0);
+  }
+  mkv_repair_stats(&st);
+  ASSERT_EQ(st.keys, 1);
+  mkv_repair_free();
+}
+
 TEST_MAIN(T(noted_once_taken_in_order_settled), T(retry_waits_for_the_next_pass),
+          T(failed_attempts_are_given_up),
           T(noted_while_taken_is_looked_at_again), T(bounded_then_a_scan_is_due))

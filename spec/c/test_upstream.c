@@ -111,9 +111,10 @@ TEST(head_status_and_length) {
   ASSERT_STREQ(w.srv.last_method, "HEAD");
   ASSERT_STREQ(w.srv.last_url.data, "/sv01/5d/41/aGVsbG8=");
   ASSERT(c.req.elapsed_ns > 0);
-  /* The request line and Host header, as sent. */
-  char want[128];
-  snprintf(want, sizeof(want), "HEAD /sv01/5d/41/aGVsbG8= HTTP/1.1\r\nHost: %s\r\n", w.srv.host);
+  /* The request line, Host and User-Agent, as sent. */
+  char want[160];
+  snprintf(want, sizeof(want), "HEAD /sv01/5d/41/aGVsbG8= HTTP/1.1\r\nHost: %s\r\nUser-Agent: mkv/1\r\n",
+           w.srv.host);
   ASSERT(strncmp(w.srv.raw.data, want, strlen(want)) == 0);
   pump_for(&w.pump, 20);
   ASSERT_EQ(c.done_calls, 1);

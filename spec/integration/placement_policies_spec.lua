@@ -132,6 +132,35 @@ describe("zones policy in a server (4 volumes in 2 zones, replicas 2)", function
     print("zones in a server: files per volume over 50 keys: " .. table.concat(shown, " "))
   end)
 
+  it("handoff: a volume down, every copy still in a zone of its own; a whole zone down, 503", function()
+    local json = require "json"
+    local function state_of(addr)
+      local _, _, body = H.http("GET", "http://" .. H.admin_addr(m.dir .. "/index") .. "/health")
+      local doc = body and json.decode(body)
+      return doc and doc.volumes and doc.volumes[addr] and doc.volumes[addr].state
+    end
+    local down = vols[1] -- rack-a
+    down:stop()
+    H.eventually(function() return state_of(down.addr) == "down" end, 10 * H.slow, "volume 1 down")
+    for i = 1, 30 do
+      local key = "/handoff/" .. i
+      assert.equal(201, (H.http("PUT", m.url .. key, { body = key })), key)
+      local on_disk = holders(vols, key)
+      assert.equal(2, #on_disk, key)
+      assert.are_not.equal(zones[on_disk[1].addr], zones[on_disk[2].addr], key .. ": two copies in one zone")
+      for _, v in ipairs(on_disk) do assert.are_not.equal(down.addr, v.addr, key) end
+    end
+    -- rack-a entirely down: a second copy could only go to rack-b again, which the zones
+    -- policy refuses; one copy is below the write quorum (2 of 2): 503, nothing written.
+    vols[3]:stop()
+    H.eventually(function() return state_of(vols[3].addr) == "down" end, 10 * H.slow, "volume 3 down")
+    local st, _, body = H.http("PUT", m.url .. "/handoff/no-zone", { body = "x" })
+    assert.equal(503, st, body)
+    assert.equal(0, #holders(vols, "/handoff/no-zone"))
+    vols[1] = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    vols[3] = H.start_volume({ port = vols[3].port, root = vols[3].root, state = vols[3].state })
+  end)
+
   it("refuses to start with one zone only: exit 2, one line naming policies/zones.lua and the zone count",
      function()
     local one = {}

@@ -247,6 +247,48 @@ describe("PUT with a volume down or hung, 4 volumes for 3 replicas: handoff", fu
     H.T.kill(-hung.pid, SIGCONT)
     if not ok then error(err, 0) end
   end)
+
+  it("a copy lost while its volume takes no copies: the repair hands it off to the next volume, "
+     .. "then moves it back", function()
+    local cfgpath = c.mkv.dir .. "/config.lua"
+    local base = H.read_file(cfgpath)
+    local function reload(text)
+      H.write_file(cfgpath, text)
+      assert.is_true(H.T.kill(c.mkv.pid, 1))
+    end
+    local key = "/lost/1"
+    assert.equal(201, (H.http("PUT", c.url .. key, { body = "lost copy" })))
+    local vols = record_volumes(c, key)
+    assert.equal(3, #vols)
+    local x = c.volumes[indexes_of(c, { vols[1] })[1]]
+    -- the first copy goes behind mkv's back, and its volume turns read-only
+    assert.is_true(os.remove(A.key_file(x.root, key)))
+    reload(base:gsub("^return {", string.format("return { volume_state = { [%q] = \"read_only\" },", x.addr)))
+    eventually_state(c, x.addr, "read_only")
+    -- a read finds the copy missing (HEAD 404 on the first replica) and tells the repair
+    local st, _, got = H.http("GET", c.url .. key, { follow = true })
+    assert.same({ 200, "lost copy" }, { st, got })
+    H.eventually(function()
+      local now = record_volumes(c, key)
+      local on = A.holders(c.volumes, key)
+      if #now ~= 3 or A.contains(now, x.addr) then return false, table.concat(now, ",") end
+      if #on ~= 3 then return false, #on .. " copies on disk" end
+      return true
+    end, 20 * H.slow, "the copy handed off")
+    st, _, got = H.http("GET", c.url .. key, { follow = true })
+    assert.same({ 200, "lost copy" }, { st, got })
+    -- the volume takes copies again: the key goes back where placement wants it
+    reload(base)
+    eventually_state(c, x.addr, "up")
+    H.eventually(function()
+      local now, balance = record_volumes(c, key)
+      if balance ~= "balanced" then return false, table.concat(now, ",") end
+      local on = A.holders(c.volumes, key)
+      if #on ~= 3 then return false, #on .. " copies on disk (the surplus goes after a grace)" end
+      return true
+    end, 30 * H.slow, "the key moved back")
+    assert.same(indexes_of(c, vols), A.holders(c.volumes, key))
+  end)
 end)
 
 -- ---------------------------------------------------------------------------------------

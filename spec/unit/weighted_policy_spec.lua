@@ -52,6 +52,36 @@ describe("weighted placement: shares", function()
     end
   end)
 
+  it("handoff (place among the volumes left): only the missing volume's keys move, to the "
+     .. "others in proportion to their weights", function()
+    local W = load_weighted({ weights = WEIGHTS }, 1, 1)
+    local left = { VOLS[1], VOLS[2], VOLS[3] } -- VOLS[4] (weight 4) is down
+    local N, moved = 40000, {}
+    for _, v in ipairs(left) do moved[v] = 0 end
+    local nmoved = 0
+    for i = 1, N do
+      local key = "/handoff/" .. i
+      local all = W.place(key, VOLS, 1)[1]
+      local got = W.place(key, left, 1)[1]
+      if all ~= VOLS[4] then
+        assert.equal(all, got, key .. ": a key whose volume is up moved")
+      else
+        moved[got] = moved[got] + 1
+        nmoved = nmoved + 1
+      end
+    end
+    -- The weights of those left: 1, 1, 2 of 4. Each count is Binomial(nmoved, p): the
+    -- tolerance is 5 standard deviations, as above.
+    for i, v in ipairs(left) do
+      local p = WEIGHT_OF[i] / 4
+      local sd = math.sqrt(p * (1 - p) / nmoved)
+      local share = moved[v] / nmoved
+      assert.truthy(math.abs(share - p) <= 5 * sd,
+        string.format("%s (weight %d) took %.4f of the handed-off keys, expected %.4f +- %.4f",
+          v, WEIGHT_OF[i], share, p, 5 * sd))
+    end
+  end)
+
   it("equal weights behave like no weights: any common weight gives the same placement, "
      .. "evenly spread", function()
     local vols = volumes(6)
