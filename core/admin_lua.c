@@ -3,6 +3,9 @@
  * index pages, reads and writes, the API's key locks, placement through a checked
  * policy state, progress and output), the prelude written in Lua, the script's chunk,
  * and the built-in modules of lua/ it may require. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +16,7 @@
 #include "internal.h"
 #include "mkv/health.h"
 #include "mkv/keylock.h"
+#include "mkv/log.h"
 #include "mkv/lua_api.h"
 #include "mkv/repair.h"
 
@@ -389,6 +393,93 @@ static int l_repair_scan_done(lua_State *L) {
   return 0;
 }
 
+/* ---- backup: a thread copies the index; the script watches it ---- */
+
+#define BACKUP_MT "mkv.backup"
+
+typedef struct backup_s {
+  pthread_t thread;
+  int joined;
+  mkv_index_t *index;
+  const mkv_config_t *cfg;
+  char *dir;
+  mkv_index_backup_progress_t pr;
+  _Atomic int done;
+  char *err; /* set by the thread before done */
+} backup_t;
+
+static void *backup_main(void *arg) {
+  backup_t *b = arg;
+  mkv_log_set_thread_name("backup");
+  mkv_index_backup(b->index, b->dir, b->cfg, &b->pr, &b->err);
+  atomic_store(&b->done, 1);
+  return NULL;
+}
+
+static void backup_join(backup_t *b) {
+  if (b->joined) return;
+  atomic_store(&b->pr.cancel, 1);
+  pthread_join(b->thread, NULL);
+  b->joined = 1;
+}
+
+/* mkv.backup(dir) -> handle | nil, msg: starts copying the index (a snapshot of it as it
+ * is now) into a new LevelDB at dir, on a thread of its own. */
+static int l_backup(lua_State *L) {
+  mkv_admin_t *a = mkv__admin_of(L);
+  const char *dir = luaL_checkstring(L, 1);
+  backup_t *b = lua_newuserdata(L, sizeof(*b));
+  memset(b, 0, sizeof(*b));
+  b->joined = 1; /* until the thread runs */
+  b->index = a->index;
+  b->cfg = a->cfg;
+  b->dir = mkv_strdup(dir);
+  luaL_getmetatable(L, BACKUP_MT);
+  lua_setmetatable(L, -2);
+  if (pthread_create(&b->thread, NULL, backup_main, b) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot start the backup thread: %s", strerror(errno));
+    return 2;
+  }
+  b->joined = 0;
+  return 1;
+}
+
+/* handle:poll() -> keys, bytes, done, err: how far the copy is; err once it failed. */
+static int l_backup_poll(lua_State *L) {
+  backup_t *b = luaL_checkudata(L, 1, BACKUP_MT);
+  int done = atomic_load(&b->done);
+  lua_pushnumber(L, (lua_Number)atomic_load(&b->pr.keys));
+  lua_pushnumber(L, (lua_Number)atomic_load(&b->pr.bytes));
+  lua_pushboolean(L, done);
+  if (done && b->err)
+    lua_pushstring(L, b->err);
+  else
+    lua_pushnil(L);
+  return 4;
+}
+
+/* The script ended (or was cancelled) before the copy did: stop it, then free. */
+static int l_backup_gc(lua_State *L) {
+  backup_t *b = luaL_checkudata(L, 1, BACKUP_MT);
+  backup_join(b);
+  free(b->dir);
+  free(b->err);
+  b->dir = b->err = NULL;
+  return 0;
+}
+
+static void backup_register(lua_State *L) {
+  luaL_newmetatable(L, BACKUP_MT);
+  lua_newtable(L);
+  lua_pushcfunction(L, l_backup_poll);
+  lua_setfield(L, -2, "poll");
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_backup_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+}
+
 static const luaL_Reg admin_funcs[] = {
     {"index_scan", l_index_scan}, {"index_get", l_index_get},
     {"index_put", l_index_put}, {"index_del", l_index_del},
@@ -402,7 +493,7 @@ static const luaL_Reg admin_funcs[] = {
     {"repair_note", l_repair_note}, {"repair_pass", l_repair_pass},
     {"repair_take", l_repair_take}, {"repair_done", l_repair_done},
     {"repair_retry", l_repair_retry}, {"repair_scan", l_repair_scan},
-    {"repair_scan_done", l_repair_scan_done}, {NULL, NULL},
+    {"repair_scan_done", l_repair_scan_done}, {"backup", l_backup}, {NULL, NULL},
 };
 
 /* ---- the script's state ---- */
@@ -441,6 +532,7 @@ int mkv__admin_build_state(mkv_admin_t *a, const char *script_path, char **err) 
   luaL_register(L, NULL, mkv__admin_task_funcs);
   luaL_register(L, NULL, mkv__admin_xfer_funcs);
   luaL_register(L, NULL, admin_funcs);
+  backup_register(L);
   if (mkv_config_push(L, a->cfg) != 0) {
     *err = mkv_sprintf("policy_config: %s", lua_tostring(L, -1));
     return -1;

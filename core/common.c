@@ -148,6 +148,8 @@ static const struct {
     {MKV_EKEYPATH, "EKEYPATH", "key's volume path has an empty component"},
     {MKV_ECORRUPT, "ECORRUPT", "corrupt data"},
     {MKV_EPROTO, "EPROTO", "volume broke the HTTP protocol"},
+    {MKV_ENOTPRIMARY, "ENOTPRIMARY", "this index node is not the primary (or not sure of its lease)"},
+    {MKV_ENOSYNC, "ENOSYNC", "no standby index confirmed the write (ha.sync is strict)"},
 };
 
 const char *mkv_strerror(int err) {

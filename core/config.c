@@ -231,6 +231,31 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->auth.redirect_ttl_s = (long long)(get_num(L, l, "redirect_ttl") / 1000);
   lua_pop(L, 1);
 
+  lua_getfield(L, t, "ha");
+  l = lua_gettop(L);
+  cfg->ha.enabled = get_bool(L, l, "enabled");
+  if (cfg->ha.enabled) {
+    lua_getfield(L, l, "etcd");
+    cfg->ha.netcd = (int)lua_objlen(L, -1);
+    cfg->ha.etcd = mkv_calloc((size_t)cfg->ha.netcd + 1, sizeof(char *));
+    for (int i = 0; i < cfg->ha.netcd; i++) {
+      lua_rawgeti(L, -1, i + 1);
+      cfg->ha.etcd[i] = mkv_strdup(lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    cfg->ha.cluster = get_str(L, l, "cluster");
+    cfg->ha.name = get_str(L, l, "name");
+    cfg->ha.advertise = get_str(L, l, "advertise");
+    cfg->ha.replication = get_str(L, l, "replication");
+    cfg->ha.secret = get_str(L, l, "secret");
+    cfg->ha.ttl_ms = get_num(L, l, "ttl");
+    cfg->ha.sync_timeout_ms = get_num(L, l, "sync_timeout");
+    cfg->ha.strict = get_bool(L, l, "strict");
+    cfg->ha.log_bytes = (size_t)get_num(L, l, "log_size_mb") << 20;
+  }
+  lua_pop(L, 1);
+
   lua_getfield(L, t, "leveldb");
   l = lua_gettop(L);
   cfg->leveldb.cache_mb = (size_t)get_num(L, l, "cache_mb");
@@ -333,10 +358,60 @@ void mkv_config_free(mkv_config_t *cfg) {
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
   free(cfg->policy_config);
+  mkv_ha_config_free(&cfg->ha);
   free(cfg->auth.volume_header);
   if (cfg->auth.redirect_secret) {
     OPENSSL_cleanse(cfg->auth.redirect_secret, strlen(cfg->auth.redirect_secret));
     free(cfg->auth.redirect_secret);
   }
   OPENSSL_cleanse(cfg, sizeof(*cfg));
+}
+
+/* ---- the ha part ---- */
+
+static char *dup_or_null(const char *s) {
+  return s ? mkv_strdup(s) : NULL;
+}
+
+void mkv_ha_config_copy(mkv_ha_config_t *dst, const mkv_ha_config_t *src) {
+  *dst = *src;
+  dst->etcd = mkv_calloc((size_t)src->netcd + 1, sizeof(char *));
+  for (int i = 0; i < src->netcd; i++) dst->etcd[i] = mkv_strdup(src->etcd[i]);
+  dst->cluster = dup_or_null(src->cluster);
+  dst->name = dup_or_null(src->name);
+  dst->advertise = dup_or_null(src->advertise);
+  dst->replication = dup_or_null(src->replication);
+  dst->secret = dup_or_null(src->secret);
+}
+
+void mkv_ha_config_free(mkv_ha_config_t *c) {
+  if (c->etcd)
+    for (int i = 0; i < c->netcd; i++) free(c->etcd[i]);
+  free(c->etcd);
+  free(c->cluster);
+  free(c->name);
+  free(c->advertise);
+  free(c->replication);
+  if (c->secret) {
+    OPENSSL_cleanse(c->secret, strlen(c->secret));
+    free(c->secret);
+  }
+  memset(c, 0, sizeof(*c));
+}
+
+static int str_differs(const char *a, const char *b) {
+  return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+int mkv_ha_config_differs(const mkv_ha_config_t *a, const mkv_ha_config_t *b) {
+  if (a->enabled != b->enabled) return 1;
+  if (!a->enabled) return 0;
+  if (a->netcd != b->netcd) return 1;
+  for (int i = 0; i < a->netcd; i++)
+    if (strcmp(a->etcd[i], b->etcd[i]) != 0) return 1;
+  return str_differs(a->cluster, b->cluster) || str_differs(a->name, b->name) ||
+         str_differs(a->advertise, b->advertise) || str_differs(a->replication, b->replication) ||
+         str_differs(a->secret, b->secret) || a->ttl_ms != b->ttl_ms ||
+         a->sync_timeout_ms != b->sync_timeout_ms || a->strict != b->strict ||
+         a->log_bytes != b->log_bytes;
 }

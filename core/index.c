@@ -38,6 +38,9 @@ struct mkv_index_s {
   _Atomic int failed;
   char failure[512];
 
+  mkv_index_hook_t hook; /* replication; hook.committed NULL when there is none */
+  mkv_buf_t ops;         /* the batch's operations, for the hook */
+
   _Atomic unsigned long long batches, writes, syncs, failed_writes;
   _Atomic unsigned long long sync_ns; /* time spent in synced batch writes */
 };
@@ -109,6 +112,7 @@ int mkv_index_open(mkv_index_t **out, const char *dir, const mkv_config_t *cfg, 
   idx->dir = mkv_strdup(dir);
   pthread_mutex_init(&idx->mu, NULL);
   pthread_cond_init(&idx->cond, NULL);
+  mkv_buf_init(&idx->ops);
   char *lerr = NULL;
 
   if (mkdir_p(dir) != 0) {
@@ -224,6 +228,7 @@ void mkv_index_close(mkv_index_t *idx) {
   if (idx->lock_fd >= 0) close(idx->lock_fd); /* releases the flock */
   pthread_mutex_destroy(&idx->mu);
   pthread_cond_destroy(&idx->cond);
+  mkv_buf_free(&idx->ops);
   free(idx->dir);
   free(idx);
 }
@@ -307,6 +312,97 @@ void mkv_index_iter_free(mkv_index_iter_t *it) {
   free(it);
 }
 
+/* ---- backup ---- */
+
+/* Is dir absent, or an empty directory? */
+static int absent_or_empty(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d == NULL) return errno == ENOENT;
+  struct dirent *e;
+  int empty = 1;
+  while (empty && (e = readdir(d)) != NULL)
+    empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+  closedir(d);
+  return empty;
+}
+
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+int mkv_index_backup(mkv_index_t *idx, const char *dir, const mkv_config_t *cfg,
+                     mkv_index_backup_progress_t *pr, char **err) {
+  if (!absent_or_empty(dir)) {
+    *err = mkv_sprintf("%s exists and is not empty: a backup goes to a new directory", dir);
+    return -1;
+  }
+  char *tmp = mkv_sprintf("%s.partial", dir);
+  if (!absent_or_empty(tmp)) {
+    *err = mkv_sprintf("%s exists (a backup that did not finish?): remove it first", tmp);
+    free(tmp);
+    return -1;
+  }
+  mkv_index_t *out = NULL;
+  if (mkv_index_open(&out, tmp, cfg, err) != 0) {
+    free(tmp);
+    return -1;
+  }
+  /* The iterator reads one snapshot: the index as it was at this instant, whatever is
+   * written while the copy runs. */
+  leveldb_iterator_t *it = leveldb_create_iterator(idx->db, idx->scan_ropts);
+  leveldb_writebatch_t *wb = leveldb_writebatch_create();
+  size_t pending = 0;
+  char *lerr = NULL;
+  for (leveldb_iter_seek_to_first(it); leveldb_iter_valid(it) && lerr == NULL;
+       leveldb_iter_next(it)) {
+    if (atomic_load(&pr->cancel)) {
+      lerr = mkv_strdup("cancelled");
+      break;
+    }
+    size_t kl, vl;
+    const char *k = leveldb_iter_key(it, &kl);
+    const char *v = leveldb_iter_value(it, &vl);
+    leveldb_writebatch_put(wb, k, kl, v, vl);
+    pending += kl + vl;
+    atomic_fetch_add(&pr->keys, 1);
+    atomic_fetch_add(&pr->bytes, kl + vl);
+    if (pending >= (4u << 20)) {
+      leveldb_write(out->db, out->wopts_nosync, wb, &lerr);
+      leveldb_writebatch_clear(wb);
+      pending = 0;
+    }
+  }
+  if (lerr == NULL) leveldb_iter_get_error(it, &lerr);
+  if (lerr == NULL) leveldb_write(out->db, out->wopts_sync, wb, &lerr);
+  leveldb_writebatch_destroy(wb);
+  leveldb_iter_destroy(it);
+  /* Close flushes the memtable into a table: nothing is left in a journal that the Go
+   * original's goleveldb would drop (library-facts §4.1). */
+  mkv_index_close(out);
+  int rc = 0;
+  if (lerr != NULL) {
+    *err = mkv_sprintf("backup to %s stopped: %s (the partial copy %s is not a backup: remove it)",
+                       dir, lerr, tmp);
+    rc = -1;
+  } else if (fsync_dir(tmp) != 0 || rename(tmp, dir) != 0) {
+    *err = mkv_sprintf("cannot move %s to %s: %s", tmp, dir, strerror(errno));
+    rc = -1;
+  } else {
+    char *parent = mkv_strdup(dir);
+    char *slash = strrchr(parent, '/');
+    if (slash) *slash = '\0';
+    fsync_dir(slash && slash != parent ? parent : slash ? "/" : ".");
+    free(parent);
+  }
+  free(lerr); /* mkv_strdup or LevelDB (leveldb_free is free): either way malloc'd */
+  free(tmp);
+  return rc;
+}
+
 /* ---- the writer thread ---- */
 
 static void port_post(mkv_index_port_t *port, mkv_index_write_t *w) {
@@ -340,15 +436,21 @@ static void *writer_main(void *arg) {
     int status = 0, sync = 0;
     unsigned long long n = 0;
     leveldb_writebatch_clear(wb);
+    mkv_buf_reset(&idx->ops);
     for (mkv_index_write_t *w = batch; w; w = w->next, n++) {
       if (w->is_delete)
         leveldb_writebatch_delete(wb, w->key.data, w->key.len);
       else
         leveldb_writebatch_put(wb, w->key.data, w->key.len, w->val.data, w->val.len);
+      if (idx->hook.committed)
+        mkv_index_ops_add(&idx->ops, w->key.data, w->key.len, w->is_delete ? NULL : w->val.data,
+                          w->val.len);
       sync |= w->sync;
     }
     if (atomic_load(&idx->failed)) {
       status = MKV_EINDEX;
+    } else if (idx->hook.admit && (status = idx->hook.admit(idx->hook.arg)) != 0) {
+      /* this node may not write now (a standby, or a primary without its lease) */
     } else {
       char *err = NULL;
       uint64_t t0 = mkv_now_ns();
@@ -370,16 +472,101 @@ static void *writer_main(void *arg) {
     if (sync && status == 0) idx->syncs++;
     if (status) idx->failed_writes += n;
 
-    for (mkv_index_write_t *w = batch, *next; w; w = next) {
-      next = w->next;
-      w->status = status;
-      port_post(w->port, w);
-    }
+    /* Replicated: the hook completes the writes once the standby has the batch. */
+    if (status != 0 || idx->hook.committed == NULL ||
+        !idx->hook.committed(idx->hook.arg, &idx->ops, batch))
+      mkv_index_complete(batch, status);
     pthread_mutex_lock(&idx->mu);
   }
   pthread_mutex_unlock(&idx->mu);
   leveldb_writebatch_destroy(wb);
   return NULL;
+}
+
+void mkv_index_complete(mkv_index_write_t *writes, int status) {
+  for (mkv_index_write_t *w = writes, *next; w; w = next) {
+    next = w->next;
+    w->status = status;
+    port_post(w->port, w);
+  }
+}
+
+void mkv_index_set_hook(mkv_index_t *idx, const mkv_index_hook_t *hook) {
+  if (hook)
+    idx->hook = *hook;
+  else
+    memset(&idx->hook, 0, sizeof(idx->hook));
+}
+
+static void put_u32(mkv_buf_t *b, size_t v) {
+  unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
+                        (unsigned char)v};
+  mkv_buf_add(b, x, 4);
+}
+
+static int get_u32(const char *p, size_t len, size_t *off, size_t *v) {
+  if (len - *off < 4) return -1;
+  const unsigned char *x = (const unsigned char *)p + *off;
+  *v = ((size_t)x[0] << 24) | ((size_t)x[1] << 16) | ((size_t)x[2] << 8) | x[3];
+  *off += 4;
+  return 0;
+}
+
+void mkv_index_ops_add(mkv_buf_t *ops, const char *key, size_t klen, const char *val,
+                       size_t vlen) {
+  mkv_buf_addc(ops, val ? 1 : 2);
+  put_u32(ops, klen);
+  mkv_buf_add(ops, key, klen);
+  if (val) {
+    put_u32(ops, vlen);
+    mkv_buf_add(ops, val, vlen);
+  }
+}
+
+int mkv_index_ops_next(const char *ops, size_t len, size_t *off, const char **key, size_t *klen,
+                       const char **val, size_t *vlen) {
+  if (*off == len) return 0;
+  if (*off > len) return -1;
+  unsigned char kind = (unsigned char)ops[(*off)++];
+  if ((kind != 1 && kind != 2) || get_u32(ops, len, off, klen) != 0 || len - *off < *klen)
+    return -1;
+  *key = ops + *off;
+  *off += *klen;
+  *val = NULL;
+  *vlen = 0;
+  if (kind == 1) {
+    if (get_u32(ops, len, off, vlen) != 0 || len - *off < *vlen) return -1;
+    *val = ops + *off;
+    *off += *vlen;
+  }
+  return 1;
+}
+
+int mkv_index_apply(mkv_index_t *idx, const char *ops, size_t len, int sync, char **err) {
+  leveldb_writebatch_t *wb = leveldb_writebatch_create();
+  size_t off = 0, klen, vlen;
+  const char *key, *val;
+  int rc;
+  while ((rc = mkv_index_ops_next(ops, len, &off, &key, &klen, &val, &vlen)) == 1) {
+    if (val)
+      leveldb_writebatch_put(wb, key, klen, val, vlen);
+    else
+      leveldb_writebatch_delete(wb, key, klen);
+  }
+  if (rc < 0) {
+    leveldb_writebatch_destroy(wb);
+    *err = mkv_strdup("a malformed batch");
+    return -1;
+  }
+  char *lerr = NULL;
+  leveldb_write(idx->db, sync ? idx->wopts_sync : idx->wopts_nosync, wb, &lerr);
+  leveldb_writebatch_destroy(wb);
+  if (lerr) {
+    *err = mkv_sprintf("index write failed: %s", lerr);
+    leveldb_free(lerr);
+    return -1;
+  }
+  return 0;
 }
 
 static void port_async_cb(uv_async_t *h) {

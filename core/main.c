@@ -41,6 +41,7 @@ static const char usage_text[] =
     "  rebalance [--dry-run]      move data to where placement wants it\n"
     "  verify [--deep] [--repair] check every live key's copies; find orphan files\n"
     "  gc [--dry-run]             remove unlinked keys' files and orphan files\n"
+    "  backup DIR                 copy the index (a consistent snapshot) to a new DIR\n"
     "  run FILE.lua [options]     run an admin script of your own\n"
     "  (admin commands also take --concurrency N and --bandwidth RATE, e.g. 100MB/s)\n"
     "\n"
@@ -292,6 +293,7 @@ static const char *restart_only_change(const mkv_config_t *a, const mkv_config_t
       a->leveldb.bloom_bits != b->leveldb.bloom_bits)
     return "leveldb";
   if (a->limits.suspect_time_ms != b->limits.suspect_time_ms) return "limits.suspect_time";
+  if (mkv_ha_config_differs(&a->ha, &b->ha)) return "ha";
   return NULL;
 }
 
@@ -581,6 +583,7 @@ int main(int argc, char **argv) {
   }
   int is_admin = strcmp(command, "rebuild") == 0 || strcmp(command, "rebalance") == 0 ||
                  strcmp(command, "verify") == 0 || strcmp(command, "gc") == 0 ||
+                 strcmp(command, "backup") == 0 ||
                  strcmp(command, "run") == 0;
   int known = is_admin || strcmp(command, "server") == 0 || strcmp(command, "index-flush") == 0;
   if (!known) {
@@ -597,6 +600,18 @@ int main(int argc, char **argv) {
     script = a.rest[0];
     a.rest++;
     a.nrest--;
+  }
+  static char backup_dir[8192];
+  if (strcmp(command, "backup") == 0 && a.nrest == 1 && a.rest[0][0] != '-' &&
+      a.rest[0][0] != '/') {
+    /* The copy may be written by the server, whose working directory is not ours. */
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) == NULL) {
+      fprintf(stderr, "mkv: backup: cannot tell the current directory: %s\n", strerror(errno));
+      return 2;
+    }
+    snprintf(backup_dir, sizeof(backup_dir), "%s/%s", cwd, a.rest[0]);
+    a.rest[0] = backup_dir;
   }
   if (!is_admin && a.nrest > 0) {
     fprintf(stderr, "mkv: %s takes no arguments (flags go before the command)\n", command);

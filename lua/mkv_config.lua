@@ -235,6 +235,73 @@ function M.check_auth(w, v, sub_where)
   return out
 end
 
+-- The standby index (README "High availability"): absent = one index node, as ever.
+M.ha_keys = { etcd = true, cluster = true, name = true, advertise = true, replication = true,
+              secret = true, secret_file = true, ttl = true, sync = true, sync_timeout = true,
+              log_size_mb = true }
+
+local function ident(where, v)
+  str(where, v)
+  if not v:match("^[%w_%.%-]+$") or #v > 64 then
+    fail(where, "%s: expected 1 to 64 letters, digits, '_', '.' or '-'", quote(v))
+  end
+  return v
+end
+
+function M.check_ha(w, v)
+  if v == nil then return { enabled = false } end
+  if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
+  for k in pairs(v) do
+    if type(k) ~= "string" or not M.ha_keys[k] then fail(w, "unknown field %s", describe(k)) end
+  end
+  local function where(k) return w .. "." .. k end
+  local out = { enabled = true }
+  if type(v.etcd) ~= "table" or #v.etcd == 0 then
+    fail(where("etcd"), "expected a list of etcd endpoints such as { \"http://10.0.0.1:2379\" }, got %s",
+      describe(v.etcd))
+  end
+  out.etcd = {}
+  for i, e in ipairs(v.etcd) do
+    local ew = where("etcd") .. "[" .. i .. "]"
+    str(ew, e)
+    local host, port = e:match("^http://([^/:%s]+):(%d+)/?$")
+    if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
+      fail(ew, "%s is not http://host:port (etcd's client URL; https is not supported)", quote(e))
+    end
+    out.etcd[i] = e
+  end
+  if v.cluster == nil then fail(where("cluster"), "is required: the name shared by the index nodes of one cluster") end
+  out.cluster = ident(where("cluster"), v.cluster)
+  if v.name == nil then fail(where("name"), "is required: this index node's own name, unique in the cluster") end
+  out.name = ident(where("name"), v.name)
+  for _, k in ipairs({ "advertise", "replication" }) do
+    if v[k] == nil then
+      fail(where(k), "is required: %s", k == "advertise"
+        and "host:port where the other index nodes reach this one's API (forwarded writes)"
+        or "host:port this node listens on for the replication stream")
+    end
+    local ok, err = M.check_hostport(v[k])
+    if not ok then fail(where(k), "%s", err) end
+    out[k] = v[k]
+  end
+  local sec = secrets(v, "secret", "secret_file", where, 1)
+  if #sec == 0 then
+    fail(where("secret"), "is required (or secret_file): the index nodes of a cluster share it")
+  end
+  out.secret = sec[1]
+  out.ttl = dur(where("ttl"), v.ttl == nil and "5s" or v.ttl, 2000)
+  if out.ttl > 60000 then fail(where("ttl"), "is over a minute: writes would stop that long after a failure") end
+  local sync = v.sync == nil and "on" or v.sync
+  if sync ~= "on" and sync ~= "strict" then
+    fail(where("sync"), "expected \"on\" (go on alone when the standby fails) or \"strict\" "
+      .. "(refuse writes until one is back), got %s", describe(sync))
+  end
+  out.strict = sync == "strict"
+  out.sync_timeout = dur(where("sync_timeout"), v.sync_timeout == nil and "2s" or v.sync_timeout, 100)
+  out.log_size_mb = v.log_size_mb == nil and 256 or int(where("log_size_mb"), v.log_size_mb, 1, 65536)
+  return out
+end
+
 -- Top-level fields: default and checker. `where` is "field 'x'" or "flag -x".
 M.fields = {
   listen = { "*", function(w, v) return str(w, v) end },
@@ -371,6 +438,7 @@ M.fields = {
   leveldb = { {}, function(w, v) return subtable(w, v, M.leveldb_fields) end },
   -- Write protection (opt-in): see M.check_auth above and README "Write protection".
   auth = { nil, function(w, v, sub_where) return M.check_auth(w, v, sub_where) end },
+  ha = { nil, function(w, v) return M.check_ha(w, v) end },
 }
 
 -- Plain data (tables, strings, numbers, booleans) as Lua source, so the C core can hand

@@ -218,6 +218,34 @@ function H.start_nginx(name, opts)
   return p
 end
 
+-- spec/go/goleveldb_tool.go, built into dir: it opens an index exactly as the Go
+-- minikeyvalue does (goleveldb). -> the tool's path.
+function H.go_tool(dir)
+  local out, code = H.sh("command -v go")
+  assert(code == 0, "the Go toolchain is missing: deploy/setup installs golang-go")
+  local tool = dir .. "/goleveldb_tool"
+  out, code = H.sh("cd " .. H.shq(H.root) .. " && GO111MODULE=off GOPATH=/usr/share/gocode " ..
+    "GOCACHE=" .. H.shq(dir .. "/gocache") .. " go build -o " .. H.shq(tool) ..
+    " spec/go/goleveldb_tool.go")
+  assert(code == 0, "go build: " .. out)
+  return tool
+end
+
+-- Every record goleveldb sees in the index at db: { [key] = value }, count.
+function H.go_dump(tool, db)
+  local out, code = H.sh(H.shq(tool) .. " dump " .. H.shq(db))
+  assert(code == 0, "goleveldb_tool dump: " .. out)
+  local function unhex(h)
+    return (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end))
+  end
+  local recs, n = {}, 0
+  for k, v in out:gmatch("(%x*) (%x*)\n") do
+    recs[unhex(k)] = unhex(v)
+    n = n + 1
+  end
+  return recs, n
+end
+
 -- The mkv server: opts.flags (list of argv words before the command), opts.config (a
 -- Lua source string written to a file), opts.args (extra words after "server").
 function H.start_mkv(opts)

@@ -73,6 +73,9 @@ uint64_t mkv_now_ns(void);
 #define MKV_EKEYPATH (-10005)  /* the key's file path has an empty component */
 #define MKV_ECORRUPT (-10006)  /* a record or an index file is corrupt */
 #define MKV_EPROTO (-10007)    /* a volume broke HTTP */
+#define MKV_ENOTPRIMARY (-10008) /* HA: this node may not write (a standby, or a primary
+                                    whose lease in etcd is not certain) */
+#define MKV_ENOSYNC (-10009)   /* HA: no standby confirmed the write (ha.sync = "strict") */
 
 /* A short text for any code: mkv's own or libuv's. */
 const char *mkv_strerror(int err);

@@ -38,6 +38,17 @@ enum { MKV_READ_CHECK_HEAD, MKV_READ_CHECK_NONE };
 /* A volume's mode, set by the operator (volume_state; health.h says what each means). */
 typedef enum { MKV_VOL_RW, MKV_VOL_READ_ONLY, MKV_VOL_DRAIN } mkv_vol_mode_t;
 
+/* The standby index (ha.h); enabled 0 without `ha` in the config. */
+typedef struct mkv_ha_config_s {
+  int enabled;
+  char **etcd; /* "http://host:port" */
+  int netcd;
+  char *cluster, *name, *advertise, *replication, *secret;
+  double ttl_ms, sync_timeout_ms;
+  int strict;       /* ha.sync = "strict" */
+  size_t log_bytes; /* ha.log_size_mb */
+} mkv_ha_config_t;
+
 typedef struct mkv_config_s {
   char *source;     /* the config file's path, or NULL when only flags were given */
   char *config_dir; /* its directory ("." without a file) */
@@ -88,7 +99,14 @@ typedef struct mkv_config_s {
   double repair_interval_ms; /* 0: no background repair */
   double repair_bandwidth;   /* bytes per second */
   int repair_concurrency;
+  mkv_ha_config_t ha;
 } mkv_config_t;
+
+/* Deep copies and frees of the ha part (the HA threads keep their own). */
+void mkv_ha_config_copy(mkv_ha_config_t *dst, const mkv_ha_config_t *src);
+void mkv_ha_config_free(mkv_ha_config_t *c);
+/* Do two differ (a reload cannot change ha)? */
+int mkv_ha_config_differs(const mkv_ha_config_t *a, const mkv_ha_config_t *b);
 
 extern const char *const mkv_policy_kind_names[MKV_POLICY_KINDS];
 

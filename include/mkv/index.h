@@ -21,6 +21,7 @@
 #ifndef MKV_INDEX_H
 #define MKV_INDEX_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <uv.h>
@@ -74,6 +75,20 @@ void mkv_index_iter_next(mkv_index_iter_t *it);
 int mkv_index_iter_error(mkv_index_iter_t *it, char **err);
 void mkv_index_iter_free(mkv_index_iter_t *it);
 
+/* ---- backup ---- */
+
+typedef struct mkv_index_backup_progress_s {
+  _Atomic unsigned long long keys, bytes; /* copied so far (any thread may read them) */
+  _Atomic int cancel;                     /* set to stop the copy */
+} mkv_index_backup_progress_t;
+
+/* Copies the index as it is at the call (one LevelDB snapshot) into a new LevelDB at
+ * dir -- absent or empty -- written first as <dir>.partial and renamed when complete
+ * and flushed (no journal left: the Go original serves it as it is). Blocks; runs on
+ * any thread but a loop. 0, or -1 with *err (owned). */
+int mkv_index_backup(mkv_index_t *idx, const char *dir, const mkv_config_t *cfg,
+                     mkv_index_backup_progress_t *pr, char **err);
+
 /* ---- writes through the writer thread ---- */
 
 typedef void (*mkv_index_write_cb)(mkv_index_write_t *w, int status);
@@ -108,6 +123,40 @@ int mkv_index_put(mkv_index_port_t *port, mkv_index_write_t *w, const char *key,
                   const char *val, size_t vlen, int sync, mkv_index_write_cb cb);
 int mkv_index_del(mkv_index_port_t *port, mkv_index_write_t *w, const char *key, size_t klen,
                   int sync, mkv_index_write_cb cb);
+
+/* ---- replication (ha.h) ----
+ *
+ * A batch travels as its operations, each: u8 kind (1 put, 2 delete), u32 key length,
+ * key, then for a put u32 value length and value (lengths big-endian). */
+
+typedef struct mkv_index_hook_s {
+  /* Before a batch is committed (writer thread): 0 to commit it, else the status every
+   * write of it fails with (this node may not write now). */
+  int (*admit)(void *arg);
+  /* After a batch is committed (writer thread): ops holds its operations (the hook may
+   * take the buffer's memory: it is reset after). Returns 1 when it takes the writes
+   * (the list through ->next) and completes them later with mkv_index_complete, 0 when
+   * they complete now with status 0. */
+  int (*committed)(void *arg, mkv_buf_t *ops, mkv_index_write_t *writes);
+  void *arg;
+} mkv_index_hook_t;
+
+/* Sets (or with NULL clears) the hook, before any write is queued. */
+void mkv_index_set_hook(mkv_index_t *idx, const mkv_index_hook_t *hook);
+/* Completes a list of writes (through ->next) with status, on their ports' loops. */
+void mkv_index_complete(mkv_index_write_t *writes, int status);
+
+/* Appends one operation (val NULL: a delete) to an encoded batch. */
+void mkv_index_ops_add(mkv_buf_t *ops, const char *key, size_t klen, const char *val,
+                       size_t vlen);
+/* Walks an encoded batch: 1 with the next operation (val NULL for a delete; borrowed),
+ * 0 at its end, -1 when it is malformed. *off starts at 0. */
+int mkv_index_ops_next(const char *ops, size_t len, size_t *off, const char **key, size_t *klen,
+                       const char **val, size_t *vlen);
+/* Writes an encoded batch (a standby's copy of the primary's; synced if asked) on the
+ * calling thread (not a loop). 0, or -1 with *err (owned) -- malformed, or LevelDB
+ * failed. */
+int mkv_index_apply(mkv_index_t *idx, const char *ops, size_t len, int sync, char **err);
 
 /* Synchronous write on the calling thread, for offline commands (index-flush, admin
  * scripts without a server). Never on a loop thread. */

@@ -37,10 +37,7 @@ describe("mkv rebuild over the Go original's volumes", function()
     local code, out = H.run_mkv(args, 120)
     assert.equal(0, code, out)
     -- Read back what goleveldb sees: the Go original could open this index as it is.
-    local dump, dcode = H.sh(H.shq(tool) .. " dump " .. H.shq(dir .. "/rebuilt"))
-    assert.equal(0, dcode, dump)
-    local recs = {}
-    for k, v in dump:gmatch("(%x*) (%x*)\n") do recs[unhex(k)] = unhex(v) end
+    local recs = H.go_dump(tool, dir .. "/rebuilt")
     local live, nested = 0, 0
     for _, k in ipairs(manifest.keys) do
       local key = unhex(k.key_hex)

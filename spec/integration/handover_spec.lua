@@ -34,14 +34,7 @@ describe("handing the index back to the Go original", function()
   local dir, tool, url, m, flags
 
   local function go_dump()
-    local out, code = H.sh(H.shq(tool) .. " dump " .. H.shq(dir .. "/index"))
-    assert(code == 0, "goleveldb_tool dump: " .. out)
-    local recs, n = {}, 0
-    for k, v in out:gmatch("(%x*) (%x*)\n") do
-      recs[unhex(k)] = unhex(v)
-      n = n + 1
-    end
-    return recs, n
+    return H.go_dump(tool, dir .. "/index")
   end
 
   local function start()
@@ -51,14 +44,8 @@ describe("handing the index back to the Go original", function()
 
   setup(function()
     dir = H.tmpdir("handover")
-    local out, code = H.sh("command -v go")
-    assert(code == 0, "the Go toolchain is missing: deploy/setup installs golang-go")
-    tool = dir .. "/goleveldb_tool"
-    out, code = H.sh("cd " .. H.shq(H.root) .. " && GO111MODULE=off GOPATH=/usr/share/gocode " ..
-      "GOCACHE=" .. H.shq(dir .. "/gocache") .. " go build -o " .. H.shq(tool) ..
-      " spec/go/goleveldb_tool.go")
-    assert(code == 0, "go build: " .. out)
-    out, code = H.sh("tar xzf " .. H.shq(fixture .. "/data.tar.gz") .. " -C " .. H.shq(dir) ..
+    tool = H.go_tool(dir)
+    local out, code = H.sh("tar xzf " .. H.shq(fixture .. "/data.tar.gz") .. " -C " .. H.shq(dir) ..
       " && chmod -R a+rwX " .. H.shq(dir))
     assert(code == 0, out)
     for _, v in ipairs(manifest.volumes) do

@@ -257,9 +257,11 @@ describe("PUT with a volume down or hung, 4 volumes for 3 replicas: handoff", fu
       assert.is_true(H.T.kill(c.mkv.pid, 1))
     end
     local key = "/lost/1"
+    for _, v in ipairs(c.volumes) do eventually_state(c, v.addr, "up") end -- after the hung one
     assert.equal(201, (H.http("PUT", c.url .. key, { body = "lost copy" })))
-    local vols = record_volumes(c, key)
+    local vols, balance = record_volumes(c, key)
     assert.equal(3, #vols)
+    assert.equal("balanced", balance)
     local x = c.volumes[indexes_of(c, { vols[1] })[1]]
     -- the first copy goes behind mkv's back, and its volume turns read-only
     assert.is_true(os.remove(A.key_file(x.root, key)))
