@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -132,18 +133,8 @@ static int run_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_op
 
 /* ---- online: the job runs in the server ---- */
 
-/* Connects to the admin listener named in <db>/mkv.admin: a connected fd, or -1 when
- * there is no such file or nothing answers there (a stale file after a crash). */
-static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
-  char *path = mkv_admin_addr_file(cfg->db);
-  FILE *f = fopen(path, "r");
-  free(path);
-  if (f == NULL) return -1;
-  char line[300] = "";
-  if (fgets(line, sizeof(line), f) == NULL) line[0] = '\0';
-  fclose(f);
-  line[strcspn(line, "\r\n")] = '\0';
-  snprintf(addr, addrlen, "%s", line);
+/* Connects to an admin listener at "host:port": a connected fd, or -1. */
+static int connect_addr(const char *line) {
   char host[256];
   const char *colon = strrchr(line, ':');
   if (colon == NULL || colon == line || (size_t)(colon - line) >= sizeof(host)) return -1;
@@ -167,6 +158,21 @@ static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
   return fd;
 }
 
+/* Connects to the admin listener named in <db>/mkv.admin: a connected fd, or -1 when
+ * there is no such file or nothing answers there (a stale file after a crash). */
+static int connect_admin(const mkv_config_t *cfg, char *addr, size_t addrlen) {
+  char *path = mkv_admin_addr_file(cfg->db);
+  FILE *f = fopen(path, "r");
+  free(path);
+  if (f == NULL) return -1;
+  char line[300] = "";
+  if (fgets(line, sizeof(line), f) == NULL) line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  snprintf(addr, addrlen, "%s", line);
+  return connect_addr(line);
+}
+
 static int send_all(int fd, const char *p, size_t n) {
   size_t off = 0;
   while (off < n) {
@@ -179,8 +185,9 @@ static int send_all(int fd, const char *p, size_t n) {
 }
 
 /* Reads the answer: an HTTP/1.0 status line and headers, then the job's lines until the
- * server closes. Returns the exit code. */
-static int read_answer(int fd, admin_out_t *out) {
+ * server closes. Returns the exit code; -421 when the server is a standby index node that
+ * names the primary's admin listener (into primary). */
+static int read_answer(int fd, admin_out_t *out, char *primary, size_t plen) {
   mkv_buf_t in;
   mkv_buf_init(&in);
   int status = 0, in_body = 0, got_exit = 0;
@@ -199,7 +206,14 @@ static int read_answer(int fd, admin_out_t *out) {
       start = (size_t)(nl - in.data) + 1;
       if (!in_body) {
         if (status == 0 && sscanf(line, "HTTP/1.%*d %d", &status) != 1) status = -1;
+        if (len > 20 && strncasecmp(line, "X-Mkv-Primary-Admin:", 20) == 0) {
+          const char *v = line + 20;
+          while (*v == ' ') v++;
+          snprintf(primary, plen, "%.*s", (int)(len - (size_t)(v - line)), v);
+        }
         if (len == 0) in_body = 1;
+      } else if (status == 421 && primary[0]) { /* a standby: the primary runs it */
+        continue;
       } else if (status != 200) { /* why the job was refused */
         fprintf(stderr, "mkv: the server refused the job (%d): %.*s\n", status, (int)len, line);
       } else if (len >= 2 && line[0] == MKV_ADMIN_EXIT && line[1] == ' ') {
@@ -214,6 +228,7 @@ static int read_answer(int fd, admin_out_t *out) {
   }
   mkv_buf_free(&in);
   if (out->live_line) fputc('\n', stderr);
+  if (status == 421 && primary[0]) return -421;
   if (status != 200) return 2;
   if (!got_exit) {
     fprintf(stderr, "mkv: the server closed the connection before the job ended\n");
@@ -225,7 +240,7 @@ static int read_answer(int fd, admin_out_t *out) {
 /* Runs the job inside the server that holds the index; its options go as typed.
  * Closing the connection (Ctrl-C) cancels the job there. */
 static int run_online(int fd, const char *addr, const char *name, int argc,
-                      const char *const *argv, const char *source, size_t slen) {
+                      const char *const *argv, const char *source, size_t slen, int redirected) {
   mkv_buf_t q, req;
   mkv_buf_init(&q);
   mkv_buf_init(&req);
@@ -245,8 +260,21 @@ static int run_online(int fd, const char *addr, const char *name, int argc,
   }
   fprintf(stderr, "mkv: a server holds the index: running %s inside it (%s)\n", name, addr);
   admin_out_t out = {isatty(STDERR_FILENO), 0, 0, name, 2};
-  int code = read_answer(fd, &out);
+  char primary[256] = "";
+  int code = read_answer(fd, &out, primary, sizeof(primary));
   close(fd);
+  if (code == -421) {
+    /* A standby index node: the job goes to the primary's admin listener, once. */
+    int pfd = redirected ? -1 : connect_addr(primary);
+    if (pfd < 0) {
+      fprintf(stderr, "mkv: this index node is a standby; the primary's admin listener %s %s: "
+                      "run the command on the primary\n", primary,
+              redirected ? "is a standby too" : "cannot be reached from here");
+      return 2;
+    }
+    fprintf(stderr, "mkv: %s is a standby index node: the primary runs %s\n", addr, name);
+    return run_online(pfd, primary, name, argc, argv, source, slen, 1);
+  }
   return code;
 }
 
@@ -287,7 +315,7 @@ int mkv_admin_client_run(const mkv_config_t *cfg, const char *script, int argc, 
       }
       name = strrchr(script, '/') ? strrchr(script, '/') + 1 : script;
     }
-    int rc = run_online(fd, addr, name, argc, (const char *const *)argv, source, slen);
+    int rc = run_online(fd, addr, name, argc, (const char *const *)argv, source, slen, 0);
     free(source);
     return rc;
   }

@@ -24,6 +24,7 @@
 
 #include "mkv/admin.h"
 #include "mkv/admin_proto.h"
+#include "mkv/ha.h"
 #include "mkv/health.h"
 #include "mkv/index.h"
 #include "mkv/keylock.h"
@@ -122,6 +123,7 @@ static void on_repair_timer(uv_timer_t *t) {
   const mkv_config_t *cfg = w->cfg;
   (void)t;
   if (repair.job || repair.stopping || cfg->repair_interval_ms <= 0) return;
+  if (mkv_ha_role() == MKV_HA_STANDBY) return; /* the primary's work: it holds the writes */
   mkv_repair_stats_t st;
   mkv_repair_stats(&st);
   /* A scan (after a start or a reload) begins at once; passes over the noted keys come
@@ -224,8 +226,13 @@ static void health_respond(mkv_req_t *req) {
   const char *status = failure || d.writable < quorum ? "failing"
                        : d.down || d.full             ? "degraded"
                                                       : "ok";
-  mkv_buf_addf(&b, "},\"writable_volumes\":%d,\"write_quorum\":%d,\"status\":\"%s\"}\n",
+  mkv_buf_addf(&b, "},\"writable_volumes\":%d,\"write_quorum\":%d,\"status\":\"%s\"",
                d.writable, quorum, status);
+  if (mkv_ha_role() != MKV_HA_OFF) {
+    mkv_buf_adds(&b, ",\"ha\":");
+    mkv_ha_health_json(&b);
+  }
+  mkv_buf_adds(&b, "}\n");
   mkv_header_t hd[2] = {{"Content-Type", "application/json", 0}, {"Cache-Control", "no-store", 0}};
   mkv_req_respond(req, strcmp(status, "failing") == 0 ? 503 : 200, hd, 2, b.data, b.len);
   mkv_buf_free(&b);
@@ -246,6 +253,7 @@ static void metric_volume_state(const mkv_vol_info_t *vi, void *arg) {
 
 static void metrics_extra(mkv_buf_t *out, void *arg) {
   mkv_worker_t *w = arg;
+  mkv_ha_metrics(out);
   mkv_buf_adds(out, "# HELP mkv_keys_locked Keys locked right now (writes and admin work in flight).\n"
                     "# TYPE mkv_keys_locked gauge\n");
   mkv_buf_addf(out, "mkv_keys_locked %d\n", mkv_keylock_count());
@@ -358,6 +366,32 @@ static void on_flush(mkv_req_t *req) {
   (void)req;
 }
 
+/* A standby runs the jobs that only read (backup, verify without --repair); the others
+ * write the index under key locks that only the primary's writes respect: they go to
+ * the primary, whose admin address the answer names (421, X-Mkv-Primary-Admin) for the
+ * command to go on there when it can reach it. 1 when it may run here. */
+static int standby_may_run(mkv_req_t *req, job_t *j) {
+  mkv_admin_request_t r;
+  char *err = NULL;
+  int ok = 0;
+  if (mkv_admin_proto_parse(j->query.data ? j->query.data : "", j->query.len, &r, &err) == 0) {
+    ok = j->source.len == 0 &&
+         (strcmp(r.script, "backup") == 0 || strcmp(r.script, "verify") == 0);
+    for (int i = 0; ok && i < r.argc; i++)
+      if (strstr(r.argv[i], "repair")) ok = 0;
+    mkv_admin_request_free(&r);
+  }
+  free(err);
+  if (ok) return 1;
+  char admin[256], why[600];
+  int known = mkv_ha_primary_admin(admin, sizeof(admin)) == 0;
+  snprintf(why, sizeof(why), "this index node is a standby: run the command on the primary%s%s",
+           known ? ", whose admin listener is " : " (none is known right now)", known ? admin : "");
+  mkv_header_t h = {"X-Mkv-Primary-Admin", admin, 0};
+  mkv_req_respond(req, 421, known ? &h : NULL, known ? 1 : 0, why, strlen(why));
+  return 0;
+}
+
 static void on_complete(mkv_req_t *req) {
   job_t *j = job_of(req);
   if (!j->is_run || req->responded) return;
@@ -370,6 +404,7 @@ static void on_complete(mkv_req_t *req) {
     mkv_req_respond_text(req, 409, "an admin job is already running on this server");
     return;
   }
+  if (mkv_ha_role() == MKV_HA_STANDBY && !standby_may_run(req, j)) return;
   mkv_admin_request_t r;
   mkv_admin_opts_t o;
   memset(&o, 0, sizeof(o));

@@ -17,6 +17,8 @@
 #include "internal.h"
 #include "mkv/failpoint.h"
 #include "mkv/fanout.h"
+#include "mkv/forward.h"
+#include "mkv/ha.h"
 #include "mkv/hash.h"
 #include "mkv/health.h"
 #include "mkv/index.h"
@@ -59,6 +61,9 @@ typedef struct api_s {
   /* GET with a query: a listing */
   mkv__listing_t *listing;
 
+  /* A standby's request passed on to the primary (forward.h) */
+  mkv_forward_t *fwd;
+
   /* GET/HEAD probes */
   mkv_upreq_t probe;
   const char *probe_items[MAX_PROBES];
@@ -98,6 +103,7 @@ void mkv_api_free(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL) return;
   mkv__listing_free(a->listing);
+  mkv_forward_free(a->fwd);
   if (a->locked) { /* every path releases it first; this is the last line of defence */
     mkv_error("bug: key lock still held when its request was freed");
     mkv_keylock_release(req->key.data, req->key.len);
@@ -119,11 +125,29 @@ void mkv_api_free(mkv_req_t *req) {
   req->data = NULL;
 }
 
+/* What a client hears when an index write failed (all 503s). Whether the write took
+ * effect is not known to it: a record committed here may still be replicated, or live
+ * again after a restart. */
+static const char *index_error(int status) {
+  switch (status) {
+  case MKV_ENOTPRIMARY:
+    return "this index node is not (or no longer sure to be) the primary: the write is not "
+           "acknowledged; retry, and read the key to see whether it took effect";
+  case MKV_ENOSYNC:
+    return "no standby index confirmed the write (ha.sync is strict): retry once a standby "
+           "is in sync";
+  default:
+    return "index write failed; the index is read-only until mkv restarts";
+  }
+}
+
 /* Status for a failure talking to volumes or the index: 503 when retrying later may
  * work (a volume unreachable or too slow, the index read-only), 500 otherwise. */
 static int status_for(int err) {
   switch (err) {
   case MKV_EINDEX:
+  case MKV_ENOTPRIMARY:
+  case MKV_ENOSYNC:
   case UV_ECONNREFUSED:
   case UV_ETIMEDOUT:
   case UV_ECONNRESET:
@@ -331,13 +355,14 @@ static void put_complete(api_t *a) {
   if (!a->final_done || a->leftovers_pending) return;
   if (a->final_status != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "PUT " KEYFMT ": %s", KEYARG(req),
-                        mkv_index_failure(req->worker->index));
+                        a->final_status == MKV_EINDEX ? mkv_index_failure(req->worker->index)
+                                                      : mkv_strerror(a->final_status));
     /* Not put_fail: the live record may have reached LevelDB's log before its sync
-     * failed, and then it is live again after a restart. Its copies must stay (orphans
-     * at worst, for mkv gc); deleting them left a live key with no bytes. */
+     * failed, and then it is live again after a restart (or it was committed and goes on
+     * to the standby); its copies must stay (orphans at worst, for mkv gc): deleting
+     * them left a live key with no bytes. */
     unlock(a);
-    if (!a->client_gone)
-      respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
+    if (!a->client_gone) respond_text(req, 503, index_error(a->final_status));
     api_done(a);
     return;
   }
@@ -401,7 +426,7 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   a->fo_done = 1;
   a->fo_err = err;
   if (a->mark_err) {
-    put_fail(a, 503, "index write failed; the index is read-only until mkv restarts");
+    put_fail(a, 503, index_error(a->mark_err));
     return;
   }
   if (err == UV_ECANCELED && a->client_gone) {
@@ -686,7 +711,7 @@ static void on_record_removed(mkv_index_write_t *w, int status) {
   a->index_pending--;
   unlock(a); /* before the answer, as for a PUT's 201 */
   if (status != 0)
-    respond_text(a->req, 503, "index write failed; the index is read-only until mkv restarts");
+    respond_text(a->req, 503, index_error(status));
   else {
     MKV_FAILPOINT("delete/after_remove");
     respond_empty(a->req, 204);
@@ -716,7 +741,7 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
   a->index_pending--;
   if (status != 0) {
     unlock(a);
-    respond_text(req, 503, "index write failed; the index is read-only until mkv restarts");
+    respond_text(req, 503, index_error(status));
     api_done(a);
     return;
   }
@@ -1144,8 +1169,28 @@ static void get_start(mkv_req_t *req) {
 
 /* ---- entry points ---- */
 
+/* A standby passes writes to the primary, and reads too until it is in sync (ha.h). A
+ * request another node passed on is never passed on again. 1 when handled here. */
+static int ha_forward(mkv_req_t *req) {
+  int write = req->method == MKV_M_PUT || req->method == MKV_M_DELETE ||
+              req->method == MKV_M_UNLINK;
+  int read = req->method == MKV_M_GET || req->method == MKV_M_HEAD;
+  if (!write && !(read && !mkv_ha_reads_local())) return 0;
+  char to[256];
+  if (req->forwarded || mkv_ha_primary_api(to, sizeof(to)) != 0) {
+    respond_text(req, 503, req->forwarded
+                               ? "this index node is not the primary either (the primary is "
+                                 "changing): retry"
+                               : "this index node is a standby and knows no primary yet: retry");
+    return 1;
+  }
+  api_of(req)->fwd = mkv_forward_start(req, to, req->worker->cfg->ha.name);
+  return 1;
+}
+
 void mkv_api_headers(mkv_req_t *req) {
   if (req->worker->cfg->auth.nwrite && !mkv__auth_allow(req)) return;
+  if (mkv_ha_role() == MKV_HA_STANDBY && ha_forward(req)) return;
   switch (req->method) {
   case MKV_M_GET:
   case MKV_M_HEAD: get_start(req); break;
@@ -1163,11 +1208,13 @@ void mkv_api_headers(mkv_req_t *req) {
 
 void mkv_api_body(mkv_req_t *req, const char *at, size_t len) {
   api_t *a = req->data;
+  if (a && a->fwd && req->method == MKV_M_PUT) mkv_forward_body(a->fwd, at, len);
   if (a && a->fo && !a->fo_done) mkv_fanout_write(a->fo, at, len);
 }
 
 void mkv_api_body_flush(mkv_req_t *req) {
   api_t *a = req->data;
+  if (a && a->fwd) mkv_forward_flush(a->fwd);
   if (a && a->fo && !a->fo_done) mkv_fanout_flush(a->fo);
 }
 
@@ -1175,6 +1222,7 @@ void mkv_api_complete(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL) return;
   a->body_complete = 1;
+  if (a->fwd) mkv_forward_end(a->fwd);
   if (a->fo && !a->fo_done) mkv_fanout_end(a->fo);
 }
 
@@ -1182,6 +1230,7 @@ void mkv_api_abort(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL || a->client_gone) return;
   if (a->listing) mkv__listing_abort(a->listing);
+  if (a->fwd) mkv_forward_abort(a->fwd);
   a->client_gone = 1;
   /* A PUT whose body did not arrive whole is abandoned (and cleaned up); one that is
    * already being made live finishes -- the client just never hears the 201. */

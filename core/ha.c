@@ -19,6 +19,7 @@
 
 #include "mkv/etcd.h"
 #include "mkv/log.h"
+#include "mkv/record.h"
 #include "mkv/text.h"
 
 ha_t mkv__ha;
@@ -47,6 +48,15 @@ mkv_ha_role_t mkv_ha_role(void) {
 int mkv_ha_reads_local(void) {
   int r = atomic_load(&ha.role);
   return r != MKV_HA_STANDBY || atomic_load(&ha.reads_local);
+}
+
+int mkv_ha_primary_admin(char *buf, size_t n) {
+  if (atomic_load(&ha.role) == MKV_HA_OFF) return -1;
+  pthread_mutex_lock(&ha.mu);
+  int rc = ha.primary_admin[0] ? 0 : -1;
+  if (rc == 0) snprintf(buf, n, "%s", ha.primary_admin);
+  pthread_mutex_unlock(&ha.mu);
+  return rc;
 }
 
 int mkv_ha_primary_api(char *buf, size_t n) {
@@ -219,26 +229,34 @@ static char *key_of(const char *what) {
 
 /* Is name one of the comma-separated names of record? */
 static int names(const char *record, const char *name) {
-  size_t n = strlen(name);
-  for (const char *p = record; *p;) {
-    const char *comma = strchr(p, ',');
-    size_t len = comma ? (size_t)(comma - p) : strlen(p);
-    if (len == n && memcmp(p, name, n) == 0) return 1;
-    if (!comma) break;
-    p = comma + 1;
-  }
-  return 0;
+  return mkv_volumes_contains(record, strlen(record), name, strlen(name));
 }
 
-static void become_primary(int64_t epoch, uint64_t lease_valid_until) {
+void mkv__ha_wait(int ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += (long)ms * 1000000L;
+  ts.tv_sec += ts.tv_nsec / 1000000000L;
+  ts.tv_nsec %= 1000000000L;
+  pthread_cond_timedwait(&ha.cond, &ha.mu, &ts);
+}
+
+/* record_mine: the campaign's transaction wrote the sync record naming this node alone.
+ * Otherwise (a reclaimed key) the record may still name a standby that has not had
+ * this node's batches: nothing is acknowledged alone until it is rewritten. */
+static void become_primary(int64_t epoch, uint64_t lease_valid_until, int record_mine) {
   pthread_mutex_lock(&ha.mu);
   ha.epoch = epoch;
   ha.was_primary = 1;
-  ha.alone = 1;
-  snprintf(ha.sync_record, sizeof(ha.sync_record), "%s", ha.c.name);
+  ha.alone = record_mine;
+  if (record_mine)
+    snprintf(ha.sync_record, sizeof(ha.sync_record), "%s", ha.c.name);
+  else
+    ha.want_record = 1;
   snprintf(ha.primary_name, sizeof(ha.primary_name), "%s", ha.c.name);
   snprintf(ha.primary_api, sizeof(ha.primary_api), "%s", ha.c.advertise);
   snprintf(ha.primary_repl, sizeof(ha.primary_repl), "%s", ha.c.replication);
+  snprintf(ha.primary_admin, sizeof(ha.primary_admin), "%s", ha.admin_addr);
   ha.streaming = 0;
   ha.failovers++;
   mkv__ha_save_state(1);
@@ -262,7 +280,7 @@ static void step_down(const char *why) {
   atomic_store(&ha.reads_local, 0);
   mkv__repl_drop_all();
   fail_pending(MKV_ENOTPRIMARY);
-  ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = '\0';
+  ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = ha.primary_admin[0] = '\0';
   mkv__ha_save_state(1);
   pthread_cond_broadcast(&ha.cond);
   pthread_mutex_unlock(&ha.mu);
@@ -271,11 +289,13 @@ static void step_down(const char *why) {
 
 /* Parses the leader key's value into the primary fields. Under mu. */
 static void set_primary(const mkv_buf_t *v) {
-  char name[128] = "", api[256] = "", repl[256] = "";
-  if (v->data) sscanf(v->data, "%127[^\n]\n%255[^\n]\n%255[^\n]", name, api, repl);
+  char name[128] = "", api[256] = "", repl[256] = "", admin[256] = "";
+  if (v->data)
+    sscanf(v->data, "%127[^\n]\n%255[^\n]\n%255[^\n]\n%255[^\n]", name, api, repl, admin);
   snprintf(ha.primary_name, sizeof(ha.primary_name), "%s", name);
   snprintf(ha.primary_api, sizeof(ha.primary_api), "%s", api);
   snprintf(ha.primary_repl, sizeof(ha.primary_repl), "%s", repl);
+  snprintf(ha.primary_admin, sizeof(ha.primary_admin), "%s", admin);
 }
 
 /* The control loop: the lease, the leader and sync keys, campaigns, the sync record,
@@ -287,8 +307,8 @@ static void *ctl_main(void *arg) {
   int call_ms = ttl_ms / 4 < 1000 ? ttl_ms / 4 : 1000;
   mkv_etcd_t *etcd = mkv_etcd_new(ha.c.etcd, ha.c.netcd, call_ms);
   char *leader_key = key_of("leader"), *sync_key = key_of("sync");
-  char *leader_value = mkv_sprintf("%s\n%s\n%s", ha.c.name, ha.c.advertise,
-                                   ha.c.replication);
+  char *leader_value = mkv_sprintf("%s\n%s\n%s\n%s", ha.c.name, ha.c.advertise,
+                                   ha.c.replication, ha.admin_addr);
   int64_t lease = 0;
   uint64_t lease_valid_until = 0, next_keepalive = 0, next_poll = 0;
   mkv_etcd_kv_t leader, sync;
@@ -352,15 +372,29 @@ static void *ctl_main(void *arg) {
               mkv__ha_save_state(0);
             }
           } else {
-            ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = '\0';
+            ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = ha.primary_admin[0] = '\0';
           }
           snprintf(ha.sync_record, sizeof(ha.sync_record), "%s", sync.exists ? sync.value.data : "");
-          atomic_store(&ha.reads_local, leader.exists && ha.streaming &&
-                                            names(ha.sync_record, ha.c.name));
+          /* Reads here are as good as the primary's while the sync record names this
+           * node and the stream is live (the primary waits for its confirmations), and
+           * while no node holds the lease (nothing can be acknowledged then). A stream
+           * silent for half the sync timeout may be one the primary is dropping. */
+          uint64_t quiet = mkv_now_ms() - ha.heard_ms;
+          int fresh = ha.streaming && quiet < (uint64_t)(ha.c.sync_timeout_ms / 2);
+          atomic_store(&ha.reads_local, names(ha.sync_record, ha.c.name) &&
+                                            (fresh || !leader.exists));
         }
         int eligible = !primary && !leader.exists && lease != 0 && !ha.resyncing &&
                        (!sync.exists || names(ha.sync_record, ha.c.name));
+        /* The key is still this node's (it stepped down when it could not renew the
+         * lease, etcd was away, and the lease outlived it): nobody else could take it
+         * meanwhile, and this node acknowledged nothing since. It is the primary again,
+         * of the same epoch. */
+        int reclaim = !primary && leader.exists && lease != 0 && leader.lease == lease &&
+                      mkv_now_ms() < lease_valid_until;
+        int64_t reclaim_epoch = leader.create_revision;
         pthread_mutex_unlock(&ha.mu);
+        if (reclaim) become_primary(reclaim_epoch, lease_valid_until, 0);
 
         /* 3. A campaign: the leader key if nobody holds it and the sync record allows. */
         if (eligible) {
@@ -374,7 +408,7 @@ static void *ctl_main(void *arg) {
           int ok = 0;
           int64_t trev = 0;
           if (mkv_etcd_txn(etcd, cmps, 2, ops, 2, &ok, &trev, &err) == 0 && ok)
-            become_primary(trev, lease_valid_until);
+            become_primary(trev, lease_valid_until, 1);
         }
       }
     }
@@ -427,20 +461,17 @@ static void *ctl_main(void *arg) {
       etcd_ok = 0;
       mkv__ha_set_error("%s", err);
       free(err);
+      /* etcd out of reach: no node can be promoted nor drop this one from the sync
+       * record without it, so a node the last record read named keeps answering reads
+       * from its own index (stale only if etcd is reachable from the other side of a
+       * partition, where a new primary may take writes: README). */
+      if (atomic_load(&ha.role) == MKV_HA_STANDBY)
+        atomic_store(&ha.reads_local, names(ha.sync_record, ha.c.name));
     } else if (!etcd_ok) {
       mkv_info("ha: etcd answers again (%s)", mkv_etcd_endpoint(etcd));
       etcd_ok = 1;
     }
-    if (!ha.stopping) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 50 * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-      }
-      pthread_cond_timedwait(&ha.cond, &ha.mu, &ts);
-    }
+    if (!ha.stopping) mkv__ha_wait(50);
   }
   /* Stopping: a primary whose standby has every batch hands over at once (it deletes
    * the leader key); the lease goes either way. */
@@ -477,7 +508,8 @@ static void *ctl_main(void *arg) {
 
 /* ---- start / stop ---- */
 
-int mkv_ha_start(const mkv_config_t *cfg, mkv_index_t *index, char **err) {
+int mkv_ha_start(const mkv_config_t *cfg, mkv_index_t *index, const char *admin_addr,
+                 char **err) {
   memset(&ha, 0, sizeof(ha));
   copy_config(&ha.c, cfg);
   ha.index = index;
@@ -485,8 +517,13 @@ int mkv_ha_start(const mkv_config_t *cfg, mkv_index_t *index, char **err) {
   pthread_mutex_init(&ha.mu, NULL);
   pthread_cond_init(&ha.cond, NULL);
   ha.state_path = mkv_sprintf("%s/mkv.ha", cfg->db);
+  snprintf(ha.admin_addr, sizeof(ha.admin_addr), "%s", admin_addr);
   load_state();
-  if (mkv__repl_listen(err) != 0) return -1;
+  if (mkv__repl_listen(err) != 0) {
+    free(ha.state_path);
+    mkv_ha_config_free(&ha.c);
+    return -1;
+  }
   atomic_store(&ha.role, MKV_HA_STANDBY);
   mkv_index_hook_t hook = {.admit = hook_admit, .committed = hook_committed};
   mkv_index_set_hook(index, &hook);

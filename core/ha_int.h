@@ -60,7 +60,8 @@ typedef struct ha_s {
   int resyncing;     /* persisted: a snapshot merge did not finish */
 
   /* The primary, as etcd says (for a standby's stream and forwarded writes). */
-  char primary_name[128], primary_api[256], primary_repl[256];
+  char primary_name[128], primary_api[256], primary_repl[256], primary_admin[256];
+  char admin_addr[256]; /* this node's admin listener */
 
   /* The log of recent batches: consecutive sequence numbers, oldest first, in a ring of
    * log_cap slots from log_start; log_bytes their size. */
@@ -75,8 +76,9 @@ typedef struct ha_s {
   int alone;            /* the sync record names only this node */
   int want_record;      /* the control thread is to rewrite the sync record */
 
-  /* Standby: receiving the live stream from primary_name. */
+  /* Standby: receiving the live stream from primary_name, last heard from at. */
   int streaming;
+  uint64_t heard_ms;
   uint64_t primary_seq; /* the primary's last batch, as its pings say */
 
   /* Counters for /metrics. */
@@ -87,6 +89,8 @@ typedef struct ha_s {
 extern ha_t mkv__ha;
 
 /* ha.c */
+/* Waits on ha.cond (under mu) for at most ms. */
+void mkv__ha_wait(int ms);
 void mkv__ha_set_error(const char *fmt, ...) MKV_PRINTF(1, 2);
 /* Persists the position and flags (<db>/mkv.ha); fsync when `durable`. Under mu. */
 void mkv__ha_save_state(int durable);

@@ -20,6 +20,7 @@
 #include "mkv/api.h"
 #include "mkv/config.h"
 #include "mkv/hash.h"
+#include "mkv/ha.h"
 #include "mkv/health.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
@@ -438,6 +439,13 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     close(lfd);
     goto cleanup_index;
   }
+  /* The standby index (ha.h): the node starts as a standby; etcd decides the rest. */
+  if (cfg->ha.enabled && mkv_ha_start(cfg, index, admin_addr, &err) != 0) {
+    mkv_print_error(err);
+    close(lfd);
+    close(afd);
+    goto cleanup_index;
+  }
   mkv_worker_t admin_worker;
   mkv_worker_init(&admin_worker, 0, cfg, 0, &err);
   /* The admin thread probes the volumes (health.h) for every thread. */
@@ -518,6 +526,8 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   }
   uv_run(loop, UV_RUN_NOWAIT);
   uv_loop_close(loop);
+  /* Every write is answered: a primary with a standby in step hands the lease over. */
+  mkv_ha_stop();
   mkv_index_stats_t st;
   mkv_index_stats(index, &st);
   mkv_info("index: %llu writes in %llu batches, %llu fsyncs", st.writes, st.batches, st.syncs);

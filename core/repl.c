@@ -36,7 +36,9 @@
 #define ha mkv__ha
 
 #define IO_TIMEOUT_MS 5000     /* a peer that takes no bytes (or sends none) this long is gone */
-#define PING_MS 500            /* the primary pings an idle standby this often */
+/* The primary pings an idle standby every min(500 ms, sync_timeout / 4): a standby
+ * that heard nothing for half the sync timeout stops answering reads itself (ha.c). */
+#define PING_MS ((int)(ha.c.sync_timeout_ms / 4 < 500 ? ha.c.sync_timeout_ms / 4 : 500))
 #define SILENCE_MS 3000        /* a standby that hears nothing this long reconnects */
 #define PAGE_BYTES (1u << 20)  /* a snapshot page */
 #define SEND_BYTES (4u << 20)  /* batches sent per turn */
@@ -236,8 +238,11 @@ void mkv__repl_drop_all(void) {
 
 /* May a standby at (epoch, seq), which only ever applied a primary's batches, go on from
  * seq + 1? Only when this node's batch seq is the same batch (same epoch: a batch is
- * named by its epoch and number), and the log holds every batch after it. Under mu. */
+ * named by its epoch and number), and the log holds every batch after it. A standby
+ * that never applied a batch gets a snapshot: its index is whatever it was before HA.
+ * Under mu. */
 static int can_resume(int64_t epoch, uint64_t seq) {
+  if (epoch == 0) return 0;   /* no batch yet: its index may hold anything (from before HA) */
   if (seq > ha.seq) return 0; /* it holds batches this node never had */
   if (seq == ha.seq) return epoch == ha.seq_epoch;
   ha_entry_t *at = mkv__ha_log_find(seq), *after = mkv__ha_log_find(seq + 1);
@@ -450,7 +455,7 @@ static void *conn_main(void *arg) {
       refuse(c->fd, "fell behind the primary's log: reconnect for a snapshot");
       break;
     }
-    if (out.len == 0 && mkv_now_ms() - last_send >= PING_MS) {
+    if (out.len == 0 && mkv_now_ms() - last_send >= (uint64_t)PING_MS) {
       size_t at = frame_begin(&out, 'P');
       put_u64(&out, (uint64_t)ping_epoch);
       put_u64(&out, ping_seq);
@@ -704,6 +709,7 @@ static void stream_from(const char *addr, const char *primary_name) {
   if (send_ack(fd, (uint64_t)snap_seq) != 0) goto done;
   pthread_mutex_lock(&ha.mu);
   ha.streaming = 1;
+  ha.heard_ms = mkv_now_ms();
   pthread_mutex_unlock(&ha.mu);
 
   /* The live stream: every whole batch frame that has arrived goes in one LevelDB write,
@@ -725,6 +731,9 @@ static void stream_from(const char *addr, const char *primary_name) {
       continue;
     }
     heard = mkv_now_ms();
+    pthread_mutex_lock(&ha.mu);
+    ha.heard_ms = heard;
+    pthread_mutex_unlock(&ha.mu);
     mkv_buf_reset(&ops);
     uint64_t first = 0, last = 0;
     int64_t last_epoch = 0;
@@ -812,14 +821,7 @@ void *mkv__repl_recv_main(void *arg) {
       pthread_mutex_lock(&ha.mu);
     }
     if (ha.stopping) break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&ha.cond, &ha.mu, &ts);
+    mkv__ha_wait(200);
   }
   pthread_mutex_unlock(&ha.mu);
   return NULL;

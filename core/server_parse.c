@@ -139,6 +139,8 @@ static int on_header_value_complete(llhttp_t *p) {
     mkv_buf_add(&req->avoid, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 17 && strncasecmp(c->hfield.data, "x-mkv-client-zone", 17) == 0) {
     mkv_buf_set(&req->zone, c->hvalue.data, c->hvalue.len);
+  } else if (c->hfield.len == 15 && strncasecmp(c->hfield.data, "x-mkv-forwarded", 15) == 0) {
+    req->forwarded = 1; /* from another index node (forward.h): never passed on again */
   } else if (c->hfield.len == 13 && strncasecmp(c->hfield.data, "authorization", 13) == 0) {
     mkv_buf_set(&req->authorization, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 6 && strncasecmp(c->hfield.data, "expect", 6) == 0) {

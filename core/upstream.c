@@ -44,6 +44,7 @@ typedef struct pool_s {
   mkv_upstream_t *up;
   char *host; /* "host:port" */
   char *name; /* host without brackets */
+  const char *what; /* "volume", or "index node" (forward.c) -- for the log */
   char port[8];
   int numeric;
   struct sockaddr_storage addrs[MAX_ADDRS];
@@ -75,6 +76,7 @@ struct upconn_s {
   int addr_idx;
   int reused, got_bytes, complete, keepalive, writes_pending, closed_handles;
   int pause_wanted, reading;
+  int in_value; /* the response parser is in a header value (resp_headers) */
   char *held_head; /* a PUT's request head, sent with its first body bytes */
   size_t held_len;
   uint64_t idle_since; /* uv_now when pooled */
@@ -153,7 +155,7 @@ static void finish(mkv_upreq_t *req, int err) {
     }
     /* What this request says of the volume's health (a cancel says nothing). A volume
      * added by a reload after this pool was made is looked up when something fails. */
-    if (err != UV_ECANCELED) {
+    if (err != UV_ECANCELED && pool->what[0] == 'v') { /* volumes only */
       mkv_vol_obs_t obs = err                 ? MKV_OBS_FAILED
                           : req->status < 500 ? MKV_OBS_OK
                           : req->method == MKV_UP_PUT ? MKV_OBS_WRITE_5XX
@@ -208,7 +210,7 @@ static uint32_t hash_host(const char *s, size_t n) {
   return h;
 }
 
-static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen) {
+static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen, int index_node) {
   uint32_t b = hash_host(host, hostlen) % NBUCKETS;
   for (pool_t *p = up->buckets[b]; p; p = p->next)
     if (strlen(p->host) == hostlen && memcmp(p->host, host, hostlen) == 0) return p;
@@ -229,8 +231,10 @@ static pool_t *pool_get(mkv_upstream_t *up, const char *host, size_t hostlen) {
   pool_t *p = mkv_calloc(1, sizeof(*p));
   p->up = up;
   p->host = mkv_memdup(host, hostlen);
-  p->vm = mkv_metrics_volume(host, hostlen);
-  p->hv = mkv_health_find(host, hostlen);
+  /* Another index node (forward.c) is no volume: no volume metrics, no health. */
+  p->what = index_node ? "index node" : "volume";
+  p->vm = index_node ? NULL : mkv_metrics_volume(host, hostlen);
+  p->hv = index_node ? NULL : mkv_health_find(host, hostlen);
   const char *name = host;
   size_t nlen = (size_t)(colon - host);
   if (nlen >= 2 && name[0] == '[' && name[nlen - 1] == ']') name++, nlen -= 2;
@@ -271,7 +275,7 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
   mkv_upreq_t *req = p->wait_head;
   p->wait_head = p->wait_tail = NULL;
   if (status != 0 && status != UV_ECANCELED)
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: cannot resolve %s: %s", p->host, p->name,
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "%s %s: cannot resolve %s: %s", p->what, p->host, p->name,
                         uv_strerror(status));
   while (req) {
     mkv_upreq_t *next = req->next_wait;
@@ -300,7 +304,7 @@ static int start_resolve(pool_t *p) {
 }
 
 int mkv_upstream_suspect(mkv_upstream_t *up, const char *host, size_t hostlen) {
-  pool_t *p = pool_get(up, host, hostlen);
+  pool_t *p = pool_get(up, host, hostlen, 0);
   return p && p->suspect_until_ns > mkv_now_ns();
 }
 
@@ -620,7 +624,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (e != HPE_OK) {
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: bad HTTP response: %s", c->pool->host,
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "%s %s: bad HTTP response: %s", c->pool->what, c->pool->host,
                         llhttp_get_error_reason(&c->parser));
     conn_fail(c, MKV_EPROTO, 0);
     return;
@@ -645,14 +649,14 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
   req->conn = c;
   req->touched = 1;
   c->reused = reused;
-  c->got_bytes = c->complete = c->keepalive = c->pause_wanted = 0;
+  c->got_bytes = c->complete = c->keepalive = c->pause_wanted = c->in_value = 0;
   llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
   c->parser.data = c;
 
   static const char *names[] = {"HEAD", "GET", "PUT", "DELETE"};
   mkv_buf_t h;
   mkv_buf_init(&h);
-  mkv_buf_addf(&h, "%s ", names[req->method]);
+  mkv_buf_addf(&h, "%s ", req->method_token ? req->method_token : names[req->method]);
   mkv_buf_add(&h, req->path.data, req->path.len);
   mkv_buf_adds(&h, " HTTP/1.1\r\nHost: ");
   mkv_buf_add(&h, req->host.data, req->host.len);
@@ -660,6 +664,7 @@ static void conn_begin(upconn_t *c, mkv_upreq_t *req, int reused) {
    * does not have is a 404 for mkv, and a bounce back to mkv for a client. */
   mkv_buf_adds(&h, "\r\nUser-Agent: " MKV_UPSTREAM_AGENT "\r\n");
   if (req->up->extra_headers) mkv_buf_adds(&h, req->up->extra_headers);
+  if (req->headers) mkv_buf_adds(&h, req->headers);
   if (req->method == MKV_UP_PUT) {
     if (req->content_length >= 0)
       mkv_buf_addf(&h, "Content-Length: %lld\r\n", (long long)req->content_length);
@@ -743,7 +748,7 @@ static void on_connect(uv_connect_t *cr, int status) {
   mark_suspect(p);
   if (!p->numeric && mkv_now_ns() - p->resolved_ns > (uint64_t)RERESOLVE_MS * 1000000u)
     p->stale = 1; /* the name may point elsewhere now: resolve again next time */
-  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: cannot connect: %s", p->host,
+  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "%s %s: cannot connect: %s", p->what, p->host,
                       uv_strerror(status));
   finish(req, status);
 }
@@ -787,7 +792,7 @@ static void on_wait_timer(uv_timer_t *t) {
       *pp = r->next_wait;
       if (p->wait_tail == r) p->wait_tail = prev;
       r->next_wait = NULL;
-      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "volume %s: name not resolved in time", p->host);
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "%s %s: name not resolved in time", p->what, p->host);
       finish(r, UV_ETIMEDOUT);
       continue;
     }
@@ -853,7 +858,7 @@ static void dispatch(mkv_upreq_t *req, int fresh_only) {
 int mkv_upstream_start(mkv_upstream_t *up, mkv_upreq_t *req) {
   if (req->active) return UV_EALREADY;
   if (up->closing) return UV_ECANCELED;
-  pool_t *p = pool_get(up, req->host.data, req->host.len);
+  pool_t *p = pool_get(up, req->host.data, req->host.len, req->index_node);
   if (p == NULL) return UV_EINVAL;
   req->up = up;
   req->pool = p;
@@ -958,6 +963,11 @@ static int on_headers_complete(llhttp_t *p) {
   upconn_t *c = p->data;
   mkv_upreq_t *req = c->req;
   int status = p->status_code;
+  if (req && req->resp_headers) {
+    if (c->in_value) mkv_buf_adds(req->resp_headers, "\r\n");
+    c->in_value = 0;
+    if (status >= 100 && status < 200) mkv_buf_reset(req->resp_headers);
+  }
   if (status >= 100 && status < 200) return 1; /* skipped; the real response follows */
   if (req) {
     req->status = status;
@@ -970,10 +980,33 @@ static int on_headers_complete(llhttp_t *p) {
   return 0;
 }
 
+/* Response header lines, for a request that keeps them (resp_headers). */
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  upconn_t *c = p->data;
+  mkv_upreq_t *req = c->req;
+  if (req && req->resp_headers) {
+    if (c->in_value) mkv_buf_adds(req->resp_headers, "\r\n");
+    c->in_value = 0;
+    mkv_buf_add(req->resp_headers, at, len);
+  }
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  upconn_t *c = p->data;
+  mkv_upreq_t *req = c->req;
+  if (req && req->resp_headers) {
+    if (!c->in_value) mkv_buf_adds(req->resp_headers, ": ");
+    c->in_value = 1;
+    mkv_buf_add(req->resp_headers, at, len);
+  }
+  return 0;
+}
+
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   upconn_t *c = p->data;
   mkv_upreq_t *req = c->req;
-  if (req && req->on_body && req->status >= 200 && req->status < 300)
+  if (req && req->on_body && (req->body_any_status || (req->status >= 200 && req->status < 300)))
     if (req->on_body(req, at, len)) c->pause_wanted = 1;
   return 0;
 }
@@ -997,6 +1030,8 @@ mkv_upstream_t *mkv_upstream_new(uv_loop_t *loop, double suspect_ms) {
     llhttp_settings_init(&resp_settings);
     resp_settings.on_headers_complete = on_headers_complete;
     resp_settings.on_body = on_body;
+    resp_settings.on_header_field = on_header_field;
+    resp_settings.on_header_value = on_header_value;
     resp_settings.on_message_complete = on_message_complete;
   }
   mkv_upstream_t *up = mkv_calloc(1, sizeof(*up));

@@ -84,4 +84,18 @@ return {
     --                     -- secure_link (deploy/volume --redirect-secret-file)
     redirect_ttl = "60s",  -- how long a signed redirect is valid
   },
+  -- A standby index (README "High availability"): absent = this node alone, as ever.
+  -- Every index node of a cluster has the same cluster, etcd and secret, its own name.
+  -- ha = {
+  --   etcd = { "http://10.0.0.21:2379", "http://10.0.0.22:2379", "http://10.0.0.23:2379" },
+  --   cluster = "prod",
+  --   name = "index-a",
+  --   advertise = "10.0.0.1:3000",    -- this node's API, for writes other nodes pass on
+  --   replication = "10.0.0.1:3002",  -- it listens here for the standbys' streams
+  --   secret_file = "/etc/mkv/ha.secret", -- or secret = "..."
+  --   ttl = "5s",                     -- the leader lease: about the failover time
+  --   sync = "on",                    -- "strict": no writes without a standby in sync
+  --   sync_timeout = "2s",            -- a standby slower than this is dropped
+  --   log_size_mb = 256,              -- batches kept for standbys that reconnect
+  -- },
 }

@@ -583,11 +583,15 @@ function F.restart_and_verify(c, ledger, seed, opts)
 end
 
 function F.assert_verified(c, ledger, seed, opts)
-  local problems = F.verify(c, ledger, opts)
+  F.assert_none(F.verify(c, ledger, opts), ledger, seed, 3)
+end
+
+-- Fails the test with every problem, the seed to replay and the ledger's path.
+function F.assert_none(problems, ledger, seed, level)
   if #problems > 0 then
     error(string.format("%d problem(s) (seed %s, replay: MKV_FAULT_SEED=%s; ledger %s):\n%s",
       #problems, tostring(seed), tostring(seed), tostring(ledger.path),
-      table.concat(problems, "\n")), 2)
+      table.concat(problems, "\n")), level or 2)
   end
 end
 

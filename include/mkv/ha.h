@@ -38,8 +38,10 @@ typedef enum { MKV_HA_OFF = 0, MKV_HA_STANDBY, MKV_HA_PRIMARY } mkv_ha_role_t;
 
 /* Starts HA for the server's index (cfg->ha.enabled): reads <db>/mkv.ha, binds the
  * replication listener, starts the threads and installs the index hook. The node starts
- * as a standby. 0, or -1 with *err (owned). */
-int mkv_ha_start(const mkv_config_t *cfg, mkv_index_t *index, char **err);
+ * as a standby. admin_addr: this node's admin listener, published with the lease for
+ * admin commands sent to a standby. 0, or -1 with *err (owned). */
+int mkv_ha_start(const mkv_config_t *cfg, mkv_index_t *index, const char *admin_addr,
+                 char **err);
 /* The server is stopping and its workers are drained: a primary whose standby has every
  * batch gives the lease up (the standby takes over at once), then the threads stop. */
 void mkv_ha_stop(void);
@@ -54,6 +56,9 @@ int mkv_ha_reads_local(void);
 /* The primary's API address ("host:port", its ha.advertise) into buf; 0, or -1 when no
  * primary is known (then writes answer 503). */
 int mkv_ha_primary_api(char *buf, size_t n);
+
+/* The primary's admin listener ("host:port"); 0, or -1 when no primary is known. */
+int mkv_ha_primary_admin(char *buf, size_t n);
 
 /* /health's "ha" object (JSON, appended) and /metrics' lines (appended). */
 void mkv_ha_health_json(mkv_buf_t *out);

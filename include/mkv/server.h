@@ -69,6 +69,7 @@ struct mkv_req_s {
   char peer[48];          /* the client's address (only with an access log) */
   unsigned long long body_bytes; /* response body bytes sent */
   int expect_continue;
+  int forwarded;          /* X-Mkv-Forwarded: another index node passed it on (forward.h) */
   int has_body;           /* Content-Length > 0, or chunked */
   int chunked;
   int64_t content_length; /* -1 when chunked or absent */

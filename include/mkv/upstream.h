@@ -72,6 +72,13 @@ struct mkv_upreq_s {
                      (not with a ready callback that waits for the head to go out) */
   mkv_upreq_body_cb on_body; /* optional (GET) */
   mkv_upreq_headers_cb on_headers; /* optional */
+  /* Forwarding a client's request to another index node (forward.c): */
+  const char *method_token; /* sent instead of the method's name ("UNLINK"); the method
+                               still says how the request goes (PUT: a body) */
+  const char *headers;      /* header lines ("Name: value\r\n"...) for this request */
+  mkv_buf_t *resp_headers;  /* when set, the response's header lines are appended */
+  int body_any_status;      /* on_body for every status, not only 2xx */
+  int index_node;           /* the host is an index node, not a volume (logs, metrics) */
 
   /* Results, valid in done. */
   int status;                /* HTTP status, 0 without a response */

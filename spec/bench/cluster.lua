@@ -109,12 +109,26 @@ local function start_volumes()
   end
 end
 
--- Starts mkv on the cluster (again, on the same port, after a figure stopped it) -> C.m
-function C.start_mkv()
-  m = H.start_mkv({ flags = { "-volumes", table.concat(addrs, ","), "-db", db, "-replicas", "3",
-                              "-subvolumes", "1", "-voltimeout", "1s" }, port = m and m.port })
+-- Starts mkv on the cluster (again, on the same port, after a figure stopped it) -> C.m.
+-- extra: more flags (-read-check none ...).
+function C.start_mkv(extra)
+  local flags = { "-volumes", table.concat(addrs, ","), "-db", db, "-replicas", "3",
+                  "-subvolumes", "1", "-voltimeout", "1s" }
+  for _, f in ipairs(extra or {}) do flags[#flags + 1] = f end
+  m = H.start_mkv({ flags = flags, port = m and m.port })
   C.m = m
   return m
+end
+
+-- Runs fn with mkv restarted with extra flags, then restarts it as it was.
+function C.with_flags(extra, fn)
+  m:stop()
+  C.start_mkv(extra)
+  local ok, a, b, c = pcall(fn)
+  m:stop()
+  C.start_mkv()
+  if not ok then error(a, 0) end
+  return a, b, c
 end
 
 -- Makes the cluster for opts (--fs, --seconds): the wrk scripts, the volumes'
