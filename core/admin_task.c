@@ -195,8 +195,10 @@ static void task_end(task_t *t, int rc) {
   if (root) a->root_done = 1;
   start_waiting_spawns(a);
   start_due(a);
-  if (a->spawned_running == 0 && a->spawn_waiters_head == NULL && a->afters == NULL &&
-      a->due_head == NULL) {
+  /* mkv.join waits for the spawned tasks, not for mkv.after's delayed ones (the run
+   * waits for those before it ends): a loop of batches with a grace period each (the
+   * repair, rebalance) must not pay the grace once per batch. */
+  if (a->spawned_running == 0 && a->spawn_waiters_head == NULL) {
     for (task_t *j = a->joiners, *next; j; j = next) {
       next = j->next_waiter;
       j->next_waiter = NULL;

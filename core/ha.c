@@ -157,7 +157,7 @@ static void fail_pending(int status) {
   ha.pending_tail = NULL;
 }
 
-void mkv__ha_log_append(int64_t epoch, uint64_t seq, mkv_buf_t *ops) {
+void mkv__ha_log_append(int64_t epoch, uint64_t seq, int sync, mkv_buf_t *ops) {
   if (ha.log_count > 0 && ha.log[(ha.log_start + ha.log_count - 1) % ha.log_cap].seq + 1 != seq) {
     /* not the next one (a snapshot moved the position): the log starts again */
     while (ha.log_count > 0) {
@@ -179,6 +179,7 @@ void mkv__ha_log_append(int64_t epoch, uint64_t seq, mkv_buf_t *ops) {
   ha_entry_t *e = &ha.log[(ha.log_start + ha.log_count) % ha.log_cap];
   e->epoch = epoch;
   e->seq = seq;
+  e->sync = sync;
   e->ops = *ops; /* taken */
   mkv_buf_init(ops);
   ha.log_count++;
@@ -199,12 +200,12 @@ ha_entry_t *mkv__ha_log_find(uint64_t seq) {
   return &ha.log[(ha.log_start + (seq - first)) % ha.log_cap];
 }
 
-static int hook_committed(void *arg, mkv_buf_t *ops, mkv_index_write_t *writes) {
+static int hook_committed(void *arg, mkv_buf_t *ops, int sync, mkv_index_write_t *writes) {
   (void)arg;
   pthread_mutex_lock(&ha.mu);
   uint64_t seq = ++ha.seq;
   ha.seq_epoch = ha.epoch;
-  mkv__ha_log_append(ha.epoch, seq, ops);
+  mkv__ha_log_append(ha.epoch, seq, sync, ops);
   ha.batches_shipped++;
   mkv__repl_wake_all();
   ha_pending_t *p = mkv_calloc(1, sizeof(*p));

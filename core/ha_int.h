@@ -13,6 +13,7 @@
 typedef struct ha_entry_s {
   int64_t epoch;
   uint64_t seq;
+  int sync; /* the primary fsynced it: so must a standby before it confirms */
   mkv_buf_t ops;
 } ha_entry_t;
 
@@ -100,7 +101,7 @@ int mkv__ha_gate(void);
  * record says this node is alone). Under mu. */
 void mkv__ha_settle(void);
 /* Appends a batch to the log (takes ops' memory) and trims it to ha.log_size. Under mu. */
-void mkv__ha_log_append(int64_t epoch, uint64_t seq, mkv_buf_t *ops);
+void mkv__ha_log_append(int64_t epoch, uint64_t seq, int sync, mkv_buf_t *ops);
 /* The logged batch seq, or NULL when the log does not hold it. Under mu. */
 ha_entry_t *mkv__ha_log_find(uint64_t seq);
 

@@ -474,7 +474,7 @@ static void *writer_main(void *arg) {
 
     /* Replicated: the hook completes the writes once the standby has the batch. */
     if (status != 0 || idx->hook.committed == NULL ||
-        !idx->hook.committed(idx->hook.arg, &idx->ops, batch))
+        !idx->hook.committed(idx->hook.arg, &idx->ops, sync, batch))
       mkv_index_complete(batch, status);
     pthread_mutex_lock(&idx->mu);
   }

@@ -8,7 +8,7 @@
  *   W welcome  primary -> standby  text: mode (resume|snapshot), epoch, seq_epoch, seq
  *   S snapshot primary -> standby  a page of records in key order (index ops, puts)
  *   E end      primary -> standby  u64 seq_epoch, u64 seq: the snapshot's position
- *   B batch    primary -> standby  u64 epoch, u64 seq, index ops
+ *   B batch    primary -> standby  u64 epoch, u64 seq, u8 sync, index ops
  *   P ping     primary -> standby  u64 epoch, u64 seq (the primary's last batch)
  *   A ack      standby -> primary  u64 seq (the last batch applied and synced)
  *   X error    either              text: why the other side closes
@@ -442,6 +442,7 @@ static void *conn_main(void *arg) {
       size_t at = frame_begin(&out, 'B');
       put_u64(&out, (uint64_t)e->epoch);
       put_u64(&out, e->seq);
+      mkv_buf_addc(&out, (char)(e->sync ? 1 : 0));
       mkv_buf_add(&out, e->ops.data, e->ops.len);
       frame_end(&out, at);
       c->next_seq++;
@@ -737,9 +738,9 @@ static void stream_from(const char *addr, const char *primary_name) {
     mkv_buf_reset(&ops);
     uint64_t first = 0, last = 0;
     int64_t last_epoch = 0;
-    int ping = 0, f;
+    int ping = 0, sync = 0, f;
     while ((f = next_frame(&r, &kind, &p, &n)) == 1) {
-      if (kind == 'B' && n >= 16) {
+      if (kind == 'B' && n >= 17) {
         int64_t be = (int64_t)get_u64(p);
         uint64_t bs = get_u64(p + 8);
         pthread_mutex_lock(&ha.mu);
@@ -755,13 +756,15 @@ static void stream_from(const char *addr, const char *primary_name) {
         if (!first) first = bs;
         last = bs;
         last_epoch = be;
+        int bsync = p[16] != 0;
+        sync |= bsync;
         /* Logged one by one (a promoted standby serves resumes from its log). */
         mkv_buf_t one;
         mkv_buf_init(&one);
-        mkv_buf_add(&one, p + 16, n - 16);
-        mkv_buf_add(&ops, p + 16, n - 16);
+        mkv_buf_add(&one, p + 17, n - 17);
+        mkv_buf_add(&ops, p + 17, n - 17);
         pthread_mutex_lock(&ha.mu);
-        mkv__ha_log_append(be, bs, &one);
+        mkv__ha_log_append(be, bs, bsync, &one);
         pthread_mutex_unlock(&ha.mu);
         mkv_buf_free(&one);
       } else if (kind == 'P' && n == 16) {
@@ -778,7 +781,9 @@ static void stream_from(const char *addr, const char *primary_name) {
     }
     if (f < 0) goto done;
     if (last) {
-      if (mkv_index_apply(ha.index, ops.data, ops.len, 1, &err) != 0) goto done;
+      /* Synced when any batch of the group was on the primary: a confirmation then
+       * means on disk here too; the others (a PUT's soft-deleted mark) need not be. */
+      if (mkv_index_apply(ha.index, ops.data, ops.len, sync, &err) != 0) goto done;
       pthread_mutex_lock(&ha.mu);
       ha.seq = last;
       ha.seq_epoch = last_epoch;

@@ -95,7 +95,7 @@ function X.cluster(opts)
     n.url = "http://127.0.0.1:" .. n.port
     local etcd_urls = (opts.etcd_for and opts.etcd_for[name]) or c.etcd.urls
     n.config = X.node_config({ etcd = etcd_urls, volumes = c.addrs, name = name, port = n.port,
-      repl = n.repl, db = n.db, sync = opts.sync, ttl = opts.ttl,
+      repl = n.repl, db = n.db, sync = opts.sync, ttl = opts.ttl, cluster = opts.cluster,
       sync_timeout = opts.sync_timeout, replicas = opts.replicas, extra = opts.extra })
     c.nodes[name] = n
   end

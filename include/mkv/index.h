@@ -134,10 +134,10 @@ typedef struct mkv_index_hook_s {
    * write of it fails with (this node may not write now). */
   int (*admit)(void *arg);
   /* After a batch is committed (writer thread): ops holds its operations (the hook may
-   * take the buffer's memory: it is reset after). Returns 1 when it takes the writes
-   * (the list through ->next) and completes them later with mkv_index_complete, 0 when
-   * they complete now with status 0. */
-  int (*committed)(void *arg, mkv_buf_t *ops, mkv_index_write_t *writes);
+   * take the buffer's memory: it is reset after); sync says it was fsynced. Returns 1
+   * when it takes the writes (the list through ->next) and completes them later with
+   * mkv_index_complete, 0 when they complete now with status 0. */
+  int (*committed)(void *arg, mkv_buf_t *ops, int sync, mkv_index_write_t *writes);
   void *arg;
 } mkv_index_hook_t;
 

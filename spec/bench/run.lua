@@ -530,11 +530,12 @@ fig { id = "none_dead", what = "read_check none, one of 3 volumes down: 302 req/
       end
       local url = C.m.url .. small_keys[3]
       local r = in_turns({ { url = url, before = function()
-                               vols[2]:signal(19) -- SIGSTOP: its probes time out, it is marked down
+                               H.T.kill(-vols[2].pid, 19) -- SIGSTOP, master and workers: its
+                               -- probes time out, it is marked down
                                H.eventually(function() return state() == "down" end, 15, "volume 2 down")
                              end,
                              after = function()
-                               vols[2]:signal(18)
+                               H.T.kill(-vols[2].pid, 18)
                                H.eventually(function() return state() == "up" end, 15, "volume 2 up")
                              end },
                            { url = url } })
@@ -630,8 +631,10 @@ fig { id = "hung", what = "a volume hung (SIGSTOP): 302 req/s",
   run = function()
     ensure_small_keys()
     local url = C.m.url .. small_keys[3]
-    local r = in_turns({ { url = url, before = function() vols[2]:signal(19) end, -- SIGSTOP
-                           after = function() vols[2]:signal(18) end },            -- SIGCONT
+    -- SIGSTOP and SIGCONT to the volume's process group: nginx's workers, not only its
+    -- master, which serves nothing
+    local r = in_turns({ { url = url, before = function() H.T.kill(-vols[2].pid, 19) end,
+                           after = function() H.T.kill(-vols[2].pid, 18) end },
                          { url = url } })
     return r[1], r[2]
   end }

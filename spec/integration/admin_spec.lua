@@ -1279,6 +1279,25 @@ mkv.report("records: " .. n)
     assert.truthy(b.err:find("this script fails on purpose", 1, true), b.all)
   end)
 
+  it("mkv.join waits for the spawned tasks, not for mkv.after's; the run waits for both", function()
+    local script = H.tmpdir("script") .. "/after.lua"
+    H.write_file(script, [[
+local mkv = require "mkv"
+local t0 = mkv.now()
+for i = 1, 3 do
+  mkv.spawn(function()
+    mkv.after(1, function() mkv.report(string.format("after %d ran at %.1f", i, mkv.now() - t0)) end)
+  end)
+end
+mkv.join()
+mkv.report(string.format("joined at %.1f", mkv.now() - t0))
+]])
+    local r = c:admin({ "run", script })
+    assert.equal(0, r.code, r.all)
+    assert.truthy(r.out:find("joined at 0.0", 1, true), r.all) -- not after the grace
+    for i = 1, 3 do assert.truthy(r.out:find("after " .. i .. " ran at 1.", 1, true), r.all) end
+  end)
+
   it("--bandwidth 1MB/s: a rebalance of 3 MiB takes 2 s or more; progress goes to stderr", function()
     c:add_volume(c.v3)
     c:stop()
