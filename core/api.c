@@ -61,9 +61,6 @@ typedef struct api_s {
   /* GET with a query: a listing */
   mkv__listing_t *listing;
 
-  /* A standby's request passed on to the primary (forward.h) */
-  mkv_forward_t *fwd;
-
   /* GET/HEAD probes */
   mkv_upreq_t probe;
   const char *probe_items[MAX_PROBES];
@@ -103,7 +100,6 @@ void mkv_api_free(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL) return;
   mkv__listing_free(a->listing);
-  mkv_forward_free(a->fwd);
   if (a->locked) { /* every path releases it first; this is the last line of defence */
     mkv_error("bug: key lock still held when its request was freed");
     mkv_keylock_release(req->key.data, req->key.len);
@@ -1184,7 +1180,7 @@ static int ha_forward(mkv_req_t *req) {
                                : "this index node is a standby and knows no primary yet: retry");
     return 1;
   }
-  api_of(req)->fwd = mkv_forward_start(req, to, req->worker->cfg->ha.name);
+  mkv_forward_start(req, to, req->worker->cfg->ha.name); /* it answers, whatever happens */
   return 1;
 }
 
@@ -1208,13 +1204,11 @@ void mkv_api_headers(mkv_req_t *req) {
 
 void mkv_api_body(mkv_req_t *req, const char *at, size_t len) {
   api_t *a = req->data;
-  if (a && a->fwd && req->method == MKV_M_PUT) mkv_forward_body(a->fwd, at, len);
   if (a && a->fo && !a->fo_done) mkv_fanout_write(a->fo, at, len);
 }
 
 void mkv_api_body_flush(mkv_req_t *req) {
   api_t *a = req->data;
-  if (a && a->fwd) mkv_forward_flush(a->fwd);
   if (a && a->fo && !a->fo_done) mkv_fanout_flush(a->fo);
 }
 
@@ -1222,7 +1216,6 @@ void mkv_api_complete(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL) return;
   a->body_complete = 1;
-  if (a->fwd) mkv_forward_end(a->fwd);
   if (a->fo && !a->fo_done) mkv_fanout_end(a->fo);
 }
 
@@ -1230,7 +1223,6 @@ void mkv_api_abort(mkv_req_t *req) {
   api_t *a = req->data;
   if (a == NULL || a->client_gone) return;
   if (a->listing) mkv__listing_abort(a->listing);
-  if (a->fwd) mkv_forward_abort(a->fwd);
   a->client_gone = 1;
   /* A PUT whose body did not arrive whole is abandoned (and cleaned up); one that is
    * already being made live finishes -- the client just never hears the 201. */

@@ -17,7 +17,7 @@
 #define BUFFERED_MAX (64u << 10)
 #define MAX_HEADERS 32
 
-struct mkv_forward_s {
+typedef struct mkv_forward_s {
   mkv_req_t *req;
   char to[256];
   mkv_upreq_t up;
@@ -30,7 +30,7 @@ struct mkv_forward_s {
   mkv_chunk_t *cur;
   size_t in_flight, high, low;
   int client_paused;
-};
+} mkv_forward_t;
 
 static void send_cur(mkv_forward_t *f);
 
@@ -55,7 +55,9 @@ static void send_cur(mkv_forward_t *f) {
   }
 }
 
-void mkv_forward_body(mkv_forward_t *f, const char *at, size_t len) {
+static void fw_body(mkv_req_t *req, const char *at, size_t len) {
+  mkv_forward_t *f = req->data;
+  if (f->up.method != MKV_UP_PUT) return; /* a body on a DELETE is not passed on */
   while (len > 0) {
     if (f->cur == NULL) f->cur = mkv_chunk_alloc(MKV_CHUNK_POOLED, 1, chunk_released, f);
     size_t n = MKV_MIN(len, f->cur->cap - f->cur->len);
@@ -67,11 +69,12 @@ void mkv_forward_body(mkv_forward_t *f, const char *at, size_t len) {
   }
 }
 
-void mkv_forward_flush(mkv_forward_t *f) {
-  send_cur(f);
+static void fw_flush(mkv_req_t *req) {
+  send_cur(req->data);
 }
 
-void mkv_forward_end(mkv_forward_t *f) {
+static void fw_complete(mkv_req_t *req) {
+  mkv_forward_t *f = req->data;
   send_cur(f);
   if (f->up.method == MKV_UP_PUT) mkv_upreq_end(&f->up);
 }
@@ -175,9 +178,33 @@ static void on_done(mkv_upreq_t *up, int err) {
   mkv_req_unref(req);
 }
 
+static void forward_free(mkv_forward_t *f) {
+  if (f->cur) mkv_chunk_free(f->cur);
+  mkv_upreq_free(&f->up);
+  mkv_buf_free(&f->headers);
+  mkv_buf_free(&f->resp_headers);
+  mkv_buf_free(&f->body);
+  free(f);
+}
+
+static void fw_abort(mkv_req_t *req) {
+  mkv_forward_t *f = req->data;
+  f->client_gone = 1;
+  if (!f->finished) mkv_upreq_cancel(&f->up);
+}
+
+static void fw_free(mkv_req_t *req) {
+  forward_free(req->data);
+  req->data = NULL;
+}
+
+/* Counted in /metrics and the access log as the API's own requests. */
+static const mkv_handler_t forward_handler = {NULL, fw_body, fw_flush, fw_complete, fw_abort,
+                                              fw_free, 1};
+
 /* ---- start ---- */
 
-mkv_forward_t *mkv_forward_start(mkv_req_t *req, const char *to, const char *self) {
+int mkv_forward_start(mkv_req_t *req, const char *to, const char *self) {
   mkv_worker_t *w = req->worker;
   mkv_forward_t *f = mkv_calloc(1, sizeof(*f));
   f->req = req;
@@ -241,25 +268,12 @@ mkv_forward_t *mkv_forward_start(mkv_req_t *req, const char *to, const char *sel
     char why[400];
     snprintf(why, sizeof(why), "cannot reach the primary index node %s: retry", to);
     mkv_req_respond_text(req, 503, why);
-    mkv_forward_free(f);
-    return NULL;
+    forward_free(f);
+    return -1;
   }
   f->started = 1;
+  req->data = f;
+  req->handler = &forward_handler;
   if (req->expect_continue) mkv_req_continue(req);
-  return f;
-}
-
-void mkv_forward_abort(mkv_forward_t *f) {
-  f->client_gone = 1;
-  if (!f->finished) mkv_upreq_cancel(&f->up);
-}
-
-void mkv_forward_free(mkv_forward_t *f) {
-  if (f == NULL) return;
-  if (f->cur) mkv_chunk_free(f->cur);
-  mkv_upreq_free(&f->up);
-  mkv_buf_free(&f->headers);
-  mkv_buf_free(&f->resp_headers);
-  mkv_buf_free(&f->body);
-  free(f);
+  return 0;
 }

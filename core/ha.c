@@ -212,10 +212,7 @@ static int hook_committed(void *arg, mkv_buf_t *ops, int sync, mkv_index_write_t
   p->seq = seq;
   p->since_ms = mkv_now_ms();
   p->writes = writes;
-  if (ha.pending_tail)
-    ha.pending_tail->next = p;
-  else
-    ha.pending_head = p;
+  *(ha.pending_tail ? &ha.pending_tail->next : &ha.pending_head) = p;
   ha.pending_tail = p;
   mkv__ha_settle();
   pthread_mutex_unlock(&ha.mu);
@@ -240,6 +237,21 @@ void mkv__ha_wait(int ms) {
   ts.tv_sec += ts.tv_nsec / 1000000000L;
   ts.tv_nsec %= 1000000000L;
   pthread_cond_timedwait(&ha.cond, &ha.mu, &ts);
+}
+
+/* May a standby answer reads from its own index? While the sync record names it, every
+ * acknowledged write is here: the primary acknowledges only what this node confirmed,
+ * until it has rewritten the record without it -- which this node sees at its next
+ * read of etcd (HA_POLL_MS), and nothing else can be acknowledged meanwhile, with the
+ * primary dead, stepped down or out of reach alike: so it answers reads itself, during
+ * a failover too. While etcd is out of reach, the last record read stands (in a
+ * partition the other side may promote and write: README). One exception narrows the
+ * window: a stream that is up but silent for half the sync timeout is one the primary
+ * may be dropping for slowness. Under mu. */
+static void update_reads_local(void) {
+  int quiet = ha.streaming &&
+              mkv_now_ms() - ha.heard_ms >= (uint64_t)(ha.c.sync_timeout_ms / 2);
+  atomic_store(&ha.reads_local, names(ha.sync_record, ha.c.name) && !ha.resyncing && !quiet);
 }
 
 /* record_mine: the campaign's transaction wrote the sync record naming this node alone.
@@ -278,7 +290,7 @@ static void step_down(const char *why) {
   }
   atomic_store(&ha.role, MKV_HA_STANDBY);
   atomic_store(&ha.lease_deadline, 0);
-  atomic_store(&ha.reads_local, 0);
+  update_reads_local();
   mkv__repl_drop_all();
   fail_pending(MKV_ENOTPRIMARY);
   ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = ha.primary_admin[0] = '\0';
@@ -376,14 +388,7 @@ static void *ctl_main(void *arg) {
             ha.primary_name[0] = ha.primary_api[0] = ha.primary_repl[0] = ha.primary_admin[0] = '\0';
           }
           snprintf(ha.sync_record, sizeof(ha.sync_record), "%s", sync.exists ? sync.value.data : "");
-          /* Reads here are as good as the primary's while the sync record names this
-           * node and the stream is live (the primary waits for its confirmations), and
-           * while no node holds the lease (nothing can be acknowledged then). A stream
-           * silent for half the sync timeout may be one the primary is dropping. */
-          uint64_t quiet = mkv_now_ms() - ha.heard_ms;
-          int fresh = ha.streaming && quiet < (uint64_t)(ha.c.sync_timeout_ms / 2);
-          atomic_store(&ha.reads_local, names(ha.sync_record, ha.c.name) &&
-                                            (fresh || !leader.exists));
+          update_reads_local();
         }
         int eligible = !primary && !leader.exists && lease != 0 && !ha.resyncing &&
                        (!sync.exists || names(ha.sync_record, ha.c.name));
@@ -414,8 +419,10 @@ static void *ctl_main(void *arg) {
       }
     }
 
-    /* 4. A primary: the sync standby's deadline, and the sync record to rewrite. */
+    /* 4. A primary: the sync standby's deadline, and the sync record to rewrite. A
+     *    standby: whether it answers reads (its stream may have gone quiet). */
     pthread_mutex_lock(&ha.mu);
+    if (atomic_load(&ha.role) == MKV_HA_STANDBY) update_reads_local();
     if (err == NULL && atomic_load(&ha.role) == MKV_HA_PRIMARY) {
       if (ha.sync_conn && ha.pending_head &&
           mkv_now_ms() - ha.pending_head->since_ms > (uint64_t)ha.c.sync_timeout_ms) {
@@ -462,12 +469,7 @@ static void *ctl_main(void *arg) {
       etcd_ok = 0;
       mkv__ha_set_error("%s", err);
       free(err);
-      /* etcd out of reach: no node can be promoted nor drop this one from the sync
-       * record without it, so a node the last record read named keeps answering reads
-       * from its own index (stale only if etcd is reachable from the other side of a
-       * partition, where a new primary may take writes: README). */
-      if (atomic_load(&ha.role) == MKV_HA_STANDBY)
-        atomic_store(&ha.reads_local, names(ha.sync_record, ha.c.name));
+      if (atomic_load(&ha.role) == MKV_HA_STANDBY) update_reads_local();
     } else if (!etcd_ok) {
       mkv_info("ha: etcd answers again (%s)", mkv_etcd_endpoint(etcd));
       etcd_ok = 1;

@@ -802,8 +802,7 @@ done:
   }
   if (own) mkv_index_iter_free(own);
   pthread_mutex_lock(&ha.mu);
-  ha.streaming = 0;
-  atomic_store(&ha.reads_local, 0);
+  ha.streaming = 0; /* reads: the control thread decides (ha.c, update_reads_local) */
   pthread_mutex_unlock(&ha.mu);
   close(fd);
   mkv_buf_free(&r.buf);

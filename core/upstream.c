@@ -102,7 +102,7 @@ typedef struct upwrite_s {
   char frame[24];
 } upwrite_t;
 
-static llhttp_settings_t resp_settings;
+static const llhttp_settings_t resp_settings; /* defined below its callbacks */
 static void conn_fail(upconn_t *c, int err, int from_sync_call);
 static void dispatch(mkv_upreq_t *req, int fresh_only);
 static void maybe_free_upstream(mkv_upstream_t *up);
@@ -1019,6 +1019,14 @@ static int on_message_complete(llhttp_t *p) {
   return HPE_PAUSED;
 }
 
+static const llhttp_settings_t resp_settings = {
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
 /* ---- lifecycle ---- */
 
 void mkv_upstream_set_headers(mkv_upstream_t *up, const char *lines) {
@@ -1026,14 +1034,6 @@ void mkv_upstream_set_headers(mkv_upstream_t *up, const char *lines) {
 }
 
 mkv_upstream_t *mkv_upstream_new(uv_loop_t *loop, double suspect_ms) {
-  if (resp_settings.on_message_complete == NULL) {
-    llhttp_settings_init(&resp_settings);
-    resp_settings.on_headers_complete = on_headers_complete;
-    resp_settings.on_body = on_body;
-    resp_settings.on_header_field = on_header_field;
-    resp_settings.on_header_value = on_header_value;
-    resp_settings.on_message_complete = on_message_complete;
-  }
   mkv_upstream_t *up = mkv_calloc(1, sizeof(*up));
   up->loop = loop;
   up->suspect_ms = suspect_ms;

@@ -45,15 +45,21 @@ function M.replica(volume, score)
   return format("%s/sv%02X", volume, (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % sv)
 end
 
-function M.place(key, volumes, n)
-  local scores = mkv.md5_scores(key, volumes)
-  local order = M.by_rank(scores)
+-- The n volumes of highest rank, as the record names them (rank: one value per volume,
+-- by index; scores: md5_scores, for the subvolume). Shared with weighted.lua.
+function M.pick(volumes, scores, rank, n)
+  local order = M.by_rank(rank)
   local out = {}
   for i = 1, n do
     local v = order[i]
     out[i] = M.replica(volumes[v], scores[v])
   end
   return out
+end
+
+function M.place(key, volumes, n)
+  local scores = mkv.md5_scores(key, volumes)
+  return M.pick(volumes, scores, scores, n)
 end
 
 -- The file of a key on a volume (src/lib.go:key2path): /<md5 hex 0-1>/<2-3>/<base64>.

@@ -48,13 +48,7 @@ function M.place(key, volumes, n)
   for i, vol in ipairs(volumes) do
     rank[i] = (weights[vol] or 1) / -log(unit(scores[i]))
   end
-  local order = default.by_rank(rank)
-  local out = {}
-  for i = 1, n do
-    local v = order[i]
-    out[i] = default.replica(volumes[v], scores[v])
-  end
-  return out
+  return default.pick(volumes, scores, rank, n)
 end
 
 M.path = default.path

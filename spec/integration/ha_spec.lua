@@ -107,11 +107,18 @@ describe("standby index: two nodes, one etcd", function()
     c.nodes[p].proc:kill9()
     local t0 = H.now()
     local first
+    local reads, failed_reads = 0, {}
+    local any_key = next(acked)
     H.eventually(function()
+      -- reads on the standby never stop, during the failover too
+      local rst = H.http("HEAD", c.nodes[s].url .. any_key, { timeout = 3 })
+      reads = reads + 1
+      if rst ~= 302 then failed_reads[#failed_reads + 1] = tostring(rst) end
       local st = put(c.nodes[s].url, "/fo/after", "after", 3)
       if st == 201 then first = H.now() - t0 return true end
       return false, "PUT answered " .. tostring(st)
     end, 30 * H.slow, s .. " taking writes")
+    assert.same({}, failed_reads, reads .. " reads during the failover")
     io.stderr:write(string.format("# failover: the standby took writes %.1f s after the kill (ttl 3s)\n", first))
     assert.truthy(first < 15 * H.slow, string.format("took %.1f s", first))
     assert.equal("primary", c:role(s))
