@@ -1,5 +1,6 @@
 /* api.c: request semantics (ARCHITECTURE "Request semantics"), the write order, key
- * locks, and the mapping of every error to a status code.
+ * locks, and the mapping of every error to a status code; the reads (GET, HEAD,
+ * listings) are api_read.c's.
  *
  * Write order, PUT: key lock -> record marked DELETED with its target volumes (so a
  * crash leaves a soft-deleted record, never a live key without bytes) -> body streamed
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api_int.h"
 #include "internal.h"
 #include "mkv/failpoint.h"
 #include "mkv/fanout.h"
@@ -29,53 +31,9 @@
 #include "mkv/repair.h"
 #include "mkv/text.h"
 
-#define MAX_PROBES 64
-
-typedef struct api_s {
-  mkv_req_t *req;
-  int locked, client_gone, body_complete;
-  mkv_buf_t recbuf;
-  mkv_record_t rec;
-  mkv_buf_t placement; /* where placement wants the key, record form */
-  int nrep;            /* its replica count */
-  mkv_buf_t targets;   /* PUT: where its copies go (placement, or a handoff) */
-  int quorum;          /* PUT: copies it needs for its 201 */
-  mkv_buf_t written;   /* PUT: the volumes that stored it (the live record's) */
-  mkv_buf_t path;
-
-  /* PUT */
-  mkv_fanout_t *fo;
-  int fo_done, fo_err, mark_err, final_started;
-  int index_pending, finishing, released;
-  int final_done, final_status, leftovers_pending;
-  mkv_index_write_t w_mark, w_final;
-  int has_client_md5;
-  unsigned char client_md5[MKV_MD5_LEN];
-  int fail_status;
-
-  /* DELETE of files (a DELETE request, or the cleanup of a failed PUT) */
-  mkv_upreq_t *dels;
-  int ndels, dels_pending, dels_failed;
-  void (*dels_done)(struct api_s *a);
-
-  /* GET with a query: a listing */
-  mkv__listing_t *listing;
-
-  /* GET/HEAD probes */
-  mkv_upreq_t probe;
-  const char *probe_items[MAX_PROBES];
-  size_t probe_lens[MAX_PROBES];
-  int nprobes, next_probe, probing;
-  int balanced;
-  int probe_missing;   /* replicas that answered 404 */
-  int nmissed_probes;  /* replicas left out: they missed this read already (a bounce) */
-  mkv_buf_t missed;    /* the volumes that bounced this read back, comma-joined */
-  mkv_buf_t order;     /* the read policy's order of the record's volumes */
-} api_t;
-
 /* ---- helpers ---- */
 
-static api_t *api_of(mkv_req_t *req) {
+api_t *mkv__api_of(mkv_req_t *req) {
   if (req->data == NULL) {
     api_t *a = mkv_calloc(1, sizeof(*a));
     a->req = req;
@@ -159,17 +117,17 @@ static int status_for(int err) {
   }
 }
 
-static void respond_text(mkv_req_t *req, int status, const char *text) {
+void mkv__api_respond_text(mkv_req_t *req, int status, const char *text) {
   if (!req->responded) mkv_req_respond_text(req, status, text);
 }
 
-static void respond_empty(mkv_req_t *req, int status) {
+void mkv__api_respond_empty(mkv_req_t *req, int status) {
   if (!req->responded) mkv_req_respond(req, status, NULL, 0, NULL, 0);
 }
 
 /* Is host:port `h` in the list s (comma-separated items "host:port[/dir]", blanks
  * allowed)? The X-Mkv-Avoid-Volume header and the bounce's mkv_miss lists. */
-static int in_host_list(const char *s, size_t n, const char *h, size_t hl) {
+int mkv__api_in_host_list(const char *s, size_t n, const char *h, size_t hl) {
   size_t i = 0;
   while (i < n) {
     while (i < n && (s[i] == ' ' || s[i] == ',')) i++;
@@ -182,16 +140,12 @@ static int in_host_list(const char *s, size_t n, const char *h, size_t hl) {
   return 0;
 }
 
-/* A key shown in a log line: at most 100 bytes (the logger masks control bytes). */
-#define KEYFMT "%.*s%s"
-#define KEYARG(req)                                                                      \
-  (int)MKV_MIN((req)->key.len, 100), (req)->key.data, (req)->key.len > 100 ? "..." : ""
 
-static void policy_failed(mkv_req_t *req) {
+void mkv__api_policy_failed(mkv_req_t *req) {
   mkv_ctr_add(&req->worker->metrics->policy_errors, 1);
   MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": %s", req->method_name, KEYARG(req),
                       mkv_policy_error(req->worker->policy));
-  respond_text(req, 500, "policy error (see the server log)");
+  mkv__api_respond_text(req, 500, "policy error (see the server log)");
 }
 
 static void unlock(api_t *a) {
@@ -201,7 +155,7 @@ static void unlock(api_t *a) {
 }
 
 /* Reads the key's record into a->rec. 0, UV_ENOENT, or an error already answered. */
-static int load_record(api_t *a) {
+int mkv__api_load_record(api_t *a) {
   mkv_req_t *req = a->req;
   int rc = mkv_index_get(req->worker->index, req->key.data, req->key.len, &a->recbuf);
   if (rc == UV_ENOENT) return rc;
@@ -209,7 +163,7 @@ static int load_record(api_t *a) {
   if (rc != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "%s " KEYFMT ": cannot read its record: %s",
                         req->method_name, KEYARG(req), mkv_strerror(rc));
-    respond_text(req, 500, rc == MKV_ECORRUPT ? "corrupt index record" : "index read failed");
+    mkv__api_respond_text(req, 500, rc == MKV_ECORRUPT ? "corrupt index record" : "index read failed");
     return -1;
   }
   return 0;
@@ -219,16 +173,16 @@ static int load_record(api_t *a) {
 static int key_path(api_t *a) {
   mkv_req_t *req = a->req;
   if (mkv_policy_path(req->worker->policy, req->key.data, req->key.len, &a->path) != 0) {
-    policy_failed(req);
+    mkv__api_policy_failed(req);
     return -1;
   }
   int rc = mkv_path_check(a->path.data, a->path.len);
   if (rc == MKV_EKEYLONG) {
-    respond_text(req, 414, "key too long: its file name on a volume would exceed 255 bytes");
+    mkv__api_respond_text(req, 414, "key too long: its file name on a volume would exceed 255 bytes");
     return -1;
   }
   if (rc != 0) {
-    respond_text(req, 400, "key cannot be stored: its file path on a volume would have an "
+    mkv__api_respond_text(req, 400, "key cannot be stored: its file path on a volume would have an "
                            "empty component (base64 ending in '/' or holding '//')");
     return -1;
   }
@@ -334,7 +288,7 @@ static void on_cleanup_files_deleted(api_t *a) {
 static void put_fail(api_t *a, int status, const char *why) {
   mkv_req_t *req = a->req;
   if (!a->client_gone) {
-    if (!req->responded) respond_text(req, status, why);
+    if (!req->responded) mkv__api_respond_text(req, status, why);
   }
   /* Only replicas whose upload reached a connection can hold a copy; a volume that was
    * down got nothing, and a DELETE to it would only fail and keep the record. */
@@ -358,7 +312,7 @@ static void put_complete(api_t *a) {
      * to the standby); its copies must stay (orphans at worst, for mkv gc): deleting
      * them left a live key with no bytes. */
     unlock(a);
-    if (!a->client_gone) respond_text(req, 503, index_error(a->final_status));
+    if (!a->client_gone) mkv__api_respond_text(req, 503, index_error(a->final_status));
     api_done(a);
     return;
   }
@@ -367,7 +321,7 @@ static void put_complete(api_t *a) {
    * answer, and another worker would take it while this one still held the lock (409). */
   MKV_FAILPOINT("put/after_live");
   unlock(a);
-  respond_empty(req, 201);
+  mkv__api_respond_empty(req, 201);
   MKV_FAILPOINT("put/after_reply");
   api_done(a);
 }
@@ -534,14 +488,14 @@ static int choose_targets(api_t *a) {
   if (ncan >= a->quorum &&
       (rc = mkv_policy_place_among(w->policy, req->key.data, req->key.len, can, ncan, a->nrep,
                                    &a->targets, &got)) != 0) {
-    policy_failed(req);
+    mkv__api_policy_failed(req);
   } else if (ncan < a->quorum || got < a->quorum) {
     char why[200];
     snprintf(why, sizeof(why), "only %d volume(s) can take a copy now (the others are down, full, "
              "read-only or draining); this PUT needs %d (write_quorum)", ncan < a->quorum ? ncan
              : got, a->quorum);
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %s", KEYARG(req), why);
-    respond_text(req, 503, why);
+    mkv__api_respond_text(req, 503, why);
     rc = -1;
   }
   free(can);
@@ -575,7 +529,7 @@ static int replace_replica(mkv_fanout_t *fo, const char *failed, mkv_buf_t *vol)
     size_t ilen;
     mkv_volumes_iter(&it, answer.data, answer.len);
     while (mkv_volumes_next(&it, &item, &ilen)) {
-      if (in_host_list(a->targets.data, a->targets.len, item, mkv_volume_host_len(item, ilen)))
+      if (mkv__api_in_host_list(a->targets.data, a->targets.len, item, mkv_volume_host_len(item, ilen)))
         continue;
       fresh++;
       mkv_buf_set(vol, item, ilen);
@@ -619,45 +573,45 @@ static int parse_content_md5(const mkv_buf_t *v, unsigned char out[MKV_MD5_LEN])
 }
 
 static void put_start(mkv_req_t *req) {
-  api_t *a = api_of(req);
+  api_t *a = mkv__api_of(req);
   mkv_worker_t *w = req->worker;
   const mkv_config_t *cfg = w->cfg;
 
   if (!req->has_body && !req->chunked) {
-    respond_empty(req, 411);
+    mkv__api_respond_empty(req, 411);
     return;
   }
   if (req->has_content_md5) {
     if (parse_content_md5(&req->content_md5, a->client_md5) != 0) {
-      respond_text(req, 400, "Content-MD5 must be the base64 of 16 bytes (RFC 1864)");
+      mkv__api_respond_text(req, 400, "Content-MD5 must be the base64 of 16 bytes (RFC 1864)");
       return;
     }
     a->has_client_md5 = 1;
   }
   if (mkv_index_failure(w->index)) {
-    respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
     return;
   }
   /* Placement and path before the lock: a key that cannot be stored is refused before
    * anything at all happens. */
   if (mkv_policy_place(w->policy, req->key.data, req->key.len, &a->placement, &a->nrep) != 0) {
-    policy_failed(req);
+    mkv__api_policy_failed(req);
     return;
   }
   if (key_path(a) != 0 || choose_targets(a) != 0) return;
   if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
-    respond_empty(req, 409);
+    mkv__api_respond_empty(req, 409);
     return;
   }
   a->locked = 1;
-  int rc = load_record(a);
+  int rc = mkv__api_load_record(a);
   if (rc == -1) {
     unlock(a);
     return;
   }
   if (rc == 0 && !a->rec.deleted) {
     unlock(a);
-    respond_empty(req, 403);
+    mkv__api_respond_empty(req, 403);
     return;
   }
 
@@ -707,10 +661,10 @@ static void on_record_removed(mkv_index_write_t *w, int status) {
   a->index_pending--;
   unlock(a); /* before the answer, as for a PUT's 201 */
   if (status != 0)
-    respond_text(a->req, 503, index_error(status));
+    mkv__api_respond_text(a->req, 503, index_error(status));
   else {
     MKV_FAILPOINT("delete/after_remove");
-    respond_empty(a->req, 204);
+    mkv__api_respond_empty(a->req, 204);
   }
   api_done(a);
 }
@@ -720,7 +674,7 @@ static void on_files_deleted(api_t *a) {
   if (a->dels_failed) {
     /* The record stays soft-deleted: a later DELETE (or mkv gc) finishes the job. */
     unlock(a);
-    respond_text(req, 500, "could not delete every replica; the key stays unlinked, retry the "
+    mkv__api_respond_text(req, 500, "could not delete every replica; the key stays unlinked, retry the "
                            "DELETE later");
     api_done(a);
     return;
@@ -737,14 +691,14 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
   a->index_pending--;
   if (status != 0) {
     unlock(a);
-    respond_text(req, 503, index_error(status));
+    mkv__api_respond_text(req, 503, index_error(status));
     api_done(a);
     return;
   }
   if (req->method == MKV_M_UNLINK) {
     MKV_FAILPOINT("unlink/after_mark");
     unlock(a);
-    respond_empty(req, 204); /* the mark is on disk; the files stay */
+    mkv__api_respond_empty(req, 204); /* the mark is on disk; the files stay */
     MKV_FAILPOINT("unlink/after_reply");
     api_done(a);
     return;
@@ -754,7 +708,7 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
    * to delete, and a DELETE of a path ending in '/' would remove a whole directory of
    * other keys' files: such paths are never sent. */
   if (mkv_policy_path(req->worker->policy, req->key.data, req->key.len, &a->path) != 0) {
-    policy_failed(req);
+    mkv__api_policy_failed(req);
     api_done(a);
     return;
   }
@@ -767,31 +721,31 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
 }
 
 static void delete_start(mkv_req_t *req) {
-  api_t *a = api_of(req);
+  api_t *a = mkv__api_of(req);
   mkv_worker_t *w = req->worker;
   if (mkv_index_failure(w->index)) {
-    respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
     return;
   }
   if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
-    respond_empty(req, 409);
+    mkv__api_respond_empty(req, 409);
     return;
   }
   a->locked = 1;
-  int rc = load_record(a);
+  int rc = mkv__api_load_record(a);
   if (rc != 0) {
     unlock(a);
-    if (rc == UV_ENOENT) respond_empty(req, 404);
+    if (rc == UV_ENOENT) mkv__api_respond_empty(req, 404);
     return;
   }
   if (req->method == MKV_M_UNLINK && a->rec.deleted) {
     unlock(a);
-    respond_empty(req, 404);
+    mkv__api_respond_empty(req, 404);
     return;
   }
   if (req->method == MKV_M_DELETE && w->cfg->protect && !a->rec.deleted) {
     unlock(a);
-    respond_text(req, 403, "protected: UNLINK the key before deleting it");
+    mkv__api_respond_text(req, 403, "protected: UNLINK the key before deleting it");
     return;
   }
   mkv_req_ref(req);
@@ -806,363 +760,6 @@ static void delete_start(mkv_req_t *req) {
   mkv_buf_free(&mark);
 }
 
-/* ---- listings: GET /prefix?list|unlinked[&start=K][&limit=N] ---- */
-
-static void on_listing_done(void *data, int err) {
-  api_t *a = data;
-  if (err == MKV_EPOLICY) {
-    policy_failed(a->req);
-  } else if (err != 0) {
-    respond_text(a->req, 500, "index read failed");
-  }
-  mkv_req_unref(a->req);
-}
-
-static void listing_start(api_t *a) {
-  mkv_req_t *req = a->req;
-  mkv_worker_t *w = req->worker;
-  const char *q = req->raw_query.data;
-  size_t qlen = req->raw_query.len;
-  const char *amp = memchr(q, '&', qlen);
-  size_t oplen = amp ? (size_t)(amp - q) : qlen;
-  const char *op;
-  if (oplen == 4 && memcmp(q, "list", 4) == 0)
-    op = "list";
-  else if (oplen == 8 && memcmp(q, "unlinked", 8) == 0)
-    op = "unlinked";
-  else {
-    /* As the original: any GET with a query is a listing, and an unknown one is 403. */
-    respond_empty(req, 403);
-    return;
-  }
-  mkv_buf_t v;
-  mkv_buf_init(&v);
-  long long requested = 0, limit;
-  int rc = mkv_query_get(q, qlen, "limit", &v);
-  if (rc < 0 || (rc == 1 && v.len > 0 && mkv_parse_int(v.data, v.len, &requested) != 0)) {
-    respond_empty(req, 400);
-  } else if (mkv_policy_list_limit(w->policy, op, requested > 0 ? requested : 0, &limit) != 0) {
-    policy_failed(req);
-  } else if ((rc = mkv_query_get(q, qlen, "start", &v)) < 0) {
-    respond_empty(req, 400);
-  } else {
-    /* The lower bound is the prefix, or `start` when it is above it. Unlike the
-     * original, a start below the prefix does not list keys outside the prefix. */
-    const char *from = req->key.data;
-    size_t from_len = req->key.len;
-    if (rc == 1 && v.len > 0) {
-      size_t m = MKV_MIN(v.len, req->key.len);
-      int cmp = memcmp(v.data, req->key.data, m);
-      if (cmp > 0 || (cmp == 0 && v.len > req->key.len)) from = v.data, from_len = v.len;
-    }
-    mkv_req_ref(req); /* until on_listing_done */
-    a->listing = mkv__listing_start(req, op, limit, from, from_len, on_listing_done, a);
-  }
-  mkv_buf_free(&v);
-}
-
-/* ---- GET and HEAD ---- */
-
-static void get_respond(api_t *a, int status, const char *location, size_t loclen) {
-  mkv_req_t *req = a->req;
-  mkv_header_t h[4];
-  int n = 0;
-  if (a->rec.has_hash) h[n++] = (mkv_header_t){"Content-Md5", a->rec.hash, 32};
-  if (a->placement.data) { /* live key */
-    h[n++] = (mkv_header_t){"Key-Balance", a->balanced ? "balanced" : "unbalanced", 0};
-    h[n++] = (mkv_header_t){"Key-Volumes", a->rec.volumes_len ? a->rec.volumes : "",
-                            a->rec.volumes_len};
-  }
-  if (location) h[n++] = (mkv_header_t){"Location", location, loclen};
-  mkv_req_respond(req, status, h, n, NULL, 0);
-}
-
-/* 302 to replica `item` ("host:port[/svXX]") of the key: Location is the volume's URL
- * (or the public_url form), signed when redirects are. After a bounce the volumes that
- * missed ride along in the query (?mkv_miss=...), so that a volume missing too bounces
- * back with all of them and the chain stays bounded. */
-static void redirect_to(api_t *a, const char *item, size_t ilen) {
-  mkv_req_t *req = a->req;
-  const mkv_config_t *cfg = req->worker->cfg;
-  mkv_buf_t *loc = &req->worker->scratch;
-  mkv_buf_reset(loc);
-  if (cfg->public_url[0]) {
-    mkv_buf_adds(loc, cfg->public_url);
-    mkv_buf_addc(loc, '/');
-  } else {
-    mkv_buf_adds(loc, "http://");
-  }
-  size_t vol_at = loc->len;
-  mkv_buf_add(loc, item, ilen);
-  mkv_buf_add(loc, a->path.data, a->path.len);
-  if (mkv_auth_signing(&cfg->auth))
-    mkv_auth_sign_location(&cfg->auth, loc, vol_at, (long long)time(NULL));
-  if (a->missed.len) {
-    mkv_buf_addc(loc, memchr(loc->data + vol_at, '?', loc->len - vol_at) ? '&' : '?');
-    mkv_buf_adds(loc, "mkv_miss=");
-    mkv_buf_add(loc, a->missed.data, a->missed.len);
-  }
-  get_respond(a, 302, loc->data, loc->len);
-}
-
-/* No replica to send the client to: 410 when every one was asked and has no copy (the
- * value is lost: comma.ai's fork answers so), else 404 (none answered in time). */
-static void get_not_found(api_t *a) {
-  int gone = a->nprobes + a->nmissed_probes > 0 && a->probe_missing == a->nprobes;
-  if (gone) {
-    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "GET " KEYFMT ": no volume holds a copy of this live key "
-                        "(410): restore it from a backup, or DELETE it", KEYARG(a->req));
-  }
-  get_respond(a, gone ? 410 : 404, NULL, 0);
-}
-
-static void probe_next(api_t *a);
-
-static void on_probe_done(mkv_upreq_t *r, int err) {
-  api_t *a = r->data;
-  mkv_req_t *req = a->req;
-  a->probing = 0;
-  if (a->client_gone) {
-    mkv_req_unref(req);
-    return;
-  }
-  if (err == 0 && r->status == 200) {
-    redirect_to(a, a->probe_items[a->next_probe - 1], a->probe_lens[a->next_probe - 1]);
-    mkv_req_unref(req);
-    return;
-  }
-  if (err == 0 && r->status == 404) {
-    a->probe_missing++;
-    mkv_repair_note(req->key.data, req->key.len); /* a live key without one of its copies */
-  }
-  probe_next(a);
-}
-
-/* HEAD each replica in turn, each within voltimeout; the first 200 wins. */
-static void probe_next(api_t *a) {
-  mkv_req_t *req = a->req;
-  while (a->next_probe < a->nprobes) {
-    const char *item = a->probe_items[a->next_probe];
-    size_t ilen = a->probe_lens[a->next_probe];
-    a->next_probe++;
-    mkv_upreq_t *r = &a->probe;
-    size_t hlen = mkv_volume_host_len(item, ilen);
-    mkv_buf_set(&r->host, item, hlen);
-    mkv_buf_set(&r->path, item + hlen, ilen - hlen);
-    mkv_buf_add(&r->path, a->path.data, a->path.len);
-    r->method = MKV_UP_HEAD;
-    r->timeout_ms = req->worker->cfg->voltimeout_ms;
-    r->done = on_probe_done;
-    r->data = a;
-    if (mkv_upstream_start(req->worker->up, r) == 0) {
-      a->probing = 1;
-      return;
-    }
-  }
-  /* No replica answered: 410 or 404, still with the record's headers (as the original). */
-  get_not_found(a);
-  mkv_req_unref(req);
-}
-
-static int volume_ok_for_url(const char *s, size_t n) {
-  if (n == 0) return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#' || c == '@' || c == '\\') return 0;
-  }
-  return 1;
-}
-
-/* ---- a miss bounced back by a volume (read_check = "none") ---- */
-
-/* The volume config mkv ships answers a GET or HEAD of a file it does not have with
- *   302 http://<mkv>/<the volume path>?mkv_miss=<the volume>[&<the query it got>]
- * The volume path is the replica's directory then the key's path (path() of the
- * placement policy: /ab/cd/<base64> by default); the key is the base64 after the first
- * /xx/yy/ (two hex levels) whose decoding has exactly that path. 0 with the key in
- * *key and the volumes that missed (every mkv_miss value, comma-joined) in a->missed;
- * -1 when the request is not such a bounce (nothing answered); 1 when it is one whose
- * key cannot be told (answered 404). */
-static int parse_bounce(api_t *a, mkv_buf_t *key) {
-  mkv_req_t *req = a->req;
-  const char *q = req->raw_query.data;
-  size_t qlen = req->raw_query.len, pos = 0, nlen, vlen;
-  const char *name, *val;
-  int found = 0;
-  mkv_buf_t v;
-  mkv_buf_init(&v);
-  while (mkv_query_next(q, qlen, &pos, &name, &nlen, &val, &vlen)) {
-    if (nlen != 8 || memcmp(name, "mkv_miss", 8) != 0) continue;
-    found = 1;
-    mkv_buf_reset(&v);
-    if (mkv_query_unescape(val, vlen, &v) != 0 || v.len == 0) continue;
-    if (a->missed.len) mkv_buf_addc(&a->missed, ',');
-    mkv_buf_add(&a->missed, v.data, v.len);
-  }
-  mkv_buf_free(&v);
-  if (!found) return -1;
-  const char *p = req->key.data;
-  size_t n = req->key.len;
-  for (size_t i = 0; i + 7 < n; i++) {
-    if (p[i] != '/' || p[i + 3] != '/' || p[i + 6] != '/' || !isxdigit((unsigned char)p[i + 1]) ||
-        !isxdigit((unsigned char)p[i + 2]) || !isxdigit((unsigned char)p[i + 4]) ||
-        !isxdigit((unsigned char)p[i + 5]))
-      continue;
-    const char *b64 = p + i + 7;
-    size_t blen = n - i - 7, klen = 0;
-    char *k = mkv_malloc(blen + 1);
-    int ok = mkv_base64_decode(b64, blen, (unsigned char *)k, &klen) == 0;
-    if (ok) {
-      mkv_buf_t path;
-      mkv_buf_init(&path);
-      ok = mkv_policy_path(req->worker->policy, k, klen, &path) == 0 && path.len == n - i &&
-           memcmp(path.data, p + i, path.len) == 0;
-      mkv_buf_free(&path);
-    }
-    if (ok) mkv_buf_set(key, k, klen);
-    free(k);
-    if (ok) return 0;
-  }
-  return 1;
-}
-
-/* ---- GET and HEAD ---- */
-
-/* The order in which the key's replicas are tried: the read policy's order() when it
- * has one, else random (spreads reads over replicas, as the original's rand.Perm);
- * then those on volumes marked down (health.h), that failed recently on this worker,
- * or that the client asks to avoid (X-Mkv-Avoid-Volume: a proxy whose fetch from a
- * volume failed asks again) last, so a dead volume costs a read nothing while another
- * replica is up. Volumes that already missed this read (a bounce) are left out. Returns
- * how many are in front (believed able to serve), or -1 when the policy failed. */
-static int order_replicas(api_t *a) {
-  mkv_req_t *req = a->req;
-  mkv_worker_t *w = req->worker;
-  const char *vols = a->rec.volumes;
-  size_t vlen = a->rec.volumes_len;
-  if (mkv_policy_has_read_order(w->policy)) {
-    if (mkv_policy_read_order(w->policy, req->key.data, req->key.len, vols, vlen,
-                              req->zone.len ? req->zone.data : NULL, req->zone.len,
-                              &a->order) != 0)
-      return -1;
-    vols = a->order.data;
-    vlen = a->order.len;
-  }
-  mkv_volumes_iter_t vit;
-  const char *item;
-  size_t ilen;
-  a->nprobes = 0;
-  mkv_volumes_iter(&vit, vols, vlen);
-  while (mkv_volumes_next(&vit, &item, &ilen) && a->nprobes < MAX_PROBES) {
-    if (!volume_ok_for_url(item, ilen)) continue;
-    size_t hl = mkv_volume_host_len(item, ilen);
-    if (a->missed.len && in_host_list(a->missed.data, a->missed.len, item, hl)) {
-      a->nmissed_probes++;
-      continue;
-    }
-    a->probe_items[a->nprobes] = item;
-    a->probe_lens[a->nprobes] = ilen;
-    a->nprobes++;
-  }
-  if (!mkv_policy_has_read_order(w->policy)) {
-    for (int i = a->nprobes - 1; i > 0; i--) {
-      int j = (int)(mkv_worker_rand(w) % (uint32_t)(i + 1));
-      const char *ti = a->probe_items[i];
-      size_t tl = a->probe_lens[i];
-      a->probe_items[i] = a->probe_items[j], a->probe_lens[i] = a->probe_lens[j];
-      a->probe_items[j] = ti, a->probe_lens[j] = tl;
-    }
-  }
-  const char *good[MAX_PROBES], *bad[MAX_PROBES];
-  size_t goodl[MAX_PROBES], badl[MAX_PROBES];
-  int ng = 0, nb = 0;
-  for (int i = 0; i < a->nprobes; i++) {
-    const char *it = a->probe_items[i];
-    size_t hl = mkv_volume_host_len(it, a->probe_lens[i]);
-    if (mkv_upstream_suspect(w->up, it, hl) ||
-        (req->avoid.len && in_host_list(req->avoid.data, req->avoid.len, it, hl)) ||
-        !mkv_health_readable(it, hl))
-      bad[nb] = it, badl[nb++] = a->probe_lens[i];
-    else
-      good[ng] = it, goodl[ng++] = a->probe_lens[i];
-  }
-  for (int i = 0; i < ng; i++) a->probe_items[i] = good[i], a->probe_lens[i] = goodl[i];
-  for (int i = 0; i < nb; i++) a->probe_items[ng + i] = bad[i], a->probe_lens[ng + i] = badl[i];
-  return ng;
-}
-
-static void get_start(mkv_req_t *req) {
-  api_t *a = api_of(req);
-  mkv_worker_t *w = req->worker;
-  const mkv_config_t *cfg = w->cfg;
-  int bounced = 0;
-  if (req->raw_query.len > 0) {
-    mkv_buf_t key;
-    mkv_buf_init(&key);
-    int rc = parse_bounce(a, &key);
-    if (rc == 0) { /* the rest of the request is about the key the volume missed */
-      mkv_buf_free(&req->key);
-      req->key = key;
-      bounced = 1;
-    } else {
-      mkv_buf_free(&key);
-      if (rc == 1) {
-        respond_empty(req, 404);
-        return;
-      }
-      if (req->method == MKV_M_GET) {
-        listing_start(a);
-        return;
-      }
-    }
-  }
-  int rc = load_record(a);
-  if (rc == -1) return;
-  if (rc == UV_ENOENT || a->rec.deleted) {
-    if (rc == UV_ENOENT) memset(&a->rec, 0, sizeof(a->rec));
-    if (cfg->fallback[0] && !bounced) {
-      /* Unlike the original, the key is escaped: it may hold bytes a Location cannot. */
-      mkv_buf_t loc;
-      mkv_buf_init(&loc);
-      mkv_buf_addf(&loc, "http://%s", cfg->fallback);
-      mkv_pct_encode_path(&loc, req->key.data, req->key.len);
-      get_respond(a, 302, loc.data, loc.len);
-      mkv_buf_free(&loc);
-    } else {
-      get_respond(a, 404, NULL, 0);
-    }
-    return;
-  }
-  /* Key-Balance: does the record match what placement says now (order included)? */
-  int n;
-  if (mkv_policy_place(w->policy, req->key.data, req->key.len, &a->placement, &n) != 0) {
-    policy_failed(req);
-    return;
-  }
-  a->balanced = a->placement.len == a->rec.volumes_len &&
-                memcmp(a->placement.data, a->rec.volumes, a->rec.volumes_len) == 0;
-  if (mkv_policy_path(w->policy, req->key.data, req->key.len, &a->path) != 0) {
-    policy_failed(req);
-    return;
-  }
-  int up = order_replicas(a);
-  if (up < 0) {
-    policy_failed(req);
-    return;
-  }
-  if (bounced) {
-    /* A copy is missing behind mkv's back: the repair restores it. The others are asked
-     * (as read_check "head" does), so the client is sent only where the value is. */
-    mkv_repair_note(req->key.data, req->key.len);
-  } else if (cfg->read_check == MKV_READ_CHECK_NONE && up > 0) {
-    /* No request to any volume: the first replica on a volume that is up. */
-    redirect_to(a, a->probe_items[0], a->probe_lens[0]);
-    return;
-  }
-  mkv_req_ref(req);
-  probe_next(a);
-}
-
 /* ---- entry points ---- */
 
 /* A standby passes writes to the primary, and reads too until it is in sync (ha.h). A
@@ -1174,7 +771,7 @@ static int ha_forward(mkv_req_t *req) {
   if (!write && !(read && !mkv_ha_reads_local())) return 0;
   char to[256];
   if (req->forwarded || mkv_ha_primary_api(to, sizeof(to)) != 0) {
-    respond_text(req, 503, req->forwarded
+    mkv__api_respond_text(req, 503, req->forwarded
                                ? "this index node is not the primary either (the primary is "
                                  "changing): retry"
                                : "this index node is a standby and knows no primary yet: retry");
@@ -1189,7 +786,7 @@ void mkv_api_headers(mkv_req_t *req) {
   if (mkv_ha_role() == MKV_HA_STANDBY && ha_forward(req)) return;
   switch (req->method) {
   case MKV_M_GET:
-  case MKV_M_HEAD: get_start(req); break;
+  case MKV_M_HEAD: mkv__api_get_start(req); break;
   case MKV_M_PUT: put_start(req); break;
   case MKV_M_DELETE:
   case MKV_M_UNLINK: delete_start(req); break;
