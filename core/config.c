@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 #include <openssl/crypto.h>
 #include <lua.h>
+#include <luajit.h>
 #include <lualib.h>
 #include <uv.h>
 
@@ -199,6 +200,7 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->limits.idle_timeout_ms = get_num(L, l, "idle_timeout");
   cfg->limits.header_timeout_ms = get_num(L, l, "header_timeout");
   cfg->limits.body_timeout_ms = get_num(L, l, "body_timeout");
+  cfg->limits.body_min_rate = get_num(L, l, "body_min_rate");
   cfg->limits.volume_timeout_ms = get_num(L, l, "volume_timeout");
   cfg->limits.suspect_time_ms = get_num(L, l, "suspect_time");
   cfg->limits.probe_interval_ms = get_num(L, l, "probe_interval");
@@ -274,6 +276,23 @@ static char *dir_of(const char *path) {
   return mkv_memdup(path, (size_t)(slash - path));
 }
 
+/* A config file is a program: one that never returns (a loop, a metatable whose
+ * __index loops) must not hang the start. Its evaluation runs under a deadline: the hook
+ * fires every LOAD_HOOK_COUNT instructions (the JIT is off in this state: compiled code
+ * calls no hook); once the deadline has passed every instruction raises, so a pcall in
+ * the file cannot swallow it. One state at a time loads (main thread, SIGHUP). */
+#define LOAD_BUDGET_MS 5000
+#define LOAD_HOOK_COUNT 10000
+static uint64_t load_deadline_ms;
+
+static void load_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (mkv_now_ms() < load_deadline_ms) return;
+  lua_sethook(L, load_hook, LUA_MASKCOUNT, 1);
+  lua_pushfstring(L, "did not finish within %d s (a loop?)", LOAD_BUDGET_MS / 1000);
+  lua_error(L);
+}
+
 int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags,
                     int nflags, const char *command, char **err) {
   memset(cfg, 0, sizeof(*cfg));
@@ -281,14 +300,21 @@ int mkv_config_load(mkv_config_t *cfg, const char *path, const mkv_flag_t *flags
   if (L == NULL) return -1;
   int rc = -1;
   int M = lua_gettop(L);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  load_deadline_ms = mkv_now_ms() + LOAD_BUDGET_MS;
+  lua_sethook(L, load_hook, LUA_MASKCOUNT, LOAD_HOOK_COUNT);
 
   /* t = path and M.load_file(path) or {} */
   if (path != NULL) {
     lua_getfield(L, M, "load_file");
     lua_pushstring(L, path);
     if (lua_pcall(L, 1, 1, 0) != 0) {
-      if (lua_istable(L, -1)) lua_getfield(L, -1, "msg");
-      *err = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot load config");
+      if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "msg");
+        *err = mkv_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot load config");
+      } else { /* the deadline, raised past load_file's own pcall */
+        *err = mkv_sprintf("%s: %s", path, lua_isstring(L, -1) ? lua_tostring(L, -1) : "failed");
+      }
       goto cleanup;
     }
   } else {

@@ -116,7 +116,7 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
   /* Sum the workers first: one pass over each worker's counters. */
   static _Thread_local unsigned long long status[MKV_MX_N][500];
   unsigned long long lat[MKV_MX_N][MKV_LAT_NB + 1], lat_sum[MKV_MX_N];
-  unsigned long long bin = 0, bout = 0, perr = 0;
+  unsigned long long bin = 0, bout = 0, perr = 0, slow = 0;
   memset(status, 0, sizeof(status));
   memset(lat, 0, sizeof(lat));
   memset(lat_sum, 0, sizeof(lat_sum));
@@ -130,6 +130,7 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
     bin += rd(&m->bytes_in);
     bout += rd(&m->bytes_out);
     perr += rd(&m->policy_errors);
+    slow += rd(&m->slow_bodies);
   }
 
   help(out, "mkv_requests_total", "counter",
@@ -157,6 +158,9 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
   help(out, "mkv_policy_errors_total", "counter",
        "Policy calls that failed (raised, timed out, returned something invalid).");
   mkv_buf_addf(out, "mkv_policy_errors_total %llu\n", perr);
+  help(out, "mkv_slow_bodies_total", "counter",
+       "Uploads failed because their body came slower than limits.body_min_rate.");
+  mkv_buf_addf(out, "mkv_slow_bodies_total %llu\n", slow);
 
   int nv = atomic_load_explicit(&nvolumes, memory_order_acquire);
   static const struct {

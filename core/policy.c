@@ -478,7 +478,9 @@ const char *mkv_policy_name(mkv_policy_t *p, int kind) {
   return p->sources[kind] ? p->sources[kind] : "?";
 }
 
-/* Is s one of vols, or one of vols + "/<dir>" (a subvolume)? */
+/* Is s one of vols, or one of vols + "/<dir>[/<dir>...]" (a subvolume)? Each <dir> is
+ * letters, digits, '-', '_' and '.', and never "." or "..": an answer that climbs out of
+ * the volume's root ("h:1/../../etc") is refused like any other bad answer. */
 static int known_volume(char *const *vols, int nvols, const char *s, size_t n) {
   for (int i = 0; i < nvols; i++) {
     size_t vl = strlen(vols[i]);
@@ -486,12 +488,20 @@ static int known_volume(char *const *vols, int nvols, const char *s, size_t n) {
     if (n == vl) return 1;
     if (s[vl] != '/' || n == vl + 1) continue;
     int ok = 1;
-    for (size_t j = vl + 1; j < n && ok; j++) {
-      char c = s[j];
-      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.' || (c == '/' && s[j - 1] != '/');
+    size_t comp = vl + 1; /* where the current component starts */
+    for (size_t j = vl + 1; j <= n && ok; j++) {
+      char c = j < n ? s[j] : '/';
+      if (c == '/') {
+        size_t len = j - comp;
+        ok = len > 0 && !(len == 1 && s[comp] == '.') &&
+             !(len == 2 && s[comp] == '.' && s[comp + 1] == '.');
+        comp = j + 1;
+      } else {
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '-' || c == '_' || c == '.';
+      }
     }
-    if (ok && s[n - 1] != '/') return 1;
+    if (ok) return 1;
   }
   return 0;
 }

@@ -169,7 +169,27 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
   c->in_execute = 1;
   c->stop = 0;
   c->cur_buf = data;
+  if (c->own_chunked && c->state == S_BODY) { /* a chunked body: mkv's decoder */
+    mkv__chunked_execute(c, data, len);
+    c->in_execute = 0;
+    if (c->closing) return;
+    if (c->req && c->api_engaged) c->req->handler->body_flush(c->req);
+    if (c->want_close && c->writes_pending == 0) mkv__conn_end(c);
+    return;
+  }
   llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+  if (e == HPE_PAUSED && c->own_chunked && c->state == S_BODY && !c->closing) {
+    /* llhttp stopped at the end of a chunked request's headers: the rest is body. */
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    size_t used = (size_t)(pos - data);
+    update_carry(c, data, used);
+    if (used < len) mkv__chunked_execute(c, pos, len - used);
+    c->in_execute = 0;
+    if (c->closing) return;
+    if (c->req && c->api_engaged) c->req->handler->body_flush(c->req);
+    if (c->want_close && c->writes_pending == 0) mkv__conn_end(c);
+    return;
+  }
   c->in_execute = 0;
   if (c->closing) return;
   /* Body bytes of this read that the API gathered go out now, not with the next read. */
@@ -212,6 +232,39 @@ static void conn_eof(mkv_conn_t *c) {
   mkv__conn_close(c);
 }
 
+/* limits.body_min_rate: a body read slower than the minimum over a 10 s window fails
+ * as a broken upload does (408, the connection closed, the API's abort cleans up) --
+ * else a client trickling bytes would hold the key's lock and the volume connections
+ * as long as it liked (the body timeout only sees a complete stall). The window
+ * restarts whenever mkv pauses the body (the volumes are slower: not the client's
+ * fault). 1 when the request was failed. */
+#define RATE_WINDOW_MS 10000
+static int body_too_slow(mkv_conn_t *c, size_t n) {
+  double min = c->server->w->cfg->limits.body_min_rate;
+  if (min <= 0) return 0;
+  uint64_t now = mkv_now_ms();
+  if (c->rate_since_ms == 0) {
+    c->rate_since_ms = now;
+    c->rate_bytes = 0;
+  }
+  c->rate_bytes += n;
+  uint64_t span = now - c->rate_since_ms;
+  if (span < RATE_WINDOW_MS) return 0;
+  if ((double)c->rate_bytes * 1000.0 / (double)span >= min) {
+    c->rate_since_ms = now;
+    c->rate_bytes = 0;
+    return 0;
+  }
+  mkv_ctr_add(&c->server->w->metrics->slow_bodies, 1);
+  char why[160];
+  snprintf(why, sizeof(why), "request body too slow: %.0f bytes/s over %.0f s, under "
+           "limits.body_min_rate (%.0f bytes/s)", (double)c->rate_bytes * 1000.0 / (double)span,
+           (double)span / 1000.0, min);
+  mkv__conn_reject(c, 408, why);
+  if (c->writes_pending == 0) mkv__conn_end(c);
+  return 1;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mkv_conn_t *c = s->data;
   if (nread == 0 || c->closing) return;
@@ -238,7 +291,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     return;
   }
-  if (c->state == S_BODY && !c->body_paused) mkv__conn_arm(c, c->server->w->cfg->limits.body_timeout_ms);
+  if (c->state == S_BODY && !c->body_paused) {
+    mkv__conn_arm(c, c->server->w->cfg->limits.body_timeout_ms);
+    if (body_too_slow(c, (size_t)nread)) return;
+  }
   conn_execute(c, buf->base, (size_t)nread);
   if (!c->closing) mkv__conn_advance(c);
 }
@@ -271,8 +327,15 @@ void mkv__conn_advance(mkv_conn_t *c) {
       mkv_req_unref(req);
       c->msg_complete = c->response_done = 0;
       c->body_paused = 0; /* a resume may never come once the request is over */
+      c->rate_since_ms = 0;
       c->state = S_IDLE;
-      llhttp_resume(&c->parser);
+      if (c->own_chunked) { /* llhttp stopped at its headers: it starts afresh */
+        c->own_chunked = 0;
+        llhttp_init(&c->parser, HTTP_REQUEST, mkv__request_settings());
+        c->parser.data = c;
+      } else {
+        llhttp_resume(&c->parser);
+      }
       mkv__conn_arm(c, c->server->w->cfg->limits.idle_timeout_ms);
       continue;
     }

@@ -17,6 +17,8 @@
 #include <llhttp.h>
 #include <uv.h>
 
+#include "mkv/chunked.h"
+
 #include "mkv/server.h"
 
 enum { S_IDLE, S_HEADERS, S_BODY, S_WAITING, S_LINGER };
@@ -50,6 +52,7 @@ struct mkv_conn_s {
   mkv_buf_t hfield, hvalue;
   size_t header_bytes;
   int value_seen;      /* the current header value already had a span */
+  int hosts;           /* Host headers of the current request */
   int carry_lf_ws;     /* the previous read ended with LF + only SP/HT */
   const char *cur_buf; /* the buffer llhttp is executing (for the obs-fold check) */
 
@@ -67,6 +70,12 @@ struct mkv_conn_s {
   uint64_t linger_until_ns;
   uv_shutdown_t shutdown_req;
   char peer[48]; /* the client's address, for the access log */
+  /* A chunked request body is decoded by mkv (chunked.h), not by llhttp, which stops at
+   * the end of the headers; the next request starts with a fresh parser. */
+  int own_chunked;
+  mkv_chunked_t chunked;
+  /* limits.body_min_rate: body bytes read since rate_since_ms (0: not counting) */
+  uint64_t rate_since_ms, rate_bytes;
 };
 
 struct mkv_server_s {
@@ -98,6 +107,10 @@ void mkv__conn_arm(mkv_conn_t *c, double ms); /* the connection's one timer */
 void mkv__conn_start_reading(mkv_conn_t *c);
 
 /* ---- server_parse.c ---- */
+
+/* Feeds a chunked body's bytes to the decoder: data to the handler, the end of the
+ * message, what follows it kept for the next request; a framing error answered 400. */
+void mkv__chunked_execute(mkv_conn_t *c, const char *data, size_t len);
 
 /* The llhttp callbacks of a request (strict: no lenient flag is ever set). */
 const llhttp_settings_t *mkv__request_settings(void);

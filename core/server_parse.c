@@ -51,6 +51,7 @@ int mkv__conn_reject(mkv_conn_t *c, int status, const char *why) {
 static int on_message_begin(llhttp_t *p) {
   mkv_conn_t *c = p->data;
   mkv_server_t *s = c->server;
+  c->hosts = 0;
   mkv_req_t *req = mkv_calloc(1, sizeof(*req));
   req->worker = s->w;
   req->handler = s->h;
@@ -100,6 +101,9 @@ static int count_header_bytes(mkv_conn_t *c, size_t len) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   mkv_conn_t *c = p->data;
   if (count_header_bytes(c, len + 4)) return -1;
+  /* A field name is a token (RFC 9110 §5.1): llhttp 8.1 takes "Foo Bar:" whole. */
+  if (memchr(at, ' ', len) || memchr(at, '\t', len))
+    return mkv__conn_reject(c, 400, "whitespace in a header name");
   if (c->hfield.len < 64) mkv_buf_add(&c->hfield, at, MKV_MIN(len, 64));
   return 0;
 }
@@ -139,6 +143,8 @@ static int on_header_value_complete(llhttp_t *p) {
     mkv_buf_add(&req->avoid, c->hvalue.data, c->hvalue.len);
   } else if (c->hfield.len == 17 && strncasecmp(c->hfield.data, "x-mkv-client-zone", 17) == 0) {
     mkv_buf_set(&req->zone, c->hvalue.data, c->hvalue.len);
+  } else if (c->hfield.len == 4 && strncasecmp(c->hfield.data, "host", 4) == 0) {
+    c->hosts++;
   } else if (c->hfield.len == 15 && strncasecmp(c->hfield.data, "x-mkv-forwarded", 15) == 0) {
     req->forwarded = 1; /* from another index node (forward.h): never passed on again */
   } else if (c->hfield.len == 13 && strncasecmp(c->hfield.data, "authorization", 13) == 0) {
@@ -165,6 +171,10 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->http_major != 1 || p->http_minor > 1)
     return mkv__conn_reject(c, p->http_major == 0 ? 400 : 505,
                        p->http_major == 0 ? "HTTP/0.9 is not supported" : "only HTTP/1.x");
+  /* RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host (the Go original says so
+   * too). */
+  if (p->http_minor == 1 && c->hosts != 1)
+    return mkv__conn_reject(c, 400, c->hosts ? "more than one Host header" : "HTTP/1.1 request without Host");
   req->http_minor = p->http_minor;
   c->keepalive = llhttp_should_keep_alive(p);
   switch (p->method) {
@@ -213,7 +223,44 @@ static int on_headers_complete(llhttp_t *p) {
     c->stop = 1;
     return -1;
   }
+  if (req->chunked) {
+    /* The body is mkv's to decode (chunked.h says why): llhttp stops here. */
+    mkv_chunked_init(&c->chunked, cfg->limits.header_bytes);
+    c->own_chunked = 1;
+    return HPE_PAUSED;
+  }
   return 0;
+}
+
+static void on_chunk_data(void *arg, const char *at, size_t len) {
+  mkv_conn_t *c = arg;
+  mkv_req_t *req = c->req;
+  if (c->closing) return;
+  if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_in, len);
+  if (!req->responded || c->streaming) req->handler->body(req, at, len);
+}
+
+void mkv__chunked_execute(mkv_conn_t *c, const char *data, size_t len) {
+  long long n = mkv_chunked_feed(&c->chunked, data, len, on_chunk_data, c);
+  if (c->closing) return;
+  if (n < 0) {
+    char why[160];
+    snprintf(why, sizeof(why), "malformed chunked body: %s", c->chunked.error);
+    /* Answered in band when nothing was (the API stops at the abort that follows the
+     * close); either way the connection ends: the framing is lost. */
+    mkv__conn_reject(c, 400, why);
+    if (c->want_close || c->writes_pending == 0) mkv__conn_end(c);
+    return;
+  }
+  if (!mkv_chunked_done(&c->chunked)) return;
+  c->msg_complete = 1;
+  c->state = S_WAITING;
+  uv_timer_stop(&c->timer);
+  c->req->handler->complete(c->req);
+  if (c->closing) return;
+  /* What follows is the next request's: it waits for this one's answer, as llhttp's
+   * pause at a message's end makes it wait. */
+  if ((size_t)n < len) mkv_buf_add(&c->tail, data + n, len - (size_t)n);
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
@@ -263,8 +310,8 @@ void mkv__request_failed(mkv_conn_t *c, llhttp_errno_t e, const char *data, size
     if (c->req == NULL && c->state != S_BODY) on_message_begin(&c->parser);
     char why[160];
     snprintf(why, sizeof(why), "malformed request: %s", llhttp_get_error_reason(&c->parser));
-    if (c->state == S_BODY || (c->req && c->req->responded)) {
-      /* The body broke (bad chunk framing ...): nothing can be answered in band. */
+    if (c->req && c->req->responded) {
+      /* Answered already: nothing more can be said in band. */
       MKV_LOG_RATELIMITED(MKV_LOG_INFO, "closed a connection: %s", why);
       mkv__conn_close(c);
       return;

@@ -347,6 +347,7 @@ void mkv_req_pause_body(mkv_req_t *req) {
   mkv_conn_t *c = req->conn;
   if (c == NULL || c->closing) return;
   c->body_paused = 1;
+  c->rate_since_ms = 0; /* the minimum rate's window starts again at the resume */
   if (c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;

@@ -61,6 +61,7 @@ return {
     probe_interval = "1s", -- each volume's health probe (a HEAD, every tenth a small PUT)
     probe_backoff = "5s",  -- ... backing off up to this while the volume stays down
     drain_timeout = "30s", -- on SIGTERM, how long in-flight requests may take
+    body_min_rate = "1KB/s", -- a slower body (over 10 s) fails with 408; "0" = none
     high_water_kb = 4096,  -- PUT bytes in flight above which mkv stops reading
     low_water_kb = 1024,   -- ... and below which it reads again
     list_slice = 1000,     -- records a listing examines per loop turn

@@ -88,6 +88,17 @@ M.limit_fields = {
   idle_timeout = { "60s", function(w, v) return dur(w, v, 1) end },
   header_timeout = { "30s", function(w, v) return dur(w, v, 1) end },
   body_timeout = { "60s", function(w, v) return dur(w, v, 1) end },
+  -- A body that arrives slower than this, on average over any 10 s while mkv reads it
+  -- (not while mkv itself waits for the volumes), fails like any other broken upload
+  -- (408): a trickling client would hold its key's lock and the volume connections.
+  -- "0" = no minimum.
+  body_min_rate = { "1KB/s", function(w, v)
+    if v == "0" or v == 0 then return 0 end
+    str(w, v)
+    local r = mkv.rate(v)
+    if not r then fail(w, "expected a rate such as \"1KB/s\" (or \"0\": none), got %s", describe(v)) end
+    return r
+  end },
   volume_timeout = { "30s", function(w, v) return dur(w, v, 1) end },
   suspect_time = { "5s", function(w, v) return dur(w, v, 0) end },
   -- Volume health (README "Volume health"): each volume is probed this often, and a

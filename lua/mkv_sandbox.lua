@@ -33,6 +33,55 @@ string.dump = nil
 -- ("").sub would otherwise reach the real string table through the metatable.
 getmetatable("").__metatable = false
 
+-- The deadline (policy.c) fires between Lua instructions, never inside a C function:
+-- one pattern match can backtrack for hours ("a*a*a*a*b" over a long subject). So the
+-- pattern functions refuse work they cannot finish quickly, before they start: a
+-- subject over 16 KB, or a pattern whose worst case -- about n^(q+1) steps for n bytes
+-- and q quantifiers (* + -) -- is over a few million. Keys and volume names are far
+-- below either; the worst a policy can do is fail its request. (Methods, s:gsub(...),
+-- reach the same table: it is changed in place.)
+do
+  local MAX_SUBJECT, BUDGET = 16384, 4e6
+  local find, match, gmatch, gsub = string.find, string.match, string.gmatch, string.gsub
+  local type, tostring = type, tostring
+  local function check(name, s, pattern, plain)
+    if type(s) == "number" then s = tostring(s) end
+    if type(s) ~= "string" then return end -- the C function says what is wrong
+    if #s > MAX_SUBJECT then
+      error(name .. ": subject of " .. #s .. " bytes (policies may match at most 16 KB)", 3)
+    end
+    if plain or type(pattern) ~= "string" then return end
+    local q = 0
+    local i, n = 1, #pattern
+    while i <= n do
+      local c = pattern:byte(i)
+      if c == 37 then i = i + 1 -- '%': the next byte is escaped
+      elseif c == 42 or c == 43 or c == 45 then q = q + 1 end -- * + -
+      i = i + 1
+    end
+    if (#s + 1) ^ (q + 1) > BUDGET then
+      error(name .. ": pattern with " .. q .. " quantifiers over " .. #s ..
+        " bytes could take too long", 3)
+    end
+  end
+  string.find = function(s, p, init, plain)
+    check("string.find", s, p, plain)
+    return find(s, p, init, plain)
+  end
+  string.match = function(s, p, init)
+    check("string.match", s, p)
+    return match(s, p, init)
+  end
+  string.gmatch = function(s, p)
+    check("string.gmatch", s, p)
+    return gmatch(s, p)
+  end
+  string.gsub = function(s, p, r, n)
+    check("string.gsub", s, p)
+    return gsub(s, p, r, n)
+  end
+end
+
 for k in pairs(package.preload) do package.preload[k] = nil end
 package.cpath = ""
 package.path = ""
@@ -44,6 +93,21 @@ package.loaded.mkv = mkv
 
 local real = {}
 for k in pairs(keep) do real[k] = G0[k] end
+
+-- xpcall's message handler runs where the error was raised, and LuaJIT calls no hook
+-- there: a handler that loops would outlive the deadline. The handler runs here after
+-- the call has unwound, as ordinary code the deadline reaches.
+do
+  local pcall, type = G0.pcall, G0.type
+  local function finish(handler, ok, ...)
+    if ok then return true, ... end
+    return false, handler((...))
+  end
+  real.xpcall = function(f, handler, ...)
+    if type(handler) ~= "function" then error("bad argument #2 to 'xpcall' (function expected)", 2) end
+    return finish(handler, pcall(f, ...))
+  end
+end
 real.string = readonly(string, "string")
 real.table = readonly(table, "table")
 real.math = readonly(math, "math")

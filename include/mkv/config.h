@@ -86,6 +86,7 @@ typedef struct mkv_config_s {
     size_t header_bytes, url_bytes;
     int max_connections;
     double idle_timeout_ms, header_timeout_ms, body_timeout_ms, volume_timeout_ms;
+    double body_min_rate; /* bytes/s over a 10 s window; 0 = none */
     double suspect_time_ms, drain_timeout_ms;
     double probe_interval_ms, probe_backoff_ms;
     size_t high_water, low_water;

@@ -32,6 +32,7 @@ typedef struct mkv_metrics_s {
   mkv_hist_t latency[MKV_MX_N];
   mkv_ctr_t bytes_in, bytes_out; /* client request bodies in, responses out */
   mkv_ctr_t policy_errors;
+  mkv_ctr_t slow_bodies; /* uploads failed for arriving under limits.body_min_rate */
 } mkv_metrics_t;
 
 typedef struct mkv_vol_metrics_s {

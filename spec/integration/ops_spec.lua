@@ -893,6 +893,7 @@ describe("operations", function()
         { "changed db", config_text(port, db .. "2", { v3.addr }, 1), "db" },
         { "changed admin_listen", config_text(port, db, { v3.addr }, 1,
             'admin_listen = "127.0.0.1:' .. H.free_port() .. '"'), "admin_listen" },
+        { "a loop", "while true do end", "did not finish" },
       }
       for i, b in ipairs(broken) do
         local n0 = count_matches(m:log(), "reload refused")

@@ -75,6 +75,21 @@ local function refused(code, out)
   assert.truthy(out:match("^mkv: "), out)
 end
 
+describe("a config file that never returns", function()
+  -- A loop, and a loop inside pcall (the deadline keeps raising): exit 2 with one line,
+  -- within the load budget (5 s), never a hung start.
+  for _, src in ipairs({ "while true do end", "pcall(function() while true do end end) return {}" }) do
+    it(src .. ": exit 2 within the load budget", function()
+      local t0 = H.now()
+      local code, out = run_server(function() return src end)
+      refused(code, out)
+      assert.truthy(out:find("did not finish within 5 s", 1, true), out)
+      assert.truthy(out:find("config.lua", 1, true), out)
+      assert.truthy(H.now() - t0 < 10 * H.slow, string.format("%.1f s", H.now() - t0))
+    end)
+  end
+end)
+
 describe("zones policy in a server (4 volumes in 2 zones, replicas 2)", function()
   local vols, addrs, zones, m
   setup(function()

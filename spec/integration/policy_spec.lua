@@ -140,6 +140,10 @@ return {
     refuses({ placement = fx("unknown_volume.lua") }, plain("10.255.255.1:9") .. ".*not one of the configured volumes")
   end)
 
+  it("place() returning a volume whose subdirectory climbs out (h:p/../../etc)", function()
+    refuses({ placement = fx("subdir_climbs_out.lua") }, plain("/../../etc") .. ".*not one of the configured volumes")
+  end)
+
   it("place() returning a number instead of a table", function()
     refuses({ placement = fx("returns_number.lua") }, "place%(%) returned number")
   end)
@@ -336,6 +340,34 @@ return { db = %q, volumes = { %q, %q, %q }, replicas = 2, subvolumes = 1, worker
     still_serves(m, "loop")
     assert.equal(0, m:stop().code)
   end)
+
+  -- Ways around the deadline: a looping xpcall message handler, and pattern matches
+  -- that backtrack inside C. Each request fails with 500; requests sent to every worker
+  -- at once leave every worker able to answer.
+  for _, fixture in ipairs({ "runtime_xpcall_loop.lua", "runtime_pattern_bomb.lua" }) do
+    it(fixture .. ": 500 well under a second, every worker still answers", function()
+      local m = H.start_mkv({ config = string.format([[
+return { db = %q, volumes = { %q, %q, %q }, replicas = 2, subvolumes = 1, workers = 2,
+         policies = { placement = %q } }]], db, addrs[1], addrs[2], addrs[3], FIX .. "/" .. fixture) })
+      for _, key in ipairs({ "/boom1-put", "/boom2-put" }) do
+        local t0 = H.now()
+        local st, _, body = H.http("PUT", m.url .. key, { body = "x", timeout = 10 })
+        assert.equal(500, st, body)
+        assert.truthy(H.now() - t0 < 0.5 * H.slow, string.format("%s took %.2f s", key, H.now() - t0))
+      end
+      -- eight at once, over eight connections: both workers get some
+      local out = H.sh(string.format("for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null -w '%%{http_code}\\n' " ..
+        "-m 10 -X PUT --data-binary x %s/boom$((i %% 2 + 1))-many$i & done; wait", m.url))
+      local n500 = select(2, out:gsub("500", ""))
+      assert.equal(8, n500, out)
+      for _ = 1, 4 do
+        local t0 = H.now()
+        assert.equal(302, (H.http("GET", m.url .. "/keep", { timeout = 5 })))
+        assert.truthy(H.now() - t0 < 0.5 * H.slow)
+      end
+      assert.equal(0, m:stop().code)
+    end)
+  end
 
   it("a policy that returns garbage: 500, other keys unharmed", function()
     local m = start("runtime_garbage.lua")

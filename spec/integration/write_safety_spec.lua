@@ -299,6 +299,30 @@ describe("PUT bodies that go wrong", function()
   setup(function() c = H.cluster({ n = 3, replicas = 3 }) end)
   teardown(H.cleanup)
 
+  it("a body trickled a byte at a time fails at limits.body_min_rate (1 KB/s over 10 s): "
+     .. "408, not live, the lock free again, counted", function()
+    local key = "/trickle/key"
+    local conn = A.connect(c.mkv.port)
+    conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    local r
+    local t0 = H.now()
+    while not r and H.now() - t0 < 30 * H.slow do
+      conn:send("x") -- 4 bytes a second: never a stall the body timeout (60 s) would see
+      r = conn:response(0.25)
+    end
+    conn:close()
+    assert.truthy(r, "no answer after 30 s")
+    assert.equal(408, r.status)
+    assert.truthy(r.body:find("body_min_rate", 1, true), r.body)
+    local took = H.now() - t0
+    assert.truthy(took >= 9.5 and took < 20 * H.slow, string.format("answered after %.1f s", took))
+    eventually_cleaned(c, key, c.volumes)
+    assert.equal(201, (H.http("PUT", c.url .. key, { body = "after" })))
+    local st, _, m = H.http("GET", "http://" .. H.admin_addr(c.db) .. "/metrics")
+    assert.equal(200, st)
+    assert.truthy(m:find("mkv_slow_bodies_total 1", 1, true), m)
+  end)
+
   it("the client disconnecting mid-body: not live, partial files gone", function()
     local key = "/cut/key"
     local conn = A.connect(c.mkv.port)

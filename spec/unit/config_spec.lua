@@ -56,7 +56,7 @@ describe("mkv_config.build defaults", function()
       idle_timeout = 60000, header_timeout = 30000, body_timeout = 60000,
       volume_timeout = 30000, suspect_time = 5000, drain_timeout = 30000,
       high_water_kb = 4096, low_water_kb = 1024, list_slice = 1000,
-      probe_interval = 1000, probe_backoff = 5000,
+      probe_interval = 1000, probe_backoff = 5000, body_min_rate = 1000,
     }, cfg.limits)
   end)
 
@@ -160,6 +160,7 @@ describe("mkv_config.build errors: nil and one line naming the field or flag", f
     fails({ db = 5 }, {}, { "db" })
     fails({ limits = 5 }, {}, { "limits" })
     fails({ limits = { header_bytes = "16k" } }, {}, { "limits", "header_bytes" })
+    fails({ limits = { body_min_rate = "fast" } }, {}, { "limits", "body_min_rate" })
     fails({ leveldb = { cache_mb = true } }, {}, { "leveldb", "cache_mb" })
     fails({ policies = { placement = 5 } }, {}, { "policies", "placement" })
     fails({ policies = "default" }, {}, { "policies" })
