@@ -17,6 +17,7 @@
 
 #include "api_int.h"
 #include "internal.h"
+#include "mkv/admin.h"
 #include "mkv/failpoint.h"
 #include "mkv/fanout.h"
 #include "mkv/forward.h"
@@ -413,7 +414,7 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
                         mkv_fanout_failure(fo));
   mkv_buf_t rec;
   mkv_buf_init(&rec);
-  mkv_record_encode(&rec, 0, cfg->md5sum ? hex : NULL, a->written.data, a->written.len);
+  mkv_record_encode(&rec, MKV_REC_LIVE, cfg->md5sum ? hex : NULL, a->written.data, a->written.len);
   MKV_FAILPOINT("put/before_live");
   a->index_pending++;
   a->final_started = 1;
@@ -622,7 +623,7 @@ static void put_start(mkv_req_t *req) {
    *    need not be synced: losing it leaves only orphan files, never a live key. */
   mkv_buf_t mark;
   mkv_buf_init(&mark);
-  mkv_record_encode(&mark, 1, NULL, a->targets.data, a->targets.len);
+  mkv_record_encode(&mark, MKV_REC_WRITING, NULL, a->targets.data, a->targets.len);
   a->index_pending++;
   mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 0,
                 on_mark_written);
@@ -752,12 +753,135 @@ static void delete_start(mkv_req_t *req) {
   MKV_FAILPOINT(req->method == MKV_M_UNLINK ? "unlink/before_mark" : "delete/before_mark");
   mkv_buf_t mark;
   mkv_buf_init(&mark);
-  mkv_record_encode(&mark, 1, a->rec.has_hash ? a->rec.hash : NULL, a->rec.volumes,
+  mkv_record_encode(&mark, MKV_REC_DELETED, a->rec.has_hash ? a->rec.hash : NULL, a->rec.volumes,
                     a->rec.volumes_len);
   a->index_pending++;
   mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 1,
                 on_delete_marked);
   mkv_buf_free(&mark);
+}
+
+/* ---- RELINK (comma.ai's fork, geohot/minikeyvalue#46): an unlinked key live again ---- */
+
+static void on_relinked(mkv_index_write_t *w, int status) {
+  api_t *a = w->data;
+  mkv_req_t *req = a->req;
+  a->index_pending--;
+  unlock(a); /* before the answer, as for a PUT's 201 */
+  if (status != 0) {
+    mkv__api_respond_text(req, 503, index_error(status));
+  } else {
+    /* Its copies were left alone by the UNLINK, but one may be gone since (a volume
+     * replaced): the repair looks, and restores a missing one from the others. */
+    mkv_repair_note(req->key.data, req->key.len);
+    mkv__api_respond_empty(req, 204);
+  }
+  api_done(a);
+}
+
+/* 204 once the record is live again -- its volumes and MD5 as they were -- and on disk;
+ * 404 for a key that is live, absent, or whose write never finished (it has no value to
+ * bring back); 409 while another write holds the key. */
+static void relink_start(mkv_req_t *req) {
+  api_t *a = mkv__api_of(req);
+  mkv_worker_t *w = req->worker;
+  if (mkv_index_failure(w->index)) {
+    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    return;
+  }
+  if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
+    mkv__api_respond_empty(req, 409);
+    return;
+  }
+  a->locked = 1;
+  int rc = mkv__api_load_record(a);
+  if (rc != 0) {
+    unlock(a);
+    if (rc == UV_ENOENT) mkv__api_respond_empty(req, 404);
+    return;
+  }
+  if (!a->rec.deleted || a->rec.writing || a->rec.volumes_len == 0) {
+    unlock(a);
+    mkv__api_respond_empty(req, 404);
+    return;
+  }
+  mkv_req_ref(req);
+  mkv_buf_t rec;
+  mkv_buf_init(&rec);
+  mkv_record_encode(&rec, MKV_REC_LIVE, a->rec.has_hash ? a->rec.hash : NULL, a->rec.volumes,
+                    a->rec.volumes_len);
+  a->index_pending++;
+  mkv_index_put(w->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len, 1,
+                on_relinked);
+  mkv_buf_free(&rec);
+}
+
+/* ---- REBALANCE (the Go original's method): one key moved where placement wants it ---- */
+
+/* The job outlives neither the worker nor its own run, but may outlive the request: the
+ * answer comes with the job's first report; the job then drops the surplus copies after
+ * their grace, and holds a reference on the request until it ends. */
+typedef struct rebalance_s {
+  mkv_req_t *req;
+  int answered;
+} rebalance_t;
+
+static void rebalance_line(void *ctx, int kind, const char *text, size_t len) {
+  rebalance_t *rb = ctx;
+  if (kind == MKV_ADMIN_LOG)
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "REBALANCE: %.*s", (int)len, text);
+  if (kind != MKV_ADMIN_REPORT || rb->answered) return;
+  if (len > 11 && memcmp(text, "status ", 7) == 0) {
+    rb->answered = 1;
+    int status = atoi(text + 7);
+    if (len > 11)
+      mkv__api_respond_text(rb->req, status, text + 11);
+    else
+      mkv__api_respond_empty(rb->req, status);
+  } else if (len == 10 && memcmp(text, "status ", 7) == 0) {
+    rb->answered = 1;
+    mkv__api_respond_empty(rb->req, atoi(text + 7));
+  }
+}
+
+static void rebalance_done(void *arg, int code) {
+  rebalance_t *rb = arg;
+  if (!rb->answered) mkv__api_respond_text(rb->req, 500, "the rebalance job ended without an answer");
+  (void)code;
+  mkv_req_unref(rb->req);
+  free(rb);
+}
+
+static void rebalance_start(mkv_req_t *req) {
+  mkv_worker_t *w = req->worker;
+  if (mkv_index_failure(w->index)) {
+    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
+    return;
+  }
+  /* The key as an argument survives any byte (a NUL too) as base64. */
+  char *b64 = mkv_malloc(mkv_base64_len(req->key.len) + 1);
+  mkv_base64(req->key.data, req->key.len, b64);
+  const char *argv[1] = {b64};
+  rebalance_t *rb = mkv_calloc(1, sizeof(*rb));
+  rb->req = req;
+  mkv_admin_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.script = "rebalance_key";
+  o.argc = 1;
+  o.argv = argv;
+  o.concurrency = MKV_ADMIN_CONCURRENCY;
+  o.sink.line = rebalance_line;
+  o.sink.ctx = rb;
+  mkv_admin_t *job;
+  char *err = NULL;
+  mkv_req_ref(req);
+  if (mkv_admin_start(&w->loop, w->cfg, w->index, &o, rebalance_done, rb, &job, &err) != 0) {
+    mkv__api_respond_text(req, 500, err ? err : "cannot start the rebalance");
+    free(err);
+    mkv_req_unref(req);
+    free(rb);
+  }
+  free(b64);
 }
 
 /* ---- entry points ---- */
@@ -766,7 +890,8 @@ static void delete_start(mkv_req_t *req) {
  * request another node passed on is never passed on again. 1 when handled here. */
 static int ha_forward(mkv_req_t *req) {
   int write = req->method == MKV_M_PUT || req->method == MKV_M_DELETE ||
-              req->method == MKV_M_UNLINK;
+              req->method == MKV_M_UNLINK || req->method == MKV_M_RELINK ||
+              req->method == MKV_M_REPLACE || req->method == MKV_M_REBALANCE;
   int read = req->method == MKV_M_GET || req->method == MKV_M_HEAD;
   if (!write && !(read && !mkv_ha_reads_local())) return 0;
   char to[256];
@@ -790,9 +915,11 @@ void mkv_api_headers(mkv_req_t *req) {
   case MKV_M_PUT: put_start(req); break;
   case MKV_M_DELETE:
   case MKV_M_UNLINK: delete_start(req); break;
+  case MKV_M_RELINK: relink_start(req); break;
+  case MKV_M_REBALANCE: rebalance_start(req); break;
   default: {
     /* POST (the S3 subset of the original is out of scope) and anything else. */
-    mkv_header_t h = {"Allow", "GET, HEAD, PUT, DELETE, UNLINK", 0};
+    mkv_header_t h = {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REBALANCE", 0};
     mkv_req_respond(req, 405, &h, 1, NULL, 0);
     break;
   }

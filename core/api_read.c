@@ -43,6 +43,8 @@ static void listing_start(api_t *a) {
     op = "list";
   else if (oplen == 8 && memcmp(q, "unlinked", 8) == 0)
     op = "unlinked";
+  else if (oplen == 7 && memcmp(q, "writing", 7) == 0)
+    op = "writing";
   else {
     /* As the original: any GET with a query is a listing, and an unknown one is 403. */
     mkv__api_respond_empty(req, 403);

@@ -81,7 +81,10 @@ static int needs_secret(const mkv_auth_config_t *a, const mkv_req_t *req) {
   switch (req->method) {
   case MKV_M_PUT:
   case MKV_M_DELETE:
-  case MKV_M_UNLINK: return 1;
+  case MKV_M_UNLINK:
+  case MKV_M_RELINK:
+  case MKV_M_REPLACE:
+  case MKV_M_REBALANCE: return 1;
   case MKV_M_GET: return a->read || (a->list && req->raw_query.len > 0);
   case MKV_M_HEAD: return a->read;
   default: return 0; /* POST and the like: 405 whoever asks */

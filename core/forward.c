@@ -221,7 +221,11 @@ int mkv_forward_start(mkv_req_t *req, const char *to, const char *self) {
   case MKV_M_GET: up->method = MKV_UP_GET; break;
   case MKV_M_HEAD: up->method = MKV_UP_HEAD; break;
   case MKV_M_PUT: up->method = MKV_UP_PUT; break;
-  default: /* DELETE, UNLINK */
+  case MKV_M_REPLACE:
+    up->method = MKV_UP_PUT;
+    up->method_token = req->method_name;
+    break;
+  default: /* DELETE, UNLINK, RELINK, REBALANCE */
     up->method = MKV_UP_DELETE;
     up->method_token = req->method_name;
     break;

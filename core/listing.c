@@ -1,4 +1,4 @@
-/* listing.c: the body of GET /prefix?list and ?unlinked, in bounded slices. api.c
+/* listing.c: the body of GET /prefix?list, ?unlinked and ?writing, in bounded slices. api.c
  * parses and checks the request and answers every error; this file walks the index and
  * writes the JSON.
  *
@@ -28,7 +28,7 @@
 struct mkv__listing_s {
   mkv_req_t *req;
   const char *op; /* "list" or "unlinked" */
-  int unlinked;
+  int unlinked, writing;
   mkv_buf_t resume; /* the key the next slice starts at (inclusive) */
   long long limit, count;
   mkv_buf_t out;  /* JSON not yet sent */
@@ -111,7 +111,7 @@ static void slice(listing_t *l) {
       MKV_LOG_RATELIMITED(MKV_LOG_WARN, "listing skipped a corrupt record (key of %zu bytes)", klen);
       match = 0;
     } else {
-      match = l->unlinked ? rec.deleted : !rec.deleted;
+      match = l->writing ? rec.writing : l->unlinked ? rec.deleted && !rec.writing : !rec.deleted;
     }
     if (match && filter) {
       int show = 1;
@@ -198,6 +198,7 @@ listing_t *mkv__listing_start(mkv_req_t *req, const char *op, long long limit, c
   l->req = req;
   l->op = op;
   l->unlinked = strcmp(op, "unlinked") == 0;
+  l->writing = strcmp(op, "writing") == 0;
   l->limit = limit;
   l->done = done;
   l->data = data;

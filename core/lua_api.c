@@ -184,9 +184,13 @@ static int l_record_decode(lua_State *L) {
     lua_pushstring(L, mkv_errname(MKV_ECORRUPT));
     return 3;
   }
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushboolean(L, r.deleted);
   lua_setfield(L, -2, "deleted");
+  if (r.writing) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "writing");
+  }
   if (r.has_hash) {
     lua_pushlstring(L, r.hash, 32);
     lua_setfield(L, -2, "hash");
@@ -196,8 +200,9 @@ static int l_record_decode(lua_State *L) {
   return 1;
 }
 
-/* record_encode{ deleted = bool, hash = "32 hex" | nil, volumes = {...} } -> the record's
- * bytes. Misuse (a hash that is not 32 hex digits, a volume holding ',') raises. */
+/* record_encode{ deleted = bool, writing = bool, hash = "32 hex" | nil, volumes = {...} }
+ * -> the record's bytes (writing: a write in progress, "DELETEDINIT"). Misuse (a hash
+ * that is not 32 hex digits, a volume holding ',') raises. */
 static int l_record_encode(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "hash");
@@ -208,12 +213,14 @@ static int l_record_encode(lua_State *L) {
     return luaL_error(L, "record_encode: hash must be 32 hex digits");
   lua_getfield(L, 1, "deleted");
   int deleted = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "writing");
+  int state = lua_toboolean(L, -1) ? MKV_REC_WRITING : deleted ? MKV_REC_DELETED : MKV_REC_LIVE;
   lua_getfield(L, 1, "volumes");
   mkv_buf_t vols, out;
   mkv_buf_init(&vols);
   mkv_buf_init(&out);
   mkv_lua_join_volumes(L, lua_gettop(L), &vols);
-  mkv_record_encode(&out, deleted, hash, vols.data ? vols.data : "", vols.len);
+  mkv_record_encode(&out, state, hash, vols.data ? vols.data : "", vols.len);
   lua_pushlstring(L, out.data, out.len);
   mkv_buf_free(&vols);
   mkv_buf_free(&out);

@@ -23,6 +23,7 @@
 #include "mkv/ha.h"
 #include "mkv/health.h"
 #include "mkv/index.h"
+#include "mkv/record.h"
 #include "mkv/log.h"
 #include "mkv/policy.h"
 #include "mkv/metrics.h"
@@ -570,7 +571,38 @@ static int run_index_flush(const mkv_config_t *cfg) {
     free(err);
     return 1;
   }
+  /* comma.ai's fork marks a write in progress "INIT<volumes>", which the Go original
+   * would read as a live key on a volume named "INIT...": rewritten in mkv's form,
+   * "DELETEDINIT<volumes>", which it reads as a deleted key (record.h). */
+  unsigned long long rewritten = 0;
+  mkv_index_iter_t *it = mkv_index_iter_new(index);
+  mkv_buf_t key, out;
+  mkv_buf_init(&key);
+  mkv_buf_init(&out);
+  int rc = 0;
+  for (mkv_index_iter_seek(it, "", 0); mkv_index_iter_valid(it) && rc == 0;
+       mkv_index_iter_next(it)) {
+    size_t kl, vl;
+    const char *k = mkv_index_iter_key(it, &kl), *v = mkv_index_iter_value(it, &vl);
+    mkv_record_t r;
+    if (mkv_record_decode(v, vl, &r) != 0 || !r.fork_init) continue;
+    mkv_buf_set(&key, k, kl);
+    mkv_record_encode(&out, MKV_REC_WRITING, r.has_hash ? r.hash : NULL, r.volumes, r.volumes_len);
+    if (mkv_index_put_sync(index, key.data, key.len, out.data, out.len, 1, &err) != 0) {
+      mkv_print_error(err);
+      free(err);
+      rc = 1;
+    }
+    rewritten++;
+  }
+  mkv_index_iter_free(it);
+  mkv_buf_free(&key);
+  mkv_buf_free(&out);
   mkv_index_close(index);
+  if (rc != 0) return rc;
+  if (rewritten)
+    printf("index %s: %llu record(s) of comma.ai's fork in its INIT state rewritten as "
+           "DELETEDINIT (a write that never finished)\n", cfg->db, rewritten);
   printf("index %s flushed: the Go minikeyvalue can open it now\n", cfg->db);
   return 0;
 }

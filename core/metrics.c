@@ -16,8 +16,8 @@ static const double bounds[MKV_LAT_NB] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
 static const char *const bound_text[MKV_LAT_NB] = {
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
     "0.25",   "0.5",   "1",      "2.5",   "10",   "30",    "120"};
-static const char *const method_names[MKV_MX_N] = {"GET",    "HEAD", "PUT",  "DELETE",
-                                                   "UNLINK", "LIST", "OTHER"};
+static const char *const method_names[MKV_MX_N] = {
+    "GET", "HEAD", "PUT", "DELETE", "UNLINK", "LIST", "RELINK", "REPLACE", "REBALANCE", "OTHER"};
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static mkv_metrics_t *workers[MAX_WORKER_METRICS];

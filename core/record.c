@@ -17,6 +17,11 @@ int mkv_record_decode(const char *v, size_t n, mkv_record_t *r) {
     r->deleted = 1;
     v += 7, n -= 7;
   }
+  if (n >= 4 && memcmp(v, "INIT", 4) == 0) {
+    r->fork_init = !r->deleted;
+    r->deleted = r->writing = 1;
+    v += 4, n -= 4;
+  }
   if (n >= 4 && memcmp(v, "HASH", 4) == 0) {
     if (n < 36 || !is_hex32(v + 4)) return MKV_ECORRUPT;
     r->has_hash = 1;
@@ -29,10 +34,11 @@ int mkv_record_decode(const char *v, size_t n, mkv_record_t *r) {
   return 0;
 }
 
-void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
+void mkv_record_encode(mkv_buf_t *out, int state, const char *hash, const char *volumes,
                        size_t volumes_len) {
   mkv_buf_reset(out);
-  if (deleted) mkv_buf_add(out, "DELETED", 7);
+  if (state != MKV_REC_LIVE) mkv_buf_add(out, "DELETED", 7);
+  if (state == MKV_REC_WRITING) mkv_buf_add(out, "INIT", 4);
   if (hash) {
     mkv_buf_add(out, "HASH", 4);
     mkv_buf_add(out, hash, 32);

@@ -177,7 +177,56 @@ static void conn_execute(mkv_conn_t *c, const char *data, size_t len) {
     if (c->want_close && c->writes_pending == 0) mkv__conn_end(c);
     return;
   }
-  llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+  llhttp_errno_t e = HPE_OK;
+  if (c->state == S_IDLE && (c->mbuf_len || !c->ext_method)) {
+    /* The start of a request: a method only mkv knows goes to llhttp as one it knows. */
+    char joined[sizeof(c->mbuf) + 64];
+    if (c->mbuf_len) { /* the first bytes came in an earlier read */
+      size_t take = MKV_MIN(len, sizeof(joined) - c->mbuf_len);
+      memcpy(joined, c->mbuf, c->mbuf_len);
+      memcpy(joined + c->mbuf_len, data, take);
+      size_t jl = c->mbuf_len + take, skip = 0;
+      const char *as = NULL;
+      int r = mkv__ext_method(c, joined, jl, &as, &skip);
+      if (r < 0 && take == len) { /* still a prefix: wait for more */
+        memcpy(c->mbuf, joined, MKV_MIN(jl, sizeof(c->mbuf)));
+        c->mbuf_len = MKV_MIN(jl, sizeof(c->mbuf));
+        c->in_execute = 0;
+        return;
+      }
+      size_t held = c->mbuf_len;
+      c->mbuf_len = 0;
+      /* what was held, then this read: fed as if it had come whole */
+      if (r == 1) {
+        e = llhttp_execute(&c->parser, as, strlen(as));
+        if (e == HPE_OK && skip < held) e = llhttp_execute(&c->parser, c->mbuf + skip, held - skip);
+        if (e == HPE_OK) {
+          size_t from = skip > held ? skip - held : 0;
+          e = llhttp_execute(&c->parser, data + from, len - from);
+        }
+      } else {
+        e = llhttp_execute(&c->parser, c->mbuf, held);
+        if (e == HPE_OK) e = llhttp_execute(&c->parser, data, len);
+      }
+      goto executed;
+    }
+    size_t skip = 0;
+    const char *as = NULL;
+    int r = mkv__ext_method(c, data, len, &as, &skip);
+    if (r < 0 && len < sizeof(c->mbuf)) {
+      memcpy(c->mbuf, data, len);
+      c->mbuf_len = len;
+      c->in_execute = 0;
+      return;
+    }
+    if (r == 1) {
+      e = llhttp_execute(&c->parser, as, strlen(as));
+      if (e == HPE_OK) e = llhttp_execute(&c->parser, data + skip, len - skip);
+      goto executed;
+    }
+  }
+  e = llhttp_execute(&c->parser, data, len);
+executed:
   if (e == HPE_PAUSED && c->own_chunked && c->state == S_BODY && !c->closing) {
     /* llhttp stopped at the end of a chunked request's headers: the rest is body. */
     const char *pos = llhttp_get_error_pos(&c->parser);

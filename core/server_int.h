@@ -74,6 +74,12 @@ struct mkv_conn_s {
    * the end of the headers; the next request starts with a fresh parser. */
   int own_chunked;
   mkv_chunked_t chunked;
+  /* A method llhttp does not know (RELINK, REPLACE, REBALANCE): fed to llhttp as one it
+   * knows, restored after the headers; the first bytes of a request kept while they may
+   * still become one (a method name split across reads). */
+  int ext_method;
+  char mbuf[16];
+  size_t mbuf_len;
   /* limits.body_min_rate: body bytes read since rate_since_ms (0: not counting) */
   uint64_t rate_since_ms, rate_bytes;
 };
@@ -111,6 +117,10 @@ void mkv__conn_start_reading(mkv_conn_t *c);
 /* Feeds a chunked body's bytes to the decoder: data to the handler, the end of the
  * message, what follows it kept for the next request; a framing error answered 400. */
 void mkv__chunked_execute(mkv_conn_t *c, const char *data, size_t len);
+/* At the start of a request: does data begin with a method only mkv knows? 1 with
+ * c->ext_method set, *as the method to feed llhttp instead and *skip the bytes of data
+ * it replaces; 0 no; -1 data is a prefix of one (more bytes needed). */
+int mkv__ext_method(mkv_conn_t *c, const char *data, size_t len, const char **as, size_t *skip);
 
 /* The llhttp callbacks of a request (strict: no lenient flag is ever set). */
 const llhttp_settings_t *mkv__request_settings(void);

@@ -38,13 +38,25 @@ int mkv__conn_reject(mkv_conn_t *c, int status, const char *why) {
   char body[256];
   int n = snprintf(body, sizeof(body), "%s\n", why);
   mkv_header_t h[2] = {{"Content-Type", "text/plain; charset=utf-8", 0},
-                       {"Allow", "GET, HEAD, PUT, DELETE, UNLINK", 0}};
+                       {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REBALANCE", 0}};
   int was = c->in_execute;
   c->in_execute = 1;
   mkv_req_respond(req, status, h, status == 405 ? 2 : 1, body, (size_t)n);
   c->in_execute = was;
   return -1;
 }
+
+/* The methods llhttp does not know, recognised here before llhttp sees the request
+ * line: each is fed to llhttp as a method it knows of the same kind (with a body or
+ * without), and set back on the request once its headers are parsed. Any other unknown
+ * method still reaches llhttp as it is, and is answered 405. */
+static const struct {
+  const char *name;
+  int method;
+  const char *as;
+} ext_methods[] = {{"RELINK", MKV_M_RELINK, "UNLINK"},
+                   {"REPLACE", MKV_M_REPLACE, "PUT"},
+                   {"REBALANCE", MKV_M_REBALANCE, "UNLINK"}};
 
 /* ---- llhttp callbacks ---- */
 
@@ -177,7 +189,13 @@ static int on_headers_complete(llhttp_t *p) {
     return mkv__conn_reject(c, 400, c->hosts ? "more than one Host header" : "HTTP/1.1 request without Host");
   req->http_minor = p->http_minor;
   c->keepalive = llhttp_should_keep_alive(p);
-  switch (p->method) {
+  switch (c->ext_method ? -1 : (int)p->method) {
+  case -1:
+    req->method = c->ext_method;
+    for (size_t k = 0; k < MKV_ARRAY_SIZE(ext_methods); k++)
+      if (ext_methods[k].method == c->ext_method) req->method_name = ext_methods[k].name;
+    c->ext_method = 0;
+    break;
   case HTTP_GET: req->method = MKV_M_GET, req->method_name = "GET"; break;
   case HTTP_HEAD: req->method = MKV_M_HEAD, req->method_name = "HEAD"; break;
   case HTTP_PUT: req->method = MKV_M_PUT, req->method_name = "PUT"; break;
@@ -238,6 +256,27 @@ static void on_chunk_data(void *arg, const char *at, size_t len) {
   if (c->closing) return;
   if (c->server->h->public_api) mkv_ctr_add(&c->server->w->metrics->bytes_in, len);
   if (!req->responded || c->streaming) req->handler->body(req, at, len);
+}
+
+int mkv__ext_method(mkv_conn_t *c, const char *data, size_t len, const char **as, size_t *skip) {
+  size_t i = 0;
+  while (i < len && (data[i] == '\r' || data[i] == '\n')) i++; /* llhttp skips these */
+  if (i == len) return 0;
+  for (size_t k = 0; k < MKV_ARRAY_SIZE(ext_methods); k++) {
+    size_t n = strlen(ext_methods[k].name);
+    size_t have = len - i;
+    if (have <= n) { /* the name and its space not all here yet */
+      if (memcmp(data + i, ext_methods[k].name, have) == 0) return -1;
+      continue;
+    }
+    if (memcmp(data + i, ext_methods[k].name, n) == 0 && data[i + n] == ' ') {
+      c->ext_method = ext_methods[k].method;
+      *as = ext_methods[k].as;
+      *skip = i + n;
+      return 1;
+    }
+  }
+  return 0;
 }
 
 void mkv__chunked_execute(mkv_conn_t *c, const char *data, size_t len) {

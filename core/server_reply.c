@@ -179,6 +179,9 @@ static int metrics_method(const mkv_req_t *req) {
   case MKV_M_PUT: return MKV_MX_PUT;
   case MKV_M_DELETE: return MKV_MX_DELETE;
   case MKV_M_UNLINK: return MKV_MX_UNLINK;
+  case MKV_M_RELINK: return MKV_MX_RELINK;
+  case MKV_M_REPLACE: return MKV_MX_REPLACE;
+  case MKV_M_REBALANCE: return MKV_MX_REBALANCE;
   default: return MKV_MX_OTHER;
   }
 }

@@ -40,6 +40,7 @@ local function rebuild_key(key, copies)
     local o = A.decode(old)
     if o then
       rec.deleted = o.deleted
+      rec.writing = o.writing -- an interrupted write stays one (mkv gc's to remove)
       rec.hash = o.hash
     end
   end

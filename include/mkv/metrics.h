@@ -18,7 +18,7 @@ typedef _Atomic unsigned long long mkv_ctr_t;
 
 /* Methods as the metrics name them; LIST is a GET with a query (?list, ?unlinked). */
 enum { MKV_MX_GET, MKV_MX_HEAD, MKV_MX_PUT, MKV_MX_DELETE, MKV_MX_UNLINK, MKV_MX_LIST,
-       MKV_MX_OTHER, MKV_MX_N };
+       MKV_MX_RELINK, MKV_MX_REPLACE, MKV_MX_REBALANCE, MKV_MX_OTHER, MKV_MX_N };
 
 #define MKV_LAT_NB 15 /* latency buckets, plus +Inf */
 

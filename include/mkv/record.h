@@ -3,11 +3,18 @@
  * it encodes; the API, the listing, the policies' checks and (through lua_api.c's
  * mkv.record_decode / mkv.record_encode) the admin scripts read it here.
  *
- * A record: an optional "DELETED" prefix (unlinked, or a write or delete in progress or
- * failed), an optional "HASH" + 32 hex digits (the MD5; lower-case as mkv and Go write
- * it, taken as it is on reading), then the volumes joined by ',' ("host:port" or
+ * A record: an optional "DELETED" prefix (unlinked, or a delete in progress or failed),
+ * an optional "HASH" + 32 hex digits (the MD5; lower-case as mkv and Go write it, taken
+ * as it is on reading), then the volumes joined by ',' ("host:port" or
  * "host:port/<subdir>", in placement order). Decoding then encoding gives back the
- * same bytes.
+ * same bytes -- but for comma.ai's fork's own records, below.
+ *
+ * A write in progress (or one that died) is marked "DELETEDINIT" before the hash and
+ * volumes: the Go original reads it as a deleted key (never as a live one), and mkv
+ * tells it from an unlinked key (RELINK, ?writing, gc). comma.ai's fork marks the same
+ * state with "INIT" alone, which the original would read as a live key whose first
+ * volume is "INIT...": mkv reads that form as a write in progress too, and writes its
+ * own (`mkv index-flush` rewrites the fork's, for a handover to the original).
  *
  * Pure functions; any thread. Everything is length-delimited. */
 #ifndef MKV_RECORD_H
@@ -17,8 +24,13 @@
 
 #include "mkv/common.h"
 
+/* A record's state, as mkv_record_encode writes it. */
+enum { MKV_REC_LIVE = 0, MKV_REC_DELETED = 1, MKV_REC_WRITING = 2 };
+
 typedef struct mkv_record_s {
-  int deleted;            /* "DELETED" */
+  int deleted;            /* not live: "DELETED" (unlinked), or writing */
+  int writing;            /* a write in progress or interrupted: "DELETEDINIT", "INIT" */
+  int fork_init;          /* in the fork's form, "INIT" without "DELETED" */
   int has_hash;
   char hash[33];          /* the 32 hex digits as stored, NUL-terminated, when has_hash */
   const char *volumes;    /* borrows from the decoded bytes: "v1/sv01,v2/sv03" */
@@ -28,8 +40,8 @@ typedef struct mkv_record_s {
 /* Parses a record as the Go original does. Returns 0 or MKV_ECORRUPT (a "HASH" without
  * 32 hex digits after it). */
 int mkv_record_decode(const char *v, size_t n, mkv_record_t *r);
-/* Replaces out's bytes with the record's; hash is NULL or 32 hex digits. */
-void mkv_record_encode(mkv_buf_t *out, int deleted, const char *hash, const char *volumes,
+/* Replaces out's bytes with the record's; state MKV_REC_*; hash NULL or 32 hex digits. */
+void mkv_record_encode(mkv_buf_t *out, int state, const char *hash, const char *volumes,
                        size_t volumes_len);
 
 /* ---- volume lists ("v1/sv01,v2/sv03": the record's and Key-Volumes' form) ---- */

@@ -37,7 +37,10 @@ typedef struct mkv_header_s {
   size_t value_len;
 } mkv_header_t;
 
-enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK, MKV_M_POST };
+/* RELINK, REPLACE (comma.ai's fork) and REBALANCE (the Go original) are methods llhttp
+ * does not know: the server recognises their names itself (server_parse.c). */
+enum { MKV_M_GET = 1, MKV_M_HEAD, MKV_M_PUT, MKV_M_DELETE, MKV_M_UNLINK, MKV_M_POST,
+       MKV_M_RELINK, MKV_M_REPLACE, MKV_M_REBALANCE };
 
 /* What a server serves: the HTTP API (api.h: mkv_api_handler) on the public listener,
  * the admin endpoints (admin.h: mkv_admin_handler) on the admin listener. The calls

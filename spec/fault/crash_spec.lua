@@ -53,17 +53,19 @@ end)
 
 -- ---------------------------------------------------------------------------------------
 -- One key, one op, a crash at one named step. `expect` after the restart: live (the
--- ledger's bytes), or absent with (unlinked = true) or without a soft-deleted record,
+-- ledger's bytes), or absent with (unlinked = true) or without a soft-deleted record, or
+-- with the mark of an interrupted write (writing = true: in ?writing, not ?unlinked),
 -- and files = how many copies remain on the volumes.
 local POINTS = {
-  { "put/before_mark",      "PUT",    { live = false, unlinked = false, files = 0 } },
-  { "put/after_mark",       "PUT",    { live = false, unlinked = true } },
-  { "put/after_replica:1",  "PUT",    { live = false, unlinked = true } },
-  { "put/after_replica:2",  "PUT",    { live = false, unlinked = true, files = 2 } },
-  { "put/before_live",      "PUT",    { live = false, unlinked = true, files = 2 } },
+  { "put/before_mark",      "PUT",    { live = false, unlinked = false, writing = false, files = 0 } },
+  { "put/after_mark",       "PUT",    { live = false, unlinked = false, writing = true } },
+  -- (the mark is not waited for: a crash as the first copy lands may come before it)
+  { "put/after_replica:1",  "PUT",    { live = false, unlinked = false } },
+  { "put/after_replica:2",  "PUT",    { live = false, unlinked = false, writing = true, files = 2 } },
+  { "put/before_live",      "PUT",    { live = false, unlinked = false, writing = true, files = 2 } },
   { "put/after_live",       "PUT",    { live = true, files = 2 } },
   { "put/after_reply",      "PUT",    { live = true, files = 2 } },
-  { "put/fail_after_files", "BADPUT", { live = false, unlinked = true, files = 0 } },
+  { "put/fail_after_files", "BADPUT", { live = false, unlinked = false, writing = true, files = 0 } },
   { "delete/before_mark",   "DELETE", { live = true, files = 2 } },
   { "delete/after_mark",    "DELETE", { live = false, unlinked = true, files = 2 } },
   { "delete/after_files",   "DELETE", { live = false, unlinked = true, files = 0 } },
@@ -120,10 +122,12 @@ describe("a crash at every step of the write order (failpoints)", function()
       local got = rd:read(key)
       rd:close()
       if expect.live then assert.equal(md5, got) else assert.equal(F.ABSENT, got) end
-      if expect.unlinked ~= nil then
-        local lst, _, keys = A.list(c.url, key, "unlinked")
-        assert.equal(200, lst)
-        assert.equal(expect.unlinked, A.contains(keys, key), "in ?unlinked")
+      for _, op in ipairs({ "unlinked", "writing" }) do
+        if expect[op] ~= nil then
+          local lst, _, keys = A.list(c.url, key, op)
+          assert.equal(200, lst)
+          assert.equal(expect[op], A.contains(keys, key), "in ?" .. op)
+        end
       end
       if expect.files then
         assert.equal(expect.files, #A.holders(c.volumes, key), "copies on the volumes")

@@ -182,9 +182,9 @@ describe("PUT", function()
       conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: " .. total .. "\r\n\r\n")
       local first = A.bytes(100000, 9)
       conn:send(first)
-      -- The PUT holds the lock once its record is marked (it shows in ?unlinked).
+      -- The PUT holds the lock once its record is marked (it shows in ?writing).
       H.eventually(function()
-        local _, _, keys = A.list(c.url, "/lock/", "unlinked")
+        local _, _, keys = A.list(c.url, "/lock/", "writing")
         return keys and A.contains(keys, key)
       end, 5, "the slow PUT's record")
       local ok, e = pcall(function()

@@ -29,8 +29,8 @@ local function eventually_cleaned(c, key, volumes, check_unlinked)
   H.eventually(function()
     local files = A.find_files(volumes, key)
     if #files > 0 then return false, "files left: " .. table.concat(files, " ") end
-    if check_unlinked ~= false and listed(c, key, "unlinked") then
-      return false, "still in ?unlinked"
+    if check_unlinked ~= false and (listed(c, key, "unlinked") or listed(c, key, "writing")) then
+      return false, "still in ?unlinked or ?writing"
     end
     return true
   end, 10, "cleanup of " .. key)
@@ -328,7 +328,7 @@ describe("PUT bodies that go wrong", function()
     local conn = A.connect(c.mkv.port)
     conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
     conn:send(A.bytes(150000, 3))
-    H.eventually(function() return listed(c, key, "unlinked") end, 5, "the PUT's record")
+    H.eventually(function() return listed(c, key, "writing") end, 5, "the PUT's record")
     conn:close()
     eventually_cleaned(c, key, c.volumes)
     assert_not_live(c, key)
@@ -421,7 +421,7 @@ describe("the server process", function()
     local conn = A.connect(c.mkv.port)
     conn:send("PUT " .. key .. " HTTP/1.1\r\nHost: x\r\nContent-Length: " .. total .. "\r\n\r\n")
     conn:send(first)
-    H.eventually(function() return listed(c, key, "unlinked") end, 5, "the PUT's record")
+    H.eventually(function() return listed(c, key, "writing") end, 5, "the PUT's record")
     local pid = c.mkv.pid
     assert.is_true(H.T.kill(pid, SIGTERM))
     -- mkv must not exit while the PUT is in flight (a timeout under test)
