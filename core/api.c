@@ -45,6 +45,7 @@ api_t *mkv__api_of(mkv_req_t *req) {
     mkv_buf_init(&a->missed);
     mkv_buf_init(&a->order);
     mkv_buf_init(&a->path);
+    mkv_buf_init(&a->old_volumes);
     mkv_index_write_init(&a->w_mark);
     mkv_index_write_init(&a->w_final);
     mkv_upreq_init(&a->probe);
@@ -74,6 +75,7 @@ void mkv_api_free(mkv_req_t *req) {
   mkv_buf_free(&a->missed);
   mkv_buf_free(&a->order);
   mkv_buf_free(&a->path);
+  mkv_buf_free(&a->old_volumes);
   mkv_index_write_free(&a->w_mark);
   mkv_index_write_free(&a->w_final);
   free(a);
@@ -270,6 +272,10 @@ static void on_cleanup_record_removed(mkv_index_write_t *w, int status) {
 static void on_cleanup_files_deleted(api_t *a) {
   mkv_req_t *req = a->req;
   MKV_FAILPOINT("put/fail_after_files");
+  if (a->replacing) { /* the record is the old value's, live: it stays */
+    api_done(a);
+    return;
+  }
   if (a->dels_failed) {
     /* Leave the soft-deleted record: it names the copies that may remain, for gc. */
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d replica(s) could not be removed after "
@@ -299,6 +305,85 @@ static void put_fail(api_t *a, int status, const char *why) {
                on_cleanup_files_deleted);
 }
 
+/* ---- REPLACE (comma.ai's fork, geohot/minikeyvalue#49) ----
+ *
+ * A live key's new value never goes over its old copies: each new copy is written in
+ * the other slot of its volume entry (record.h, MKV_ALT_SLOT) -- a path no old copy
+ * has -- while the old record stays live; one synced record write then switches every
+ * reader to the new copies, complete. A failure before that deletes the new copies and
+ * leaves the old value live and intact; a crash leaves the old record (the new copies
+ * orphans, for gc) or the new one. The old copies are deleted only after
+ * REPLACE_GRACE_MS, so a reader redirected to one a moment before the switch still
+ * reads it whole; the key's lock is held until then (a write of the key meanwhile is
+ * 409), so nothing is written over them while they may be read. */
+#define REPLACE_GRACE_MS 2000
+
+/* The targets' entries moved to their other slot where the old record has a copy in
+ * that very entry. */
+static void other_slots(api_t *a) {
+  mkv_buf_t out;
+  mkv_buf_init(&out);
+  mkv_volumes_iter_t it;
+  const char *t;
+  size_t tl;
+  mkv_volumes_iter(&it, a->targets.data, a->targets.len);
+  while (mkv_volumes_next(&it, &t, &tl)) {
+    if (out.len) mkv_buf_addc(&out, ',');
+    mkv_buf_add(&out, t, tl);
+    if (mkv_volumes_contains(a->old_volumes.data, a->old_volumes.len, t, tl))
+      mkv_buf_adds(&out, MKV_ALT_SLOT);
+  }
+  mkv_buf_free(&a->targets);
+  a->targets = out;
+}
+
+static void on_old_dropped(api_t *a) {
+  MKV_FAILPOINT("replace/after_drop");
+  if (a->dels_failed)
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "REPLACE " KEYFMT ": %d old cop%s could not be deleted "
+                        "(no record names them: mkv gc removes them)", KEYARG(a->req),
+                        a->dels_failed, a->dels_failed == 1 ? "y" : "ies");
+  unlock(a);
+  api_done(a);
+}
+
+static void on_grace_closed(uv_handle_t *h) {
+  api_t *a = h->data;
+  MKV_FAILPOINT("replace/before_drop");
+  /* The old copies the new record does not name (all of them: their paths differ). */
+  mkv_buf_t drop;
+  mkv_buf_init(&drop);
+  mkv_volumes_iter_t it;
+  const char *v;
+  size_t vl;
+  mkv_volumes_iter(&it, a->old_volumes.data, a->old_volumes.len);
+  while (mkv_volumes_next(&it, &v, &vl)) {
+    if (mkv_volumes_contains(a->written.data, a->written.len, v, vl)) continue;
+    if (drop.len) mkv_buf_addc(&drop, ',');
+    mkv_buf_add(&drop, v, vl);
+  }
+  mkv_buf_set(&a->old_volumes, drop.data ? drop.data : "", drop.len);
+  mkv_buf_free(&drop);
+  a->dels_failed = 0;
+  delete_files(a, a->old_volumes.data, a->old_volumes.len,
+               a->req->worker->cfg->limits.volume_timeout_ms, on_old_dropped);
+}
+
+static void on_grace(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_grace_closed);
+}
+
+/* The new record is live and on disk: the answer, then the old copies after the grace. */
+static void replace_switched(api_t *a) {
+  mkv_req_t *req = a->req;
+  MKV_FAILPOINT("replace/after_record");
+  mkv__api_respond_empty(req, 201);
+  MKV_FAILPOINT("replace/after_reply");
+  uv_timer_init(&req->worker->loop, &a->grace_timer);
+  a->grace_timer.data = a;
+  uv_timer_start(&a->grace_timer, on_grace, REPLACE_GRACE_MS, 0);
+}
+
 /* The live record is written (or failed) and the leftovers of failed replicas are
  * deleted: now the answer. */
 static void put_complete(api_t *a) {
@@ -315,6 +400,10 @@ static void put_complete(api_t *a) {
     unlock(a);
     if (!a->client_gone) mkv__api_respond_text(req, 503, index_error(a->final_status));
     api_done(a);
+    return;
+  }
+  if (a->replacing) {
+    replace_switched(a);
     return;
   }
   /* The record is live and on disk: only now does the client hear 201. The lock goes
@@ -415,7 +504,10 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   mkv_buf_t rec;
   mkv_buf_init(&rec);
   mkv_record_encode(&rec, MKV_REC_LIVE, cfg->md5sum ? hex : NULL, a->written.data, a->written.len);
-  MKV_FAILPOINT("put/before_live");
+  if (a->replacing)
+    MKV_FAILPOINT("replace/before_record");
+  else
+    MKV_FAILPOINT("put/before_live");
   a->index_pending++;
   a->final_started = 1;
   mkv_index_put(req->worker->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len,
@@ -423,8 +515,8 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   mkv_buf_free(&rec);
   delete_leftovers(a);
   /* Not where placement wants it (a handoff, a missing copy): the repair's. */
-  if (a->written.len != a->placement.len ||
-      memcmp(a->written.data, a->placement.data, a->placement.len) != 0)
+  if (!mkv_volumes_same_places(a->written.data, a->written.len, a->placement.data,
+                               a->placement.len))
     mkv_repair_note(req->key.data, req->key.len);
 }
 
@@ -534,6 +626,9 @@ static int replace_replica(mkv_fanout_t *fo, const char *failed, mkv_buf_t *vol)
         continue;
       fresh++;
       mkv_buf_set(vol, item, ilen);
+      /* REPLACE: never over an old copy (other_slots) */
+      if (a->replacing && mkv_volumes_contains(a->old_volumes.data, a->old_volumes.len, item, ilen))
+        mkv_buf_adds(vol, MKV_ALT_SLOT);
     }
   }
   if (fresh == 1) {
@@ -611,23 +706,32 @@ static void put_start(mkv_req_t *req) {
     return;
   }
   if (rc == 0 && !a->rec.deleted) {
-    unlock(a);
-    mkv__api_respond_empty(req, 403);
-    return;
+    if (req->method != MKV_M_REPLACE) {
+      unlock(a);
+      mkv__api_respond_empty(req, 403);
+      return;
+    }
+    /* REPLACE of a live key: its record stays as it is until the switch. */
+    a->replacing = 1;
+    mkv_buf_set(&a->old_volumes, a->rec.volumes, a->rec.volumes_len);
+    other_slots(a);
   }
 
   mkv_req_ref(req); /* held until the write (or its cleanup) has finished */
-  MKV_FAILPOINT("put/before_mark");
-  /* 1. The record, soft-deleted, names the target volumes before any byte is written
-   *    there: a crash from here on leaves a record that ?unlinked and gc can see. It
-   *    need not be synced: losing it leaves only orphan files, never a live key. */
-  mkv_buf_t mark;
-  mkv_buf_init(&mark);
-  mkv_record_encode(&mark, MKV_REC_WRITING, NULL, a->targets.data, a->targets.len);
-  a->index_pending++;
-  mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 0,
-                on_mark_written);
-  mkv_buf_free(&mark);
+  if (!a->replacing) {
+    MKV_FAILPOINT("put/before_mark");
+    /* 1. The record names the target volumes, as a write in progress, before any byte
+     *    is written there: a crash from here on leaves a record that ?writing and gc
+     *    can see. It need not be synced: losing it leaves only orphan files, never a
+     *    live key. */
+    mkv_buf_t mark;
+    mkv_buf_init(&mark);
+    mkv_record_encode(&mark, MKV_REC_WRITING, NULL, a->targets.data, a->targets.len);
+    a->index_pending++;
+    mkv_index_put(w->port, &a->w_mark, req->key.data, req->key.len, mark.data, mark.len, 0,
+                  on_mark_written);
+    mkv_buf_free(&mark);
+  }
 
   /* 2. Stream the body to every replica at once. */
   mkv_fanout_opts_t o = {
@@ -912,14 +1016,15 @@ void mkv_api_headers(mkv_req_t *req) {
   switch (req->method) {
   case MKV_M_GET:
   case MKV_M_HEAD: mkv__api_get_start(req); break;
-  case MKV_M_PUT: put_start(req); break;
+  case MKV_M_PUT:
+  case MKV_M_REPLACE: put_start(req); break;
   case MKV_M_DELETE:
   case MKV_M_UNLINK: delete_start(req); break;
   case MKV_M_RELINK: relink_start(req); break;
   case MKV_M_REBALANCE: rebalance_start(req); break;
   default: {
     /* POST (the S3 subset of the original is out of scope) and anything else. */
-    mkv_header_t h = {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REBALANCE", 0};
+    mkv_header_t h = {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REPLACE, REBALANCE", 0};
     mkv_req_respond(req, 405, &h, 1, NULL, 0);
     break;
   }

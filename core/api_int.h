@@ -32,6 +32,13 @@ typedef struct api_s {
   int final_done, final_status, leftovers_pending;
   mkv_index_write_t w_mark, w_final;
   int has_client_md5;
+  /* REPLACE of a live key: the old record stays live until the new copies are complete
+   * (written beside the old ones, in the other slot: record.h MKV_ALT_SLOT), then one
+   * record write switches; the old copies go after a grace, the lock held till then. */
+  int replacing;
+  mkv_buf_t old_volumes;
+  uv_timer_t grace_timer;
+  int grace_timer_live;
   unsigned char client_md5[MKV_MD5_LEN];
   int fail_status;
 

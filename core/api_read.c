@@ -354,8 +354,8 @@ void mkv__api_get_start(mkv_req_t *req) {
     mkv__api_policy_failed(req);
     return;
   }
-  a->balanced = a->placement.len == a->rec.volumes_len &&
-                memcmp(a->placement.data, a->rec.volumes, a->rec.volumes_len) == 0;
+  a->balanced = mkv_volumes_same_places(a->placement.data, a->placement.len, a->rec.volumes,
+                                        a->rec.volumes_len);
   if (mkv_policy_path(w->policy, req->key.data, req->key.len, &a->path) != 0) {
     mkv__api_policy_failed(req);
     return;

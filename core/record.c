@@ -87,3 +87,25 @@ size_t mkv_volume_host_len(const char *item, size_t ilen) {
   const char *slash = memchr(item, '/', ilen);
   return slash ? (size_t)(slash - item) : ilen;
 }
+
+/* An entry without its second slot's suffix. */
+static size_t place_len(const char *item, size_t ilen) {
+  size_t sl = sizeof(MKV_ALT_SLOT) - 1;
+  if (ilen > sl && memcmp(item + ilen - sl, MKV_ALT_SLOT, sl) == 0) return ilen - sl;
+  return ilen;
+}
+
+int mkv_volumes_same_places(const char *a, size_t al, const char *b, size_t bl) {
+  mkv_volumes_iter_t ia, ib;
+  const char *x, *y;
+  size_t xl, yl;
+  mkv_volumes_iter(&ia, a, al);
+  mkv_volumes_iter(&ib, b, bl);
+  for (;;) {
+    int ha = mkv_volumes_next(&ia, &x, &xl), hb = mkv_volumes_next(&ib, &y, &yl);
+    if (!ha || !hb) return ha == hb;
+    xl = place_len(x, xl);
+    yl = place_len(y, yl);
+    if (xl != yl || memcmp(x, y, xl) != 0) return 0;
+  }
+}

@@ -38,7 +38,7 @@ int mkv__conn_reject(mkv_conn_t *c, int status, const char *why) {
   char body[256];
   int n = snprintf(body, sizeof(body), "%s\n", why);
   mkv_header_t h[2] = {{"Content-Type", "text/plain; charset=utf-8", 0},
-                       {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REBALANCE", 0}};
+                       {"Allow", "GET, HEAD, PUT, DELETE, UNLINK, RELINK, REPLACE, REBALANCE", 0}};
   int was = c->in_execute;
   c->in_execute = 1;
   mkv_req_respond(req, status, h, status == 405 ? 2 : 1, body, (size_t)n);

@@ -48,6 +48,20 @@ function M.same_list(a, b)
   return true
 end
 
+-- Do two volume lists name the same places in the same order, either slot of an entry
+-- being its place ("h:p/sv03" and "h:p/sv03/alt": REPLACE writes a live key's new copies
+-- in the other slot, record.h)? What "where placement wants it" means.
+local ALT = "/alt"
+local function place_of(v)
+  if #v > #ALT and v:sub(-#ALT) == ALT then return v:sub(1, -#ALT - 1) end
+  return v
+end
+function M.same_places(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if place_of(a[i]) ~= place_of(b[i]) then return false end end
+  return true
+end
+
 function M.same_set(a, b)
   if #a ~= #b then return false end
   local s = {}
@@ -143,7 +157,16 @@ function M.roots(vol)
   end
   table.sort(subs)
   if #subs == 0 then subs[1] = vol end
-  return subs
+  -- each root's second slot, where a REPLACE writes a live key's new copies
+  local out = {}
+  for _, r in ipairs(subs) do
+    out[#out + 1] = r
+    local inner = r == vol and entries or (M.list(r, "/")) or {}
+    for _, e in ipairs(inner) do
+      if e.type == "directory" and e.name == ALT:sub(2) then out[#out + 1] = r .. ALT end
+    end
+  end
+  return out
 end
 
 -- Every file below a leaf directory /ab/cd/ of one root, as base64 names relative to it:
@@ -401,7 +424,7 @@ function M.move(key, opts)
   if not rec then return move_failed(key, "%s", err) end
   local want, perr = mkv.place(key)
   if not want then return move_failed(key, "placement failed: %s", tostring(perr)) end
-  local balanced = M.same_list(rec.volumes, want)
+  local balanced = M.same_places(rec.volumes, want)
   if #rec.volumes == 0 or (balanced and not opts.check) then return "balanced" end
   local path = mkv.path(key)
 

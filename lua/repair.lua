@@ -25,7 +25,7 @@ if mkv.repair_scan() then
   local ok, err = pcall(A.each_record, function(key, value)
     local rec = A.decode(value)
     local want = rec and mkv.place(key)
-    if want and #rec.volumes > 0 and not A.same_list(rec.volumes, want) then mkv.repair_note(key) end
+    if want and #rec.volumes > 0 and not A.same_places(rec.volumes, want) then mkv.repair_note(key) end
   end)
   mkv.repair_scan_done()
   if not ok then error(err, 0) end

@@ -99,7 +99,7 @@ local function check(key, value)
         or ("size " .. tostring(sizes[v]))))
   end
   local want = mkv.place(key)
-  local misplaced = want and not A.same_list(want, rec.volumes)
+  local misplaced = want and not A.same_places(want, rec.volumes)
   if misplaced then
     mkv.report(string.format("misplaced %s: on %s, placement wants %s (mkv rebalance moves it)",
       A.show(key), table.concat(rec.volumes, ","), table.concat(want, ",")))

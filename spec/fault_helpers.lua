@@ -271,7 +271,7 @@ end
 -- Outcome of an HTTP answer (nil = no answer: connection reset, timeout, server killed).
 function F.outcome(method, status)
   if not status then return "unknown" end
-  if method == "PUT" and status == 201 then return "ok" end
+  if (method == "PUT" or method == "REPLACE") and status == 201 then return "ok" end
   if (method == "DELETE" or method == "UNLINK") and status == 204 then return "ok" end
   if status >= 400 and status < 500 then return "fail" end
   return "unknown" -- 5xx: the write may have got anywhere before it failed
@@ -308,7 +308,9 @@ function Ledger:record(method, key, md5, status, note)
     end
     self.states[key] = n
   end
-  if out == "ok" then
+  if out == "ok" and method == "REPLACE" then
+    self.states[key] = set_of(md5) -- whatever lived there before
+  elseif out == "ok" then
     if method == "PUT" then
       keep(function(v) return v == ABSENT end) -- a PUT succeeds only where nothing lives
       self.states[key] = set_of(md5)
@@ -320,6 +322,9 @@ function Ledger:record(method, key, md5, status, note)
     if status == 403 and method == "PUT" then keep(is_live)
     elseif status == 404 then keep(function(v) return v == ABSENT end) end
     -- 409 (locked) and other 4xx: nothing happened, nothing learnt
+  elseif method == "REPLACE" then
+    -- 4xx: nothing happened; unknown: the old value or the new one (never a mix)
+    if out == "unknown" then S[md5] = true end
   else -- unknown: happened or not; a PUT only where nothing lived
     if method == "PUT" then
       if S[ABSENT] then S[md5] = true end
@@ -570,8 +575,8 @@ end
 -- Sends one write (or any op) and records it in the ledger. -> status, response
 function Ledger:send(c, method, key, body, headers, timeout)
   local st, r = F.send(c.port, method, key, body, headers, timeout)
-  if method == "PUT" or method == "DELETE" or method == "UNLINK" then
-    self:record(method, key, method == "PUT" and H.md5_hex(body or "") or nil, st)
+  if method == "PUT" or method == "REPLACE" or method == "DELETE" or method == "UNLINK" then
+    self:record(method, key, (method == "PUT" or method == "REPLACE") and H.md5_hex(body or "") or nil, st)
   end
   return st, r
 end

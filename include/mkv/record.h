@@ -59,6 +59,15 @@ int mkv_volumes_count(const char *list, size_t len);
 /* Whether the list holds exactly this volume. */
 int mkv_volumes_contains(const char *list, size_t len, const char *item, size_t ilen);
 
+/* REPLACE writes a live key's new copies beside its old ones: a volume entry's second
+ * slot is the same entry with this last path component ("h:p/sv03" -> "h:p/sv03/alt"),
+ * and the next REPLACE goes back to the first. Placement, balance and the repair treat
+ * the two slots of an entry as the same place. */
+#define MKV_ALT_SLOT "/alt"
+/* Do two volume lists name the same places, in the same order, either slot of an entry
+ * being its place? */
+int mkv_volumes_same_places(const char *a, size_t al, const char *b, size_t bl);
+
 /* Splits a record volume "host:port/sv01" at its first '/': returns the length of the
  * host ("host:port"); the rest, item + that length, is the directory ("/sv01", or ""). */
 size_t mkv_volume_host_len(const char *item, size_t ilen);

@@ -150,6 +150,58 @@ describe("a crash at every step of the write order (failpoints)", function()
 end)
 
 -- ---------------------------------------------------------------------------------------
+-- REPLACE of a live key (README "The API"): a crash at each of its steps leaves the old
+-- value live and intact, or the new one complete -- never a mix: the key reads back as
+-- one of them, byte for byte, `mkv verify --deep` finds every copy its record names
+-- matching the record's MD5, and the key can be replaced again.
+local REPLACE_POINTS = {
+  { "replace/before_record", "old" }, -- the new copies written, the old record live
+  { "replace/after_record", "new" },  -- switched, before the answer
+  { "replace/after_reply", "new" },   -- answered, the old copies still there
+  { "replace/before_drop", "new" },   -- the grace over
+  { "replace/after_drop", "new" },    -- the old copies gone, the lock still held
+}
+
+describe("a crash at every step of a REPLACE (failpoints)", function()
+  local c, ledger
+  setup(function()
+    c = F.cluster({ n = 3, replicas = 2, bin = F.fp_bin() })
+    ledger = F.ledger(c.logdir .. "/ledger")
+  end)
+  teardown(H.cleanup)
+
+  for _, case in ipairs(REPLACE_POINTS) do
+    local point, which = case[1], case[2]
+    it(point .. " leaves the " .. which .. " value", function()
+      local key = "/rfp/" .. point:gsub("[:/]", "-")
+      local old, new = A.bytes(30000, #key), A.bytes(40000, #key + 1)
+      if c.mkv and c.mkv:alive() then c:kill9() end
+      c:start({ env = { MKV_FAILPOINT = point } })
+      ledger:record("PUT", key, H.md5_hex(old), send(c.port, "PUT", key, old))
+      assert.same({ [H.md5_hex(old)] = true }, ledger.states[key])
+      local st = send(c.port, "REPLACE", key, new)
+      ledger:record("REPLACE", key, H.md5_hex(new), st)
+      local status = H.eventually(function() return not c.mkv:alive() and c.mkv.status end, 15,
+        "mkv killed at " .. point)
+      assert.equal(9, status.signal, "mkv did not die of SIGKILL at " .. point)
+      c:start()
+      local rd = F.reader(c.port)
+      local got = rd:read(key)
+      rd:close()
+      assert.equal(H.md5_hex(which == "old" and old or new), got)
+      F.assert_verified(c, ledger, point)
+      -- nothing stuck: the key is replaced again
+      local again = A.bytes(10000, #key + 2)
+      local st2 = send(c.port, "REPLACE", key, again)
+      ledger:record("REPLACE", key, H.md5_hex(again), st2)
+      assert.equal(201, st2)
+      F.assert_verified(c, ledger, point, { skip_v2 = true, skip_v4 = true })
+      c:stop()
+    end)
+  end
+end)
+
+-- ---------------------------------------------------------------------------------------
 -- CrashMonkey style (bounded black-box crash testing): sequences of 3 ops (PUT / DELETE /
 -- UNLINK on keys a and b; those that start with b are a's mirror and left out: 108) run
 -- against a fresh pair of keys with a crash at the N-th failpoint of any name ("*:N"),

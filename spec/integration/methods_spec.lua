@@ -77,6 +77,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     -- the key's lock is held: RELINK, REBALANCE and DELETE wait their turn
     assert.equal(409, (req(c, "RELINK", "/wr/slow")))
     assert.equal(409, (req(c, "REBALANCE", "/wr/slow")))
+    assert.equal(409, (req(c, "REPLACE", "/wr/slow", { body = "x" })))
     conn:send("56789")
     local r = assert(conn:response(10))
     conn:close()
@@ -131,6 +132,83 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.equal(404, (req(c, "REBALANCE", "/rb/a")))
   end)
 
+  it("REPLACE: creates an absent key, overwrites a live one beside its old copies, 411 "
+     .. "empty, 409 under another write and through its grace, old value kept on failure",
+     function()
+    assert.equal(201, (req(c, "REPLACE", "/rp/a", { body = "first" })))
+    local _, h1 = req(c, "HEAD", "/rp/a")
+    assert.equal(201, (req(c, "REPLACE", "/rp/a", { body = "second value" })))
+    local st, _, body = req(c, "GET", "/rp/a", { follow = true })
+    assert.same({ 200, "second value" }, { st, body })
+    local _, h2h = req(c, "HEAD", "/rp/a")
+    assert.equal(H.md5_hex("second value"), h2h["content-md5"])
+    assert.equal("balanced", h2h["key-balance"])
+    -- beside the old copies: each entry in its other slot
+    for v in h1["key-volumes"]:gmatch("[^,]+") do
+      assert.truthy(h2h["key-volumes"]:find(v .. "/alt", 1, true), h2h["key-volumes"])
+    end
+    assert.equal(409, (req(c, "REPLACE", "/rp/a", { body = "too soon" }))) -- the grace
+    assert.equal(409, (req(c, "DELETE", "/rp/a")))
+    H.eventually(function()
+      return #A.find_files(c.volumes, "/rp/a") == 2
+    end, 10, "the old copies deleted after the grace")
+    assert.equal(411, (req(c, "REPLACE", "/rp/a")))
+    -- a failed REPLACE (a Content-MD5 that does not match): the old value, intact
+    local bad = req(c, "REPLACE", "/rp/a", { body = "third", headers = { ["Content-MD5"] = string.rep("0", 32) } })
+    assert.equal(400, bad)
+    st, _, body = req(c, "GET", "/rp/a", { follow = true })
+    assert.same({ 200, "second value" }, { st, body })
+    H.eventually(function()
+      return #A.find_files(c.volumes, "/rp/a") == 2
+    end, 10, "the failed REPLACE's copies gone")
+    -- and flips back to the first slot
+    assert.equal(201, (req(c, "REPLACE", "/rp/a", { body = "third" })))
+    local _, h3 = req(c, "HEAD", "/rp/a")
+    assert.equal(h1["key-volumes"], h3["key-volumes"])
+    local args = {}
+    for _, f in ipairs(c.flags) do args[#args + 1] = f end
+    args[#args + 1] = "verify"
+    args[#args + 1] = "--deep"
+    H.sleep(2.5)
+    local code, out = H.run_mkv(args, 60)
+    assert.equal(0, code, out)
+  end)
+
+  it("REPLACE under readers: every read is one value or the other, whole", function()
+    local values = { "A" .. string.rep("a", 200000), "B" .. string.rep("b", 300000) }
+    assert.equal(201, (req(c, "PUT", "/rp/readers", { body = values[1] })))
+    local dir = H.tmpdir("readers")
+    -- three readers, each reading the key over and over until told to stop
+    local script = H.write_file(dir .. "/read.sh", string.format([[
+i=0
+while [ ! -e %s/stop ]; do
+  i=$((i+1))
+  curl -s -L -o %s/r$1-$i %s/rp/readers
+done
+]], dir, dir, c.url))
+    local readers = {}
+    for r = 1, 3 do readers[r] = H.spawn("reader" .. r, { "sh", script, tostring(r) }) end
+    local n = 0
+    for i = 1, 6 do
+      local v = values[i % 2 + 1]
+      H.eventually(function()
+        return req(c, "REPLACE", "/rp/readers", { body = v }) == 201
+      end, 10, "REPLACE " .. i)
+      n = n + 1
+    end
+    H.write_file(dir .. "/stop", "")
+    for r = 1, 3 do readers[r]:stop(20) end
+    local reads, bad = 0, {}
+    for f in H.sh("ls " .. H.shq(dir)):gmatch("r%d+%-%d+") do
+      local got = H.read_file(dir .. "/" .. f) or ""
+      reads = reads + 1
+      if got ~= values[1] and got ~= values[2] then bad[#bad + 1] = f .. " (" .. #got .. " bytes)" end
+    end
+    io.stderr:write(string.format("# REPLACE under readers: %d replaces, %d reads\n", n, reads))
+    assert.truthy(reads > 10, reads .. " reads")
+    assert.same({}, bad)
+  end)
+
   it("any other unknown method is 405 and names the methods there are", function()
     for _, m in ipairs({ "FOO", "PROPFIND", "RELINKX", "REPLAC", "MOVE" }) do
       local st, h = req(c, m, "/x")
@@ -139,7 +217,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     end
   end)
 
-  it("through the TLS proxy: RELINK and REBALANCE pass as they are", function()
+  it("through the TLS proxy: RELINK, REPLACE and REBALANCE pass as they are", function()
     local P = require "proxy_helpers"
     local proxy = P.start_proxy({ tls = P.make_cert(), mkv = c.mkv, volumes = c.addrs })
     local cl = P.client(proxy)
@@ -149,6 +227,9 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.equal(204, (cl.req("RELINK", "/px/m")))
     local st, _, body = cl.req("GET", "/px/m")
     assert.same({ 200, "via proxy" }, { st, body })
+    assert.equal(201, (cl.req("REPLACE", "/px/m", { body = "replaced via proxy" })))
+    st, _, body = cl.req("GET", "/px/m")
+    assert.same({ 200, "replaced via proxy" }, { st, body })
     assert.equal(405, (cl.req("FOO", "/px/m")))
   end)
 
@@ -157,6 +238,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.equal(200, st)
     assert.truthy(m:find('method="RELINK"', 1, true), m)
     assert.truthy(m:find('method="REBALANCE"', 1, true), m)
+    assert.truthy(m:find('method="REPLACE"', 1, true), m)
   end)
   it("a handover to the Go original (mkv index-flush) leaves no INIT record it would misread",
      function()

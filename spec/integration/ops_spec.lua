@@ -337,6 +337,7 @@ describe("operations", function()
         mkv_volume_up = "gauge", mkv_volume_state = "gauge", mkv_keys_underreplicated = "gauge",
         mkv_repair_keys_total = "counter", mkv_repair_dropped_total = "counter",
         mkv_repair_scans_total = "counter", mkv_repair_given_up_total = "counter",
+        mkv_slow_bodies_total = "counter",
       }
       for name, typ in pairs(want) do
         assert.equal(typ, mt.types[name], name .. "'s # TYPE")
@@ -349,7 +350,8 @@ describe("operations", function()
       -- Label values: methods and codes as documented; volumes as configured.
       for _, s in ipairs(mt.samples) do
         if s.name == "mkv_requests_total" then
-          assert.truthy(({ GET = 1, HEAD = 1, PUT = 1, DELETE = 1, UNLINK = 1, LIST = 1, OTHER = 1 })[s.labels.method])
+          assert.truthy(({ GET = 1, HEAD = 1, PUT = 1, DELETE = 1, UNLINK = 1, LIST = 1, RELINK = 1,
+                           REPLACE = 1, REBALANCE = 1, OTHER = 1 })[s.labels.method])
           assert.truthy(s.labels.code:match("^[1-5]%d%d$"), s.labels.code)
         end
         if s.family:match("^mkv_volume_") then
