@@ -338,6 +338,7 @@ static void reload(void) {
   mkv_health_set_config(next);
   mkv_repair_want_scan(); /* placement may have changed */
   for (i = 0; i < nworkers; i++) mkv_worker_reload(&workers[i], next, pol[i]);
+  mkv_metrics_configured(next->volumes, next->nvolumes);
   if (admin_worker_p) mkv_worker_reload(admin_worker_p, next, NULL);
   retired = mkv_realloc(retired, (size_t)(nretired + 1) * sizeof(*retired));
   retired[nretired++] = (mkv_config_t *)current_cfg;
@@ -451,6 +452,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   mkv_worker_init(&admin_worker, 0, cfg, 0, &err);
   /* The admin thread probes the volumes (health.h) for every thread. */
   mkv_health_init(cfg);
+  mkv_metrics_configured(cfg->volumes, cfg->nvolumes);
   admin_worker.on_start = admin_thread_start;
   admin_worker.on_drain = admin_thread_drain;
   admin_worker.busy = admin_thread_busy;

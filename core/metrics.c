@@ -20,6 +20,26 @@ static const char *const method_names[MKV_MX_N] = {
     "GET", "HEAD", "PUT", "DELETE", "UNLINK", "LIST", "RELINK", "REPLACE", "REBALANCE", "OTHER"};
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static char **configured; /* under reg_lock; NULL: every registered volume is shown */
+static int nconfigured;
+
+void mkv_metrics_configured(char *const *vols, int n) {
+  pthread_mutex_lock(&reg_lock);
+  for (int i = 0; i < nconfigured; i++) free(configured[i]);
+  free(configured);
+  configured = mkv_calloc((size_t)n + 1, sizeof(char *));
+  for (int i = 0; i < n; i++) configured[i] = mkv_strdup(vols[i]);
+  nconfigured = n;
+  pthread_mutex_unlock(&reg_lock);
+}
+
+/* Is the volume in the config now? Under reg_lock. */
+static int shown(const char *host) {
+  if (configured == NULL) return 1;
+  for (int i = 0; i < nconfigured; i++)
+    if (strcmp(configured[i], host) == 0) return 1;
+  return 0;
+}
 static mkv_metrics_t *workers[MAX_WORKER_METRICS];
 static _Atomic int nworkers;
 static mkv_vol_metrics_t volumes[MAX_VOLUMES];
@@ -163,6 +183,10 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
   mkv_buf_addf(out, "mkv_slow_bodies_total %llu\n", slow);
 
   int nv = atomic_load_explicit(&nvolumes, memory_order_acquire);
+  int show[MAX_VOLUMES];
+  pthread_mutex_lock(&reg_lock);
+  for (int i = 0; i < nv; i++) show[i] = shown(volumes[i].host);
+  pthread_mutex_unlock(&reg_lock);
   static const struct {
     const char *name, *help;
     size_t off;
@@ -181,6 +205,7 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
   for (size_t k = 0; k < MKV_ARRAY_SIZE(vc); k++) {
     help(out, vc[k].name, "counter", vc[k].help);
     for (int i = 0; i < nv; i++) {
+      if (!show[i]) continue;
       mkv_buf_addf(out, "%s{volume=\"", vc[k].name);
       add_label(out, volumes[i].host);
       mkv_buf_addf(out, "\"} %llu\n", rd((const mkv_ctr_t *)((const char *)&volumes[i] + vc[k].off)));
@@ -190,6 +215,7 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
        "Connections to a volume open now, by state: idle (kept alive in a worker's pool) or "
        "busy (connecting, carrying a request, or finishing one).");
   for (int i = 0; i < nv; i++) {
+    if (!show[i]) continue;
     /* Two gauges read one after the other: clamp what a move in between could skew. */
     long long open = MKV_MAX((long long)rd(&volumes[i].conns), 0);
     long long idle = MKV_MIN(MKV_MAX((long long)rd(&volumes[i].idle_conns), 0), open);
@@ -204,6 +230,7 @@ void mkv_metrics_render(mkv_buf_t *out, mkv_metrics_extra_fn extra, void *arg) {
   help(out, "mkv_volume_request_duration_seconds", "histogram",
        "Time a volume took to answer a request (a PUT: its whole body), by volume.");
   for (int i = 0; i < nv; i++) {
+    if (!show[i]) continue;
     unsigned long long le[MKV_LAT_NB + 1];
     for (int b = 0; b <= MKV_LAT_NB; b++) le[b] = rd(&volumes[i].latency.le[b]);
     mkv_buf_t labels;

@@ -62,7 +62,6 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 static void deadline_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
   mkv_policy_t *p = running;
   if (p == NULL || !p->in_call) return;
   if (!p->expired && mkv_now_ns() < p->deadline_ns) return;
@@ -72,7 +71,14 @@ static void deadline_hook(lua_State *L, lua_Debug *ar) {
     p->expired = 1;
     lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
   }
-  luaL_error(L, "policy exceeded its time budget of %.0f ms", p->budget_ms);
+  /* Where it was running: the hook's own record names the policy's line (luaL_error's
+   * level 1 would be its caller's). */
+  if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+    lua_pushfstring(L, "%s:%d: policy exceeded its time budget of %d ms", ar->short_src,
+                    ar->currentline, (int)p->budget_ms);
+  else
+    lua_pushfstring(L, "policy exceeded its time budget of %d ms", (int)p->budget_ms);
+  lua_error(L);
 }
 
 /* Message handler: keeps the message (which carries source:line) and turns non-string

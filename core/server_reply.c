@@ -252,7 +252,14 @@ void mkv_req_respond(mkv_req_t *req, int status, const mkv_header_t *h, int nh,
   mkv_buf_t b;
   mkv_buf_init(&b);
   build_head(&b, c, req, status, h, nh);
-  mkv_buf_addf(&b, "Content-Length: %zu\r\n\r\n", len);
+  /* RFC 9110 §8.6: no Content-Length on a 1xx or a 204 (nor a body); on a 304 it would
+   * describe the resource, not this answer. */
+  if (status == 204 || status == 304 || status < 200) {
+    mkv_buf_adds(&b, "\r\n");
+    len = 0;
+  } else {
+    mkv_buf_addf(&b, "Content-Length: %zu\r\n\r\n", len);
+  }
   if (req->method != MKV_M_HEAD && len) {
     mkv_buf_add(&b, body, len);
     req->body_bytes += len;

@@ -64,6 +64,11 @@ void mkv_hist_observe(mkv_hist_t *h, uint64_t ns, int shared);
 /* The entry of a volume ("host:port"), made on first use; NULL when the table is full. */
 mkv_vol_metrics_t *mkv_metrics_volume(const char *host, size_t len);
 
+/* The volumes of the config now (at the start, and after each reload): only their
+ * series are rendered -- a volume a reload removed drops out of /metrics (its requests
+ * still count, and show again if it comes back). Copies the names. */
+void mkv_metrics_configured(char *const *volumes, int n);
+
 /* SIGHUP reloads, counted by main. */
 void mkv_metrics_reload(int ok);
 unsigned long long mkv_reloads_ok(void);

@@ -652,6 +652,10 @@ echo "$n" > "$stop.done"
       assert.truthy(r.err:find("mkv: a server holds the index: running rebalance inside it", 1, true), r.all)
       assert.equal(0, r.summary.failed, r.all)
       assert.truthy(r.summary.changed >= #moved, r.all)
+      -- one line per key it moved, as the dry run says what it would move
+      for _, k in ipairs(moved) do
+        assert.truthy(has_line(r, "moved " .. show(k) .. ":"), show(k) .. "\n" .. r.all)
+      end
       assert.truthy(during >= 20, "only " .. during .. " requests ran during the rebalance (" ..
         string.format("%.1f s", r.took) .. ")")
       H.eventually(function() return traffic_lines() >= before + during + 20 end, 20, "traffic after")

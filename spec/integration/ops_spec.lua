@@ -848,6 +848,11 @@ describe("operations", function()
       -- A new volume list: new keys go to v3 only; old keys are still read where they are.
       write_config(config_text(port, db, { v3.addr }, 1))
       assert.equal("ok", hup())
+      -- the volumes the reload removed drop out of /metrics
+      local _, mtext = scrape(admin)
+      for _, gone in ipairs({ v1.addr, v2.addr }) do
+        assert.is_nil(mtext:find('volume="' .. gone .. '"', 1, true), gone .. " still in /metrics")
+      end
       for i = 1, 5 do
         assert.equal(201, (put(m.url, "/rl/d" .. i, "d")))
         assert.same({ v3.addr }, key_volumes("/rl/d" .. i))

@@ -337,6 +337,8 @@ return { db = %q, volumes = { %q, %q, %q }, replicas = 2, subvolumes = 1, worker
       assert.truthy(secs < 0.5 * H.slow, string.format("%s %s took %.2f s", req[1], req[2], secs))
     end
     H.eventually(function() return m:log():find("time budget", 1, true) end, 5, "a log line")
+    -- the line names where the policy was running (README: its source:line)
+    assert.truthy(m:log():find("runtime_loop.lua:%d+: policy exceeded its time budget"), m:log())
     still_serves(m, "loop")
     assert.equal(0, m:stop().code)
   end)

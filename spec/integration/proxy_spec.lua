@@ -681,11 +681,13 @@ describe("deploy/install into a staging root, and the systemd units", function()
     assert.equal("https://proxy.example:8444", cfg.public_url)
     assert.equal("/var/lib/mkv/index", cfg.db)
     assert.equal("PORT=3002", H.read_file(root .. "/etc/mkv/volume-disk2.env"):match("PORT=%d+"))
-    -- The next steps name every unit.
+    -- The next steps name every unit, the volumes before mkv (it probes them).
     for _, s in ipairs({ "systemctl enable --now mkv\n", "systemctl enable --now mkv-volume@1 ",
                          "systemctl enable --now mkv-volume@disk2 ", "systemctl enable --now mkv-proxy\n" }) do
       assert.truthy(out:find(s, 1, true), "missing: " .. s)
     end
+    assert.truthy(out:find("mkv-volume@1 ", 1, true) < out:find("systemctl enable --now mkv\n", 1, true),
+      "mkv started before its volumes:\n" .. out)
     -- The staged proxy runs with the options proxy.env gives it (cert, key and log moved
     -- to test files) and writes a config nginx accepts.
     local tls = P.make_cert()
@@ -695,6 +697,24 @@ describe("deploy/install into a staging root, and the systemd units", function()
       .. H.shq(root .. "/var/lib/mkv/proxy") .. " " .. opts .. " --cert " .. H.shq(tls.cert)
       .. " --key " .. H.shq(tls.key) .. " --access-log off --check")
     assert.equal(0, code2, out2)
+  end)
+
+  it("--self-signed: a certificate for the host name, localhost and the host's addresses",
+     function()
+    local root = H.tmpdir("root")
+    local out, code = install(root, "--role proxy --volumes 10.1.0.2:3001 --self-signed")
+    assert.equal(0, code, out)
+    local text = H.sh("openssl x509 -noout -ext subjectAltName -in " ..
+      H.shq(root .. "/etc/mkv/tls/proxy.crt"))
+    assert.truthy(text:find("DNS:localhost", 1, true), text)
+    assert.truthy(text:find("IP Address:127.0.0.1", 1, true), text)
+    local host = (H.sh("hostname -f 2>/dev/null || hostname"):gsub("%s+$", ""))
+    assert.truthy(text:find("DNS:" .. host, 1, true), text)
+    for a in H.sh("hostname -I 2>/dev/null"):gmatch("%S+") do
+      if not a:find(":", 1, true) then
+        assert.truthy(text:find("IP Address:" .. a, 1, true), a .. " missing: " .. text)
+      end
+    end
   end)
 
   it("is idempotent: a second run changes nothing and keeps an edited config", function()
