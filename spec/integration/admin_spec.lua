@@ -188,7 +188,7 @@ end
 local function disk_tree(c)
   local out = {}
   for _, v in ipairs(c.volumes) do
-    local res = H.sh("cd " .. H.shq(v.root) .. " && find . -type f | LC_ALL=C sort | " ..
+    local res = H.sh("cd " .. H.shq(v.root) .. " && find . -type f ! -name mkv-probe | LC_ALL=C sort | " ..
       "while IFS= read -r f; do printf '%s %s ' \"$f\" \"$(stat -c %s \"$f\")\"; md5sum < \"$f\"; done")
     out[#out + 1] = "== " .. v.addr .. "\n" .. res
   end
