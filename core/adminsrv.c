@@ -18,6 +18,7 @@
  *     LevelDB's files per level, config reloads.
  *
  * The command side is admin_client.c: it finds this listener through <db>/mkv.admin. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,8 +53,41 @@ typedef struct job_s {
  * thread, the only one that touches this. */
 static job_t *running_job;
 
+/* What the status page shows of the jobs (mkv_admin_jobs_info): written here on the
+ * admin thread, read by the status listener's thread, under the mutex. Slot 0 is the
+ * operator's job, slot 1 the background repair. */
+static pthread_mutex_t jobs_mu = PTHREAD_MUTEX_INITIALIZER;
+static mkv_admin_job_info_t jobs[2];
+
+static void jobs_set(int slot, const char *script) {
+  pthread_mutex_lock(&jobs_mu);
+  memset(&jobs[slot], 0, sizeof(jobs[slot]));
+  if (script) {
+    jobs[slot].running = 1;
+    snprintf(jobs[slot].script, sizeof(jobs[slot].script), "%s", script);
+    jobs[slot].started_ms = (int64_t)time(NULL) * 1000;
+  }
+  pthread_mutex_unlock(&jobs_mu);
+}
+
+static void jobs_progress(int slot, const char *text, size_t len) {
+  mkv_admin_progress_t p;
+  if (mkv_admin_progress_parse(text, len, &p) != 0) return;
+  pthread_mutex_lock(&jobs_mu);
+  jobs[slot].progress = p;
+  jobs[slot].has_progress = 1;
+  pthread_mutex_unlock(&jobs_mu);
+}
+
+void mkv_admin_jobs_info(mkv_admin_job_info_t out[2]) {
+  pthread_mutex_lock(&jobs_mu);
+  memcpy(out, jobs, sizeof(jobs));
+  pthread_mutex_unlock(&jobs_mu);
+}
+
 static void job_line(void *ctx, int kind, const char *text, size_t len) {
   job_t *j = ctx;
+  if (kind == MKV_ADMIN_PROGRESS) jobs_progress(0, text, len);
   if (j->gone) return;
   mkv_buf_t b;
   mkv_buf_init(&b);
@@ -76,6 +110,7 @@ static void job_done(void *arg, int code) {
   j->running = 0;
   j->admin = NULL;
   running_job = NULL;
+  jobs_set(0, NULL);
   mkv_req_unref(j->req);
 }
 
@@ -95,7 +130,10 @@ static struct {
 
 static void repair_line(void *ctx, int kind, const char *text, size_t len) {
   (void)ctx;
-  if (kind == MKV_ADMIN_PROGRESS) return;
+  if (kind == MKV_ADMIN_PROGRESS) {
+    jobs_progress(1, text, len);
+    return;
+  }
   if (kind == MKV_ADMIN_LOG)
     mkv_warn("repair: %.*s", (int)len, text);
   else if (kind == MKV_ADMIN_SUMMARY) {
@@ -115,6 +153,7 @@ static void repair_done(void *arg, int code) {
   (void)arg;
   (void)code;
   repair.job = NULL;
+  jobs_set(1, NULL);
   repair.last_end_ms = mkv_now_ms();
 }
 
@@ -142,7 +181,9 @@ static void on_repair_timer(uv_timer_t *t) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "repair: cannot start: %s", err);
     free(err);
     repair.job = NULL;
+    return;
   }
+  if (repair.job) jobs_set(1, "repair (background)");
 }
 
 void mkv_repair_schedule_start(mkv_worker_t *w) {
@@ -207,11 +248,29 @@ static void health_volume(const mkv_vol_info_t *vi, void *arg) {
   if (strcmp(vi->state, "up") == 0) d->writable++;
 }
 
+static const char *health_status(const char *failure, const health_doc_t *d, int quorum) {
+  return failure || d->writable < quorum ? "failing"
+         : d->down || d->full           ? "degraded"
+                                        : "ok";
+}
+
+const char *mkv_admin_health_status(const mkv_config_t *cfg, mkv_index_t *index,
+                                    int *writable, int *quorum) {
+  mkv_buf_t scratch;
+  mkv_buf_init(&scratch);
+  health_doc_t d = {&scratch, 0, 0, 0, 0};
+  mkv_health_foreach(health_volume, &d);
+  mkv_buf_free(&scratch);
+  *writable = d.writable;
+  *quorum = mkv_write_quorum(cfg, cfg->replicas);
+  return health_status(mkv_index_failure(index), &d, *quorum);
+}
+
 /* From what the prober knows (health.h), with no request to any volume: 200 "ok" when
  * the index is writable and every volume is up; 200 "degraded" when a volume is down
  * or full but a PUT can still reach its write quorum; 503 "failing" when the index is
  * read-only or too few volumes can take a copy for any PUT to succeed. */
-static void health_respond(mkv_req_t *req) {
+void mkv_admin_health_respond(mkv_req_t *req) {
   const mkv_config_t *cfg = req->worker->cfg;
   const char *failure = mkv_index_failure(req->worker->index);
   mkv_buf_t b;
@@ -223,9 +282,7 @@ static void health_respond(mkv_req_t *req) {
   health_doc_t d = {&b, 0, 0, 0, 0};
   mkv_health_foreach(health_volume, &d);
   int quorum = mkv_write_quorum(cfg, cfg->replicas);
-  const char *status = failure || d.writable < quorum ? "failing"
-                       : d.down || d.full             ? "degraded"
-                                                      : "ok";
+  const char *status = health_status(failure, &d, quorum);
   mkv_buf_addf(&b, "},\"writable_volumes\":%d,\"write_quorum\":%d,\"status\":\"%s\"",
                d.writable, quorum, status);
   if (mkv_ha_role() != MKV_HA_OFF) {
@@ -321,7 +378,7 @@ static void metrics_extra(mkv_buf_t *out, void *arg) {
                mkv_reloads_ok(), mkv_reloads_refused());
 }
 
-static void metrics_respond(mkv_req_t *req) {
+void mkv_admin_metrics_respond(mkv_req_t *req) {
   mkv_buf_t b;
   mkv_buf_init(&b);
   mkv_metrics_render(&b, metrics_extra, req->worker);
@@ -336,11 +393,11 @@ static void on_headers(mkv_req_t *req) {
   const char *k = req->key.data;
   int get = req->method == MKV_M_GET || req->method == MKV_M_HEAD;
   if (get && req->key.len == 7 && memcmp(k, "/health", 7) == 0) {
-    health_respond(req);
+    mkv_admin_health_respond(req);
     return;
   }
   if (get && req->key.len == 8 && memcmp(k, "/metrics", 8) == 0) {
-    metrics_respond(req);
+    mkv_admin_metrics_respond(req);
     return;
   }
   if (req->method == MKV_M_POST && req->key.len == strlen(MKV_ADMIN_RUN_PATH) &&
@@ -433,6 +490,7 @@ static void on_complete(mkv_req_t *req) {
     } else {
       j->running = 1;
       running_job = j;
+      jobs_set(0, r.script);
       mkv_req_ref(req); /* until job_done */
       mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
       mkv_req_stream_start(req, 200, &h, 1);

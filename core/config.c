@@ -211,6 +211,19 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->limits.list_slice = (int)get_num(L, l, "list_slice");
   lua_pop(L, 1);
 
+  cfg->status_listen = get_str(L, t, "status_listen");
+  lua_getfield(L, t, "status_tokens");
+  int nst = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
+  for (int i = 0; i < nst; i++) {
+    size_t len;
+    lua_rawgeti(L, -1, i + 1);
+    const char *s = lua_tolstring(L, -1, &len);
+    mkv_auth_digest(s, len, cfg->status_auth.write_digest[i]);
+    lua_pop(L, 1);
+  }
+  cfg->status_auth.nwrite = nst;
+  lua_pop(L, 1);
+
   lua_getfield(L, t, "auth");
   l = lua_gettop(L);
   lua_getfield(L, l, "write_secrets");
@@ -381,6 +394,7 @@ void mkv_config_free(mkv_config_t *cfg) {
   free(cfg->public_url);
   free(cfg->access_log);
   free(cfg->admin_listen);
+  free(cfg->status_listen);
   for (int k = 0; k < MKV_POLICY_KINDS; k++) free(cfg->policies[k]);
   free(cfg->policy_path);
   free(cfg->policy_config);

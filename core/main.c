@@ -28,6 +28,7 @@
 #include "mkv/policy.h"
 #include "mkv/metrics.h"
 #include "mkv/repair.h"
+#include "mkv/status.h"
 #include "mkv/worker.h"
 
 #define MKV_VERSION "0.1.0"
@@ -214,12 +215,13 @@ static int bind_listener(const mkv_config_t *cfg, char **err) {
 
 /* The admin listener: "host:port" (port 0: any free one). Returns the fd and the address
  * it got in `bound` ("127.0.0.1:43211"). */
-static int bind_admin(const char *spec, char *bound, size_t boundlen, char **err) {
+static int bind_admin(const char *what, const char *spec, char *bound, size_t boundlen,
+                      char **err) {
   char host[256];
   const char *colon = strrchr(spec, ':');
   size_t hl = colon ? (size_t)(colon - spec) : 0;
   if (colon == NULL || hl == 0 || hl >= sizeof(host)) {
-    *err = mkv_sprintf("admin_listen %s is not host:port", spec);
+    *err = mkv_sprintf("%s %s is not host:port", what, spec);
     return -1;
   }
   memcpy(host, spec, hl);
@@ -234,14 +236,16 @@ static int bind_admin(const char *spec, char *bound, size_t boundlen, char **err
   hints.ai_flags = AI_PASSIVE;
   int rc = getaddrinfo(host, colon + 1, &hints, &res);
   if (rc != 0) {
-    *err = mkv_sprintf("admin_listen %s: %s", spec, gai_strerror(rc));
+    *err = mkv_sprintf("%s %s: %s", what, spec, gai_strerror(rc));
     return -1;
   }
   int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
   int one = 1;
   if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-    *err = mkv_sprintf("cannot listen on the admin address %s: %s", spec, strerror(errno));
+    *err = mkv_sprintf("cannot listen on the %s address %s: %s",
+                       strcmp(what, "admin_listen") == 0 ? "admin" : "status", spec,
+                       strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(res);
     return -1;
@@ -271,6 +275,7 @@ static int bind_admin(const char *spec, char *bound, size_t boundlen, char **err
 static mkv_worker_t *workers;
 static int nworkers;
 static mkv_worker_t *admin_worker_p;
+static mkv_worker_t *status_worker_p; /* the status listener's, when status_listen is on */
 static uv_signal_t sigint, sigterm, sighup;
 
 /* ---- SIGHUP: reload ---- */
@@ -287,6 +292,7 @@ static const char *restart_only_change(const mkv_config_t *a, const mkv_config_t
   if (a->port != b->port) return "port";
   if (strcmp(a->db, b->db) != 0) return "db";
   if (strcmp(a->admin_listen, b->admin_listen) != 0) return "admin_listen";
+  if (strcmp(a->status_listen, b->status_listen) != 0) return "status_listen";
   if (a->workers != b->workers) return "workers";
   if (a->leveldb.cache_mb != b->leveldb.cache_mb ||
       a->leveldb.write_buffer_mb != b->leveldb.write_buffer_mb ||
@@ -340,6 +346,7 @@ static void reload(void) {
   for (i = 0; i < nworkers; i++) mkv_worker_reload(&workers[i], next, pol[i]);
   mkv_metrics_configured(next->volumes, next->nvolumes);
   if (admin_worker_p) mkv_worker_reload(admin_worker_p, next, NULL);
+  if (status_worker_p) mkv_worker_reload(status_worker_p, next, NULL);
   retired = mkv_realloc(retired, (size_t)(nretired + 1) * sizeof(*retired));
   retired[nretired++] = (mkv_config_t *)current_cfg;
   current_cfg = next;
@@ -373,6 +380,7 @@ static void on_signal(uv_signal_t *h, int signum) {
            signum == SIGINT ? "SIGINT" : "SIGTERM");
   for (int i = 0; i < nworkers; i++) mkv_worker_stop(&workers[i]);
   if (admin_worker_p) mkv_worker_stop(admin_worker_p);
+  if (status_worker_p) mkv_worker_stop(status_worker_p);
   /* Closing the watchers restores the default action, so a second SIGINT or SIGTERM
    * kills the process while it drains; the main loop then has nothing left and
    * returns, and main joins the workers. */
@@ -435,10 +443,21 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     goto cleanup_index;
   }
   char admin_addr[300];
-  int afd = bind_admin(cfg->admin_listen, admin_addr, sizeof(admin_addr), &err);
+  int afd = bind_admin("admin_listen", cfg->admin_listen, admin_addr, sizeof(admin_addr), &err);
   if (afd < 0) {
     mkv_print_error(err);
     close(lfd);
+    goto cleanup_index;
+  }
+  /* The status listener (status.h), when on: bound now, so a busy port stops startup. */
+  char status_addr[300] = "";
+  int sfd = -1;
+  if (cfg->status_listen[0] &&
+      (sfd = bind_admin("status_listen", cfg->status_listen, status_addr, sizeof(status_addr),
+                        &err)) < 0) {
+    mkv_print_error(err);
+    close(lfd);
+    close(afd);
     goto cleanup_index;
   }
   /* The standby index (ha.h): the node starts as a standby; etcd decides the rest. */
@@ -446,6 +465,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     mkv_print_error(err);
     close(lfd);
     close(afd);
+    if (sfd >= 0) close(sfd);
     goto cleanup_index;
   }
   mkv_worker_t admin_worker;
@@ -499,18 +519,52 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     started++;
   }
   close(lfd);
-  if (started == nworkers && admin_started) {
+  mkv_worker_t status_worker;
+  int status_started = 0, status_failed = 0;
+  if (sfd >= 0) {
+    mkv_worker_init(&status_worker, -1, cfg, 0, &err);
+    status_worker.on_start = mkv_status_thread_start;
+    status_worker.on_drain = mkv_status_thread_drain;
+    mkv_status_set_version(MKV_VERSION);
+    if (started == nworkers && admin_started &&
+        mkv_worker_start(&status_worker, index, sfd, &mkv_status_handler, &err) == 0) {
+      status_started = 1;
+    } else {
+      if (started == nworkers && admin_started) mkv_print_error(err);
+      status_failed = 1;
+      close(sfd);
+      mkv_worker_destroy(&status_worker);
+    }
+  }
+  if (started == nworkers && admin_started && !status_failed) {
     mkv_info("mkv %s serving on %s:%d with %d worker(s); volumes:", MKV_VERSION,
              cfg->listen, cfg->port, nworkers);
     for (int i = 0; i < cfg->nvolumes; i++) mkv_info("  %s", cfg->volumes[i]);
     mkv_info("replicas %d, subvolumes %d, md5sum %s, protect %s, index %s", cfg->replicas,
              cfg->subvolumes, cfg->md5sum ? "on" : "off", cfg->protect ? "on" : "off", cfg->db);
     mkv_info("admin listener on %s", admin_addr);
+    if (status_started) {
+      int loopback = strncmp(status_addr, "127.", 4) == 0 || strcmp(status_addr, "[::1]") == 0 ||
+                     strncmp(status_addr, "[::1]:", 6) == 0;
+      if (cfg->status_auth.nwrite)
+        mkv_info("status listener (read-only) on %s, Bearer token required", status_addr);
+      else if (loopback)
+        mkv_info("status listener (read-only) on %s", status_addr);
+      else
+        mkv_warn("status listener (read-only) on %s with no status_token: anyone who reaches "
+                 "it reads the volumes, the metrics and the jobs", status_addr);
+      status_worker_p = &status_worker;
+    }
     admin_worker_p = &admin_worker;
     uv_run(loop, UV_RUN_DEFAULT);
     rc = 0;
   } else {
     for (int i = 0; i < started; i++) mkv_worker_stop(&workers[i]);
+  }
+  if (status_started) {
+    if (!status_worker_p) mkv_worker_stop(&status_worker);
+    mkv_worker_join(&status_worker);
+    status_worker_p = NULL;
   }
   for (int i = 0; i < started; i++) mkv_worker_join(&workers[i]);
   for (int i = started; i < nworkers; i++) mkv_worker_destroy(&workers[i]);

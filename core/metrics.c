@@ -57,6 +57,23 @@ mkv_metrics_t *mkv_metrics_new(void) {
   return m;
 }
 
+void mkv_metrics_totals(unsigned long long out[MKV_MX_N][3]) {
+  memset(out, 0, sizeof(unsigned long long) * MKV_MX_N * 3);
+  int nw = atomic_load_explicit(&nworkers, memory_order_acquire);
+  for (int i = 0; i < nw; i++)
+    for (int mx = 0; mx < MKV_MX_N; mx++)
+      for (int code = 100; code < 600; code++) {
+        unsigned long long n =
+            atomic_load_explicit(&workers[i]->status[mx][code - 100], memory_order_relaxed);
+        out[mx][0] += n;
+        if (code >= 400) out[mx][code >= 500 ? 2 : 1] += n;
+      }
+}
+
+const char *mkv_metrics_method_name(int mx) {
+  return mx >= 0 && mx < MKV_MX_N ? method_names[mx] : "?";
+}
+
 void mkv_hist_observe(mkv_hist_t *h, uint64_t ns, int shared) {
   double s = (double)ns / 1e9;
   int i = 0;

@@ -58,6 +58,8 @@ int mkv_worker_init(mkv_worker_t *w, int id, const mkv_config_t *cfg, int with_p
   w->listen_fd = -1;
   if (id == 0)
     snprintf(w->name, sizeof(w->name), "admin");
+  else if (id < 0)
+    snprintf(w->name, sizeof(w->name), "status");
   else
     snprintf(w->name, sizeof(w->name), "w%d", id);
   w->rng = (uint32_t)(mkv_now_ns() ^ ((uint64_t)id * 2654435761u)) | 1u;

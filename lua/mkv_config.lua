@@ -419,6 +419,24 @@ M.fields = {
     if not host or tonumber(port) > 65535 then fail(w, "%s is not host:port", quote(v)) end
     return v
   end },
+  -- The status listener, off by default: a read-only page (GET /), /metrics and /health
+  -- for people and scrapers, apart from the admin listener (whose jobs can delete
+  -- files). A bare port ("3100" or 3100) listens on loopback only.
+  status_listen = { "", function(w, v)
+    if type(v) == "number" then v = tostring(int(w, v, 0, 65535)) end
+    str(w, v, true)
+    if v == "" then return v end
+    if v:match("^%d+$") then v = "127.0.0.1:" .. v end
+    local host, port = v:match("^(.+):(%d+)$")
+    if not host or tonumber(port) > 65535 then
+      fail(w, "%s is not host:port (or a port, for loopback)", quote(v))
+    end
+    return v
+  end },
+  -- Its Bearer token (required on every path when set), inline or as a file; a list of
+  -- two while scrapers change over. Checked with the other fields in M.build.
+  status_token = { nil, function(_, v) return v end },
+  status_token_file = { nil, function(_, v) return v end },
   workers = { 0, function(w, v) return int(w, v, 0, 256) end },
   policies = { {}, function(w, v)
     if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
@@ -498,6 +516,8 @@ M.flags = {
   listen = { field = "listen", kind = "string" },
   workers = { field = "workers", kind = "int" },
   admin = { field = "admin_listen", kind = "string" },
+  status = { field = "status_listen", kind = "string" },
+  ["status-token-file"] = { field = "status_token_file", kind = "string" },
   ["write-quorum"] = { field = "write_quorum", kind = "string" },
   ["repair-interval"] = { field = "repair_interval", kind = "string" },
   ["read-check"] = { field = "read_check", kind = "string" },
@@ -620,6 +640,10 @@ function M.build(t, flags, source)
       fail(where.write_quorum or src, "write_quorum is %d but replicas is %d: a PUT could never "
         .. "reach it", out.write_quorum, out.replicas)
     end
+    out.status_tokens = secrets(out, "status_token", "status_token_file", function(k)
+      return where[k] or (src .. ": field '" .. k .. "'")
+    end, M.auth_max_secrets)
+    out.status_token, out.status_token_file = nil, nil
     if out.limits.low_water_kb >= out.limits.high_water_kb then
       fail(src .. ": field 'limits'", "low_water_kb (%d) must be below high_water_kb (%d)",
         out.limits.low_water_kb, out.limits.high_water_kb)

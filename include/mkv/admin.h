@@ -19,6 +19,7 @@
 
 #include <uv.h>
 
+#include "mkv/admin_proto.h"
 #include "mkv/config.h"
 #include "mkv/index.h"
 
@@ -76,6 +77,26 @@ int mkv_admin_script_exists(const char *name);
  * POST /admin/run runs a job (admin_proto.h), GET /health, GET /metrics. */
 struct mkv_handler_s;
 extern const struct mkv_handler_s mkv_admin_handler;
+
+/* The same answers for the status listener (statussrv.c), on its own thread: both read
+ * only shared, thread-safe state (health.h, metrics.h, the index's stats, ha.h). */
+struct mkv_req_s;
+void mkv_admin_health_respond(struct mkv_req_s *req);
+void mkv_admin_metrics_respond(struct mkv_req_s *req);
+/* /health's status word ("ok", "degraded", "failing") and what it rests on. */
+const char *mkv_admin_health_status(const mkv_config_t *cfg, mkv_index_t *index,
+                                    int *writable, int *quorum);
+
+/* The admin jobs running now, for the status page (any thread): [0] the operator's job
+ * (one at a time), [1] the background repair. Copied under a mutex. */
+typedef struct mkv_admin_job_info_s {
+  int running;
+  char script[64];
+  int64_t started_ms; /* wall clock */
+  int has_progress;
+  mkv_admin_progress_t progress; /* the last progress line */
+} mkv_admin_job_info_t;
+void mkv_admin_jobs_info(mkv_admin_job_info_t out[2]);
 
 /* The background repair (repair.h), on the admin thread w: started before its loop
  * runs, stopped (cancelling a run) when it drains; busy while a run is finishing. */

@@ -76,6 +76,8 @@ typedef struct mkv_config_s {
   char *access_log; /* "" = none, "-" = stderr, else a file (appended; reopened on SIGHUP) */
   int verbose;
   char *admin_listen; /* "host:port" of the admin listener; port 0 = any free one */
+  char *status_listen; /* "" = off, else "host:port" of the read-only status listener */
+  mkv_auth_config_t status_auth; /* its Bearer tokens (write_digest/nwrite only); 0 = open */
   int workers; /* resolved: 0 in the config means one per core */
   char *policies[MKV_POLICY_KINDS];
   char *policy_path; /* ";"-separated templates with "?", like package.path */

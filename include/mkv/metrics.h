@@ -69,6 +69,9 @@ mkv_vol_metrics_t *mkv_metrics_volume(const char *host, size_t len);
  * still count, and show again if it comes back). Copies the names. */
 void mkv_metrics_configured(char *const *volumes, int n);
 
+/* Every worker's requests summed, by method: [0] all, [1] 4xx, [2] 5xx (any thread). */
+void mkv_metrics_totals(unsigned long long out[MKV_MX_N][3]);
+const char *mkv_metrics_method_name(int mx); /* "GET", ..., "OTHER" */
 /* SIGHUP reloads, counted by main. */
 void mkv_metrics_reload(int ok);
 unsigned long long mkv_reloads_ok(void);
