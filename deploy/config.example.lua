@@ -34,6 +34,10 @@ return {
                            -- (a proxy passes them on: deploy/proxy) instead of the volume
   admin_listen = "127.0.0.1:0", -- admin commands reach a running server here (0 = any
                            -- free port; the address is written to <db>/mkv.admin)
+  status_listen = "",      -- a read-only status page, /metrics and /health for people and
+                           -- scrapers ("" = off; 3100 = 127.0.0.1:3100; "0.0.0.0:3100")
+  -- status_token_file = "/etc/mkv/status.token", -- then every status path needs
+                           -- Authorization: Bearer <token> (or status_token = "...")
   workers = 0,             -- worker threads; 0 = one per core
 
   policies = {             -- which module each policy comes from (see README)

@@ -211,6 +211,11 @@ describe("status listener", function()
     assert.equal(2, code, out)
     assert.truthy(out:find("status_token", 1, true), out)
 
+    local fcode, fout = H.run_mkv({ "-volumes", "127.0.0.1:1", "-replicas", "1", "-db", dir .. "/db",
+      "-status", "nope", "server" })
+    assert.equal(2, fcode, fout)
+    assert.truthy(fout:find("flag -status", 1, true), fout)
+
     -- a port already taken: startup stops and says which
     local busy = H.cluster({ n = 1, replicas = 1 })
     local code2, out2 = run("return { status_listen = " .. busy.mkv.port .. " }")
