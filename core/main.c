@@ -126,7 +126,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
     }
     int is_bool;
     if (mkv_config_flag_kind(namebuf, &is_bool) != 0) {
-      fprintf(stderr, "mkv: flag provided but not defined: -%s\n", namebuf);
+      char *near = mkv_config_flag_suggest(namebuf);
+      if (near)
+        fprintf(stderr, "mkv: flag provided but not defined: -%s (did you mean -%s?)\n",
+                namebuf, near);
+      else
+        fprintf(stderr, "mkv: flag provided but not defined: -%s\n", namebuf);
+      free(near);
       return -1;
     }
     if (eq)
