@@ -539,7 +539,10 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   mkv_ha_stop();
   mkv_index_stats_t st;
   mkv_index_stats(index, &st);
-  mkv_info("index: %llu writes in %llu batches, %llu fsyncs", st.writes, st.batches, st.syncs);
+  mkv_info("index: %llu %s in %llu %s, %llu %s", st.writes,
+           MKV_PLURAL(st.writes, "write", "writes"), st.batches,
+           MKV_PLURAL(st.batches, "batch", "batches"), st.syncs,
+           MKV_PLURAL(st.syncs, "fsync", "fsyncs"));
   mkv_index_close(index); /* flushes the memtable: the Go original can open it now */
   mkv_health_free();
   mkv_repair_free();
@@ -609,8 +612,9 @@ static int run_index_flush(const mkv_config_t *cfg) {
   mkv_index_close(index);
   if (rc != 0) return rc;
   if (rewritten)
-    printf("index %s: %llu record(s) of comma.ai's fork in its INIT state rewritten as "
-           "DELETEDINIT (a write that never finished)\n", cfg->db, rewritten);
+    printf("index %s: %llu %s of comma.ai's fork in its INIT state rewritten as "
+           "DELETEDINIT (a write that never finished)\n", cfg->db, rewritten,
+           MKV_PLURAL(rewritten, "record", "records"));
   printf("index %s flushed: the Go minikeyvalue can open it now\n", cfg->db);
   return 0;
 }

@@ -250,7 +250,8 @@ local function secrets(v, inline, file, where, max)
     list = { v[inline] }
   end
   if #list > max then
-    fail(src, "holds %d secrets; at most %d (the new one and the old one)", #list, max)
+    fail(src, "holds %d secrets; at most %s", #list,
+      max == 1 and "one" or string.format("%d (the new one and the old one)", max))
   end
   local out = {}
   for i, s in ipairs(list) do
@@ -671,8 +672,9 @@ function M.build(t, flags, source)
     -- Checks across fields.
     if out.replicas > #out.volumes and #out.volumes > 0 then
       fail(where.replicas or where.volumes or src,
-        "replicas is %d but there are only %d volumes (need at least as many volumes as replicas)",
-        out.replicas, #out.volumes)
+        "replicas is %d but there %s only %d %s (need at least as many volumes as replicas)",
+        out.replicas, #out.volumes == 1 and "is" or "are", #out.volumes,
+        #out.volumes == 1 and "volume" or "volumes")
     end
     local known, targets = {}, 0
     for _, vol in ipairs(out.volumes) do known[vol] = true end
@@ -680,8 +682,9 @@ function M.build(t, flags, source)
       if out.volume_state[vol] ~= "drain" then targets = targets + 1 end
     end
     if #out.volumes > 0 and targets < out.replicas then
-      fail(where.volume_state or src, "replicas is %d but only %d volumes are not draining "
-        .. "(a draining volume takes no new copies)", out.replicas, targets)
+      fail(where.volume_state or src, "replicas is %d but only %d %s not draining "
+        .. "(a draining volume takes no new copies)", out.replicas, targets,
+        targets == 1 and "volume is" or "volumes are")
     end
     for vol in pairs(out.volume_state) do
       if #out.volumes > 0 and not known[vol] then

@@ -251,6 +251,15 @@ describe("mkv_config.build errors: nil and one line naming the field or flag", f
     fails({}, { { "volumes", "a:1" }, { "replicas", "2" } }, { "flag -replicas" })
   end)
 
+  it("counts read right when there is one", function()
+    fails({ volumes = { "a:1" }, replicas = 2 }, {}, { "replicas is 2 but there is only 1 volume (" })
+    fails({ volumes = { "a:1", "b:2" } }, {}, { "replicas is 3 but there are only 2 volumes (" })
+    fails({ volumes = { "a:1", "b:2" }, replicas = 2, volume_state = { ["a:1"] = "drain" } }, {},
+      { "replicas is 2 but only 1 volume is not draining" })
+    fails({ volumes = { "a:1", "b:2" }, replicas = 1, volume_state = { ["a:1"] = "drain", ["b:2"] = "drain" } },
+      {}, { "replicas is 1 but only 0 volumes are not draining" })
+  end)
+
   it("replicas 0", function()
     fails({ replicas = 0 }, {}, { "replicas" })
     fails({}, { { "replicas", "0" } }, { "flag -replicas" })
@@ -420,6 +429,13 @@ describe("mkv_config auth (write protection)", function()
                    { { "write-secret-file", dir .. "/flag.secret" } })
     assert.same({ S2 }, cfg.auth.write_secrets)
     assert.is_true(cfg.auth.read)
+  end)
+
+  it("a file of two secrets where one is allowed: \"at most one\"", function()
+    H.write_file(dir .. "/two.secret", S1 .. "\n" .. S2 .. "\n")
+    local msg = fails({ auth = { volume_key_file = dir .. "/two.secret" } }, {},
+                      { "auth'.volume_key_file", "holds 2 secrets; at most one" })
+    assert.is_nil(msg:find("new one and the old one", 1, true), msg)
   end)
 
   it("never shows a secret in an error", function()
