@@ -305,6 +305,16 @@ static const char *restart_only_change(const mkv_config_t *a, const mkv_config_t
   return NULL;
 }
 
+/* Returns owned: the policy of each kind, as both the startup and the reload log lines
+ * give it ("placement=default replicas=default ... read=read_zone"). */
+static char *policies_text(const mkv_config_t *cfg) {
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  for (int k = 0; k < MKV_POLICY_KINDS; k++)
+    mkv_buf_addf(&b, "%s%s=%s", k ? " " : "", mkv_policy_kind_names[k], cfg->policies[k]);
+  return b.data;
+}
+
 /* Loads the config file and policy scripts again, checks them as at startup, and only
  * if all is well hands every worker the new config and a fresh policy state; otherwise
  * the old one keeps serving and one log line says why. Also reopens the access log
@@ -351,9 +361,11 @@ static void reload(void) {
   current_cfg = next;
   if (next->verbose) mkv_log_set_level(MKV_LOG_DEBUG);
   else mkv_log_set_level(MKV_LOG_INFO);
-  mkv_info("reloaded %s: %d volume(s), replicas %d, policies %s/%s/%s/%s",
-           next->source ? next->source : "the flags", next->nvolumes, next->replicas,
-           next->policies[0], next->policies[1], next->policies[2], next->policies[3]);
+  char *pols = policies_text(next);
+  mkv_info("reloaded %s: %d %s, replicas %d; policies %s",
+           next->source ? next->source : "the flags", next->nvolumes,
+           MKV_PLURAL(next->nvolumes, "volume", "volumes"), next->replicas, pols);
+  free(pols);
   mkv_metrics_reload(1);
   free(pol);
   return;
@@ -506,11 +518,14 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   }
   close(lfd);
   if (started == nworkers && admin_started) {
-    mkv_info("mkv %s serving on %s:%d with %d worker(s); volumes:", MKV_VERSION,
-             cfg->listen, cfg->port, nworkers);
+    mkv_info("mkv %s serving on %s:%d with %d %s; volumes:", MKV_VERSION, cfg->listen,
+             cfg->port, nworkers, MKV_PLURAL(nworkers, "worker", "workers"));
     for (int i = 0; i < cfg->nvolumes; i++) mkv_info("  %s", cfg->volumes[i]);
     mkv_info("replicas %d, subvolumes %d, md5sum %s, protect %s, index %s", cfg->replicas,
              cfg->subvolumes, cfg->md5sum ? "on" : "off", cfg->protect ? "on" : "off", cfg->db);
+    char *pols = policies_text(cfg);
+    mkv_info("policies %s", pols);
+    free(pols);
     mkv_info("admin listener on %s", admin_addr);
     admin_worker_p = &admin_worker;
     uv_run(loop, UV_RUN_DEFAULT);
