@@ -278,9 +278,10 @@ static void on_cleanup_files_deleted(api_t *a) {
   }
   if (a->dels_failed) {
     /* Leave the soft-deleted record: it names the copies that may remain, for gc. */
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d replica(s) could not be removed after "
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d %s could not be removed after "
                         "the failed write; its record stays soft-deleted for mkv gc",
-                        KEYARG(req), a->dels_failed);
+                        KEYARG(req), a->dels_failed,
+                        MKV_PLURAL(a->dels_failed, "replica", "replicas"));
     api_done(a);
     return;
   }
@@ -427,8 +428,9 @@ static void on_final_written(mkv_index_write_t *w, int status) {
 static void on_leftovers_deleted(api_t *a) {
   a->leftovers_pending = 0;
   if (a->dels_failed)
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d failed replica(s) may keep a stray copy "
-                        "(no record names it: mkv gc removes it)", KEYARG(a->req), a->dels_failed);
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d failed %s a stray copy "
+                        "(no record names it: mkv gc removes it)", KEYARG(a->req), a->dels_failed,
+                        MKV_PLURAL(a->dels_failed, "replica may keep", "replicas may keep"));
   put_complete(a);
 }
 
@@ -497,10 +499,11 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   /* The record names the copies that exist: every target, or those of a quorum. */
   int written = mkv_fanout_written(fo, &a->written);
   if (written < mkv_volumes_count(a->targets.data, a->targets.len))
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d of %d copies written (the write quorum "
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d of %d %s written (the write quorum "
                         "is %d): %s", KEYARG(req), written,
-                        mkv_volumes_count(a->targets.data, a->targets.len), a->quorum,
-                        mkv_fanout_failure(fo));
+                        mkv_volumes_count(a->targets.data, a->targets.len),
+                        MKV_PLURAL(mkv_volumes_count(a->targets.data, a->targets.len), "copy",
+                                   "copies"), a->quorum, mkv_fanout_failure(fo));
   mkv_buf_t rec;
   mkv_buf_init(&rec);
   mkv_record_encode(&rec, MKV_REC_LIVE, cfg->md5sum ? hex : NULL, a->written.data, a->written.len);
@@ -584,9 +587,10 @@ static int choose_targets(api_t *a) {
     mkv__api_policy_failed(req);
   } else if (ncan < a->quorum || got < a->quorum) {
     char why[200];
-    snprintf(why, sizeof(why), "only %d volume(s) can take a copy now (the others are down, full, "
-             "read-only or draining); this PUT needs %d (write_quorum)", ncan < a->quorum ? ncan
-             : got, a->quorum);
+    int n = ncan < a->quorum ? ncan : got;
+    snprintf(why, sizeof(why), "only %d %s take a copy now (the others are down, full, "
+             "read-only or draining); this PUT needs %d (write_quorum)", n,
+             MKV_PLURAL(n, "volume can", "volumes can"), a->quorum);
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %s", KEYARG(req), why);
     mkv__api_respond_text(req, 503, why);
     rc = -1;

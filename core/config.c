@@ -64,6 +64,19 @@ int mkv_config_flag_kind(const char *name, int *is_bool) {
   return known ? 0 : -1;
 }
 
+char *mkv_config_flag_suggest(const char *name) {
+  char *err = NULL;
+  lua_State *L = validator_state(&err);
+  if (L == NULL) mkv_fatal("%s", err);
+  lua_getfield(L, -1, "suggest_flag");
+  lua_pushstring(L, name);
+  char *out = NULL;
+  if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
+    out = mkv_strdup(lua_tostring(L, -1));
+  lua_close(L);
+  return out;
+}
+
 int mkv_write_quorum(const mkv_config_t *cfg, int nrep) {
   if (cfg->write_quorum < 0) return nrep;
   if (cfg->write_quorum == 0) return nrep / 2 + 1;

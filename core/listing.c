@@ -108,7 +108,8 @@ static void slice(listing_t *l) {
     mkv_record_t rec;
     int match;
     if (mkv_record_decode(val, vlen, &rec) != 0) {
-      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "listing skipped a corrupt record (key of %zu bytes)", klen);
+      MKV_LOG_RATELIMITED(MKV_LOG_WARN, "listing skipped a corrupt record (key of %zu %s)", klen,
+                          MKV_PLURAL(klen, "byte", "bytes"));
       match = 0;
     } else {
       match = l->writing ? rec.writing : l->unlinked ? rec.deleted && !rec.writing : !rec.deleted;

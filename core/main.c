@@ -131,7 +131,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
     }
     int is_bool;
     if (mkv_config_flag_kind(namebuf, &is_bool) != 0) {
-      fprintf(stderr, "mkv: flag provided but not defined: -%s\n", namebuf);
+      char *near = mkv_config_flag_suggest(namebuf);
+      if (near)
+        fprintf(stderr, "mkv: flag provided but not defined: -%s (did you mean -%s?)\n",
+                namebuf, near);
+      else
+        fprintf(stderr, "mkv: flag provided but not defined: -%s\n", namebuf);
+      free(near);
       return -1;
     }
     if (eq)
@@ -309,6 +315,16 @@ static const char *restart_only_change(const mkv_config_t *a, const mkv_config_t
   return NULL;
 }
 
+/* Returns owned: the policy of each kind, as both the startup and the reload log lines
+ * give it ("placement=default replicas=default ... read=read_zone"). */
+static char *policies_text(const mkv_config_t *cfg) {
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  for (int k = 0; k < MKV_POLICY_KINDS; k++)
+    mkv_buf_addf(&b, "%s%s=%s", k ? " " : "", mkv_policy_kind_names[k], cfg->policies[k]);
+  return b.data;
+}
+
 /* Loads the config file and policy scripts again, checks them as at startup, and only
  * if all is well hands every worker the new config and a fresh policy state; otherwise
  * the old one keeps serving and one log line says why. Also reopens the access log
@@ -356,9 +372,11 @@ static void reload(void) {
   current_cfg = next;
   if (next->verbose) mkv_log_set_level(MKV_LOG_DEBUG);
   else mkv_log_set_level(MKV_LOG_INFO);
-  mkv_info("reloaded %s: %d volume(s), replicas %d, policies %s/%s/%s/%s",
-           next->source ? next->source : "the flags", next->nvolumes, next->replicas,
-           next->policies[0], next->policies[1], next->policies[2], next->policies[3]);
+  char *pols = policies_text(next);
+  mkv_info("reloaded %s: %d %s, replicas %d; policies %s",
+           next->source ? next->source : "the flags", next->nvolumes,
+           MKV_PLURAL(next->nvolumes, "volume", "volumes"), next->replicas, pols);
+  free(pols);
   mkv_metrics_reload(1);
   free(pol);
   return;
@@ -541,11 +559,14 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     }
   }
   if (started == nworkers && admin_started && !status_failed) {
-    mkv_info("mkv %s serving on %s:%d with %d worker(s); volumes:", MKV_VERSION,
-             cfg->listen, cfg->port, nworkers);
+    mkv_info("mkv %s serving on %s:%d with %d %s; volumes:", MKV_VERSION, cfg->listen,
+             cfg->port, nworkers, MKV_PLURAL(nworkers, "worker", "workers"));
     for (int i = 0; i < cfg->nvolumes; i++) mkv_info("  %s", cfg->volumes[i]);
     mkv_info("replicas %d, subvolumes %d, md5sum %s, protect %s, index %s", cfg->replicas,
              cfg->subvolumes, cfg->md5sum ? "on" : "off", cfg->protect ? "on" : "off", cfg->db);
+    char *pols = policies_text(cfg);
+    mkv_info("policies %s", pols);
+    free(pols);
     mkv_info("admin listener on %s", admin_addr);
     if (status_started) {
       int loopback = strncmp(status_addr, "127.", 4) == 0 || strcmp(status_addr, "[::1]") == 0 ||
@@ -591,7 +612,10 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   mkv_ha_stop();
   mkv_index_stats_t st;
   mkv_index_stats(index, &st);
-  mkv_info("index: %llu writes in %llu batches, %llu fsyncs", st.writes, st.batches, st.syncs);
+  mkv_info("index: %llu %s in %llu %s, %llu %s", st.writes,
+           MKV_PLURAL(st.writes, "write", "writes"), st.batches,
+           MKV_PLURAL(st.batches, "batch", "batches"), st.syncs,
+           MKV_PLURAL(st.syncs, "fsync", "fsyncs"));
   mkv_index_close(index); /* flushes the memtable: the Go original can open it now */
   mkv_health_free();
   mkv_repair_free();
@@ -661,8 +685,9 @@ static int run_index_flush(const mkv_config_t *cfg) {
   mkv_index_close(index);
   if (rc != 0) return rc;
   if (rewritten)
-    printf("index %s: %llu record(s) of comma.ai's fork in its INIT state rewritten as "
-           "DELETEDINIT (a write that never finished)\n", cfg->db, rewritten);
+    printf("index %s: %llu %s of comma.ai's fork in its INIT state rewritten as "
+           "DELETEDINIT (a write that never finished)\n", cfg->db, rewritten,
+           MKV_PLURAL(rewritten, "record", "records"));
   printf("index %s flushed: the Go minikeyvalue can open it now\n", cfg->db);
   return 0;
 }

@@ -583,13 +583,13 @@ static int call_place(mkv_policy_t *p, const char *key, size_t klen, char *const
   mkv_buf_reset(joined);
   int count = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : -1;
   if (count < 0) {
-    rc = policy_fail(p, "%s: place() returned %s, expected a list of %d volumes", src,
-                     luaL_typename(L, -1), want);
+    rc = policy_fail(p, "%s: place() returned %s, expected a list of %d %s", src,
+                     luaL_typename(L, -1), want, MKV_PLURAL(want, "volume", "volumes"));
     goto done;
   }
   if (allow_fewer ? count < 1 || count > want : count != want) {
-    rc = policy_fail(p, "%s: place() returned %d volumes, expected %s%d", src, count,
-                     allow_fewer ? "1 to " : "", want);
+    rc = policy_fail(p, "%s: place() returned %d %s, expected %s%d", src, count,
+                     MKV_PLURAL(count, "volume", "volumes"), allow_fewer ? "1 to " : "", want);
     goto done;
   }
   size_t starts[256];
@@ -671,9 +671,10 @@ int mkv_policy_place(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *j
   }
   if ((rc = call_replicas(p, key, klen, &want)) != 0) return rc;
   if (want > cfg->nplacement)
-    return policy_fail(p, "%s: replicas() wants %d copies, but only %d volumes are placement "
-                       "targets (the others drain)", p->sources[MKV_POLICY_REPLICAS], want,
-                       cfg->nplacement);
+    return policy_fail(p, "%s: replicas() wants %d copies, but only %d %s placement "
+                       "%s (the others drain)", p->sources[MKV_POLICY_REPLICAS], want,
+                       cfg->nplacement, MKV_PLURAL(cfg->nplacement, "volume is a", "volumes are"),
+                       MKV_PLURAL(cfg->nplacement, "target", "targets"));
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_PLACE]);
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->refs[REF_VOLUMES]);
   rc = call_place(p, key, klen, cfg->placement_volumes, cfg->nplacement, want, 0, joined, &got);
@@ -868,7 +869,8 @@ int mkv_policy_read_order(mkv_policy_t *p, const char *key, size_t klen, const c
   int n = mkv_volumes_count(vols, vlen);
   mkv_buf_reset(out);
   if (!lua_istable(L, -1) || (int)lua_objlen(L, -1) != n) {
-    rc = policy_fail(p, "%s: order() must return the %d volumes it was given, reordered", src, n);
+    rc = policy_fail(p, "%s: order() must return the %d %s it was given, reordered", src, n,
+                     MKV_PLURAL(n, "volume", "volumes"));
   } else {
     for (int i = 1; i <= n && rc == 0; i++) {
       lua_rawgeti(L, -1, i);

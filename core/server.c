@@ -492,7 +492,8 @@ static void out_of_fds(mkv_server_t *s) {
     }
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   }
-  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "out of file descriptors: %d connection(s) refused%s", refused,
+  MKV_LOG_RATELIMITED(MKV_LOG_WARN, "out of file descriptors: %d %s refused%s", refused,
+                      MKV_PLURAL(refused, "connection", "connections"),
                       err == EAGAIN || err == EWOULDBLOCK ? "" : ", accepting paused");
   if (err == EAGAIN || err == EWOULDBLOCK) return; /* the queue is empty */
   if (!s->listening || s->listen_spare < 0) return;
@@ -580,7 +581,8 @@ int mkv_server_listen(mkv_server_t *s) {
 
 static void on_drain_timeout(uv_timer_t *t) {
   mkv_server_t *s = t->data;
-  mkv_warn("drain timeout: closing %d connection(s) with requests still in flight", s->nconns);
+  mkv_warn("drain timeout: closing %d %s with requests still in flight", s->nconns,
+           MKV_PLURAL(s->nconns, "connection", "connections"));
   for (mkv_conn_t *c = s->conns, *next; c; c = next) {
     next = c->next;
     mkv__conn_close(c);

@@ -91,7 +91,8 @@ static void on_drain_poll(uv_timer_t *t) {
   if (w->live_reqs > 0 || mkv_index_port_pending(w->port) > 0 ||
       mkv_server_connections(w->server) > 0 || w->defer_head || (w->busy && w->busy(w))) {
     if (++w->drain_ticks % 500 == 0) /* every 5 s */
-      mkv_info("draining: %d request(s) still finishing", w->live_reqs);
+      mkv_info("draining: %d %s still finishing", w->live_reqs,
+               MKV_PLURAL(w->live_reqs, "request", "requests"));
     return;
   }
   uv_timer_stop(t);

@@ -29,8 +29,8 @@ while true do
     if ferr then
       error(ferr, 0)
     end
-    mkv.report(string.format("backup %s: %d records, %.1f MB of keys and records", dir, keys,
-      bytes / 1e6))
+    mkv.report(string.format("backup %s: %d %s, %.1f MB of keys and records", dir, keys,
+      keys == 1 and "record" or "records", bytes / 1e6))
     break
   end
   mkv.sleep(0.1)

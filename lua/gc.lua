@@ -31,7 +31,8 @@ A.each_record(function(key, value)
   end
   local path = mkv.path(key)
   if dry then
-    mkv.report(string.format("would remove %s and its %d file(s)", A.show(key), #rec.volumes))
+    mkv.report(string.format("would remove %s and its %d %s", A.show(key), #rec.volumes,
+      #rec.volumes == 1 and "file" or "files"))
     mkv.count("changed")
     mkv.unlock(key)
     return

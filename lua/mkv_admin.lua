@@ -326,7 +326,7 @@ local function copy_verified(rec, src, dst, path, size)
   if not got then
     bad = tostring(md5)
   elseif got ~= size then
-    bad = string.format("copied %d bytes of %d", got, size)
+    bad = string.format("copied %d %s of %d", got, got == 1 and "byte" or "bytes", size)
   elseif rec.hash and not M.same_md5(md5, rec.hash) then
     bad = string.format("MD5 %s, the record says %s", md5, rec.hash)
   end

@@ -27,6 +27,59 @@ local function describe(v)
   return type(v) .. " " .. tostring(v)
 end
 
+-- The optimal-string-alignment form of the Damerau-Levenshtein distance: insertions,
+-- deletions, substitutions and swaps of two neighbouring bytes each cost one.
+function M.distance(a, b)
+  local la, lb = #a, #b
+  local d = {}
+  for i = 0, la do d[i] = { [0] = i } end
+  for j = 1, lb do d[0][j] = j end
+  for i = 1, la do
+    local ca = a:byte(i)
+    for j = 1, lb do
+      local cb = b:byte(j)
+      local v = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ca == cb and 0 or 1))
+      if i > 1 and j > 1 and ca == b:byte(j - 1) and a:byte(i - 1) == cb then
+        v = math.min(v, d[i - 2][j - 2] + 1)
+      end
+      d[i][j] = v
+    end
+  end
+  return d[la][lb]
+end
+
+-- The known name nearest to `name`, or nil when none is near enough to be a slip: at
+-- most two edits, and at most one per three bytes of the name, so that a short name
+-- ("x") is not "corrected" into an unrelated one ("v"). Case is ignored; a tie goes to
+-- the name first in byte order, so the message does not depend on table order.
+-- `known` is a set (name -> anything) or a list of names.
+function M.nearest(name, known)
+  if type(name) ~= "string" or name == "" then return nil end
+  local lname = name:lower()
+  local best, best_d
+  local function consider(k)
+    if type(k) ~= "string" then return end
+    local dist = M.distance(lname, k:lower())
+    if dist <= 2 and dist * 3 <= #name
+        and (not best_d or dist < best_d or (dist == best_d and k < best)) then
+      best, best_d = k, dist
+    end
+  end
+  if #known > 0 then
+    for _, k in ipairs(known) do consider(k) end
+  else
+    for k in pairs(known) do consider(k) end
+  end
+  return best
+end
+
+-- "unknown field \"volums\" (did you mean \"volumes\"?)", or without the hint.
+local function unknown_field(where, k, known)
+  local near = M.nearest(k, known)
+  if near then fail(where, "unknown field %s (did you mean %s?)", describe(k), quote(near)) end
+  fail(where, "unknown field %s", describe(k))
+end
+
 -- Go duration strings ("1s", "500ms", "1m30s": the C parser the server uses everywhere)
 -- or a number of seconds -> milliseconds; nil when it is neither.
 function M.duration_ms(v)
@@ -126,9 +179,7 @@ local function subtable(where, v, fields)
   if v == nil then v = {} end
   if type(v) ~= "table" then fail(where, "expected a table, got %s", describe(v)) end
   for k in pairs(v) do
-    if type(k) ~= "string" or not fields[k] then
-      fail(where, "unknown field %s", describe(k))
-    end
+    if type(k) ~= "string" or not fields[k] then unknown_field(where, k, fields) end
   end
   for name, spec in pairs(fields) do
     local val = v[name]
@@ -199,7 +250,8 @@ local function secrets(v, inline, file, where, max)
     list = { v[inline] }
   end
   if #list > max then
-    fail(src, "holds %d secrets; at most %d (the new one and the old one)", #list, max)
+    fail(src, "holds %d secrets; at most %s", #list,
+      max == 1 and "one" or string.format("%d (the new one and the old one)", max))
   end
   local out = {}
   for i, s in ipairs(list) do
@@ -217,7 +269,7 @@ function M.check_auth(w, v, sub_where)
   if v == nil then v = {} end
   if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
   for k in pairs(v) do
-    if type(k) ~= "string" or not M.auth_keys[k] then fail(w, "unknown field %s", describe(k)) end
+    if type(k) ~= "string" or not M.auth_keys[k] then unknown_field(w, k, M.auth_keys) end
   end
   local function where(k) return (sub_where and sub_where[k]) or (w .. "." .. k) end
   local out = {}
@@ -263,7 +315,7 @@ function M.check_ha(w, v)
   if v == nil then return { enabled = false } end
   if type(v) ~= "table" then fail(w, "expected a table, got %s", describe(v)) end
   for k in pairs(v) do
-    if type(k) ~= "string" or not M.ha_keys[k] then fail(w, "unknown field %s", describe(k)) end
+    if type(k) ~= "string" or not M.ha_keys[k] then unknown_field(w, k, M.ha_keys) end
   end
   local function where(k) return w .. "." .. k end
   local out = { enabled = true }
@@ -444,7 +496,9 @@ M.fields = {
     for _, k in ipairs(M.policy_kinds) do known[k] = true end
     for k in pairs(v) do
       if not known[k] then
-        fail(w, "unknown policy kind %s (expected %s)", describe(k), table.concat(M.policy_kinds, ", "))
+        local near = M.nearest(k, M.policy_kinds)
+        fail(w, "unknown policy kind %s (%sexpected %s)", describe(k),
+          near and ("did you mean " .. quote(near) .. "? ") or "", table.concat(M.policy_kinds, ", "))
       end
     end
     for _, k in ipairs(M.policy_kinds) do
@@ -529,6 +583,24 @@ M.flags = {
   ["redirect-secret-file"] = { field = "auth.redirect_secret_file", kind = "string" },
 }
 
+-- Flags main.c reads itself, before any of the above.
+M.own_flags = { "c", "config", "h", "help", "version" }
+
+-- The flag an operator most likely meant by an unknown `name` (without dashes), or nil:
+-- the flag of a config field given by its field name (-verbose: -v, -write_quorum:
+-- -write-quorum), else the nearest flag name (-volums: -volumes).
+function M.suggest_flag(name)
+  if type(name) ~= "string" or name == "" then return nil end
+  local as_field = name:gsub("-", "_")
+  local names = {}
+  for flag, f in pairs(M.flags) do
+    if f.field == as_field then return flag end
+    names[#names + 1] = flag
+  end
+  for _, flag in ipairs(M.own_flags) do names[#names + 1] = flag end
+  return M.nearest(name, names)
+end
+
 local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, True = true,
                 ["0"] = false, f = false, F = false, FALSE = false, ["false"] = false, False = false }
 
@@ -536,7 +608,11 @@ local bools = { ["1"] = true, t = true, T = true, TRUE = true, ["true"] = true, 
 function M.flag_value(name, text)
   local f = M.flags[name]
   local where = "flag -" .. name
-  if not f then fail(where, "flag provided but not defined") end
+  if not f then
+    local near = M.suggest_flag(name)
+    if near then fail(where, "flag provided but not defined (did you mean -%s?)", near) end
+    fail(where, "flag provided but not defined")
+  end
   if f.kind == "int" then
     local n = text:match("^[+-]?%d+$") and tonumber(text)
     if not n then fail(where, "invalid value %s: not a whole number", quote(text)) end
@@ -578,9 +654,7 @@ function M.build(t, flags, source)
     local where = {}
     local src = source or "config"
     for k in pairs(t) do
-      if type(k) ~= "string" or not M.fields[k] then
-        fail(src, "unknown field %s", describe(k))
-      end
+      if type(k) ~= "string" or not M.fields[k] then unknown_field(src, k, M.fields) end
     end
     local merged = {}
     for k, v in pairs(t) do
@@ -618,8 +692,9 @@ function M.build(t, flags, source)
     -- Checks across fields.
     if out.replicas > #out.volumes and #out.volumes > 0 then
       fail(where.replicas or where.volumes or src,
-        "replicas is %d but there are only %d volumes (need at least as many volumes as replicas)",
-        out.replicas, #out.volumes)
+        "replicas is %d but there %s only %d %s (need at least as many volumes as replicas)",
+        out.replicas, #out.volumes == 1 and "is" or "are", #out.volumes,
+        #out.volumes == 1 and "volume" or "volumes")
     end
     local known, targets = {}, 0
     for _, vol in ipairs(out.volumes) do known[vol] = true end
@@ -627,8 +702,9 @@ function M.build(t, flags, source)
       if out.volume_state[vol] ~= "drain" then targets = targets + 1 end
     end
     if #out.volumes > 0 and targets < out.replicas then
-      fail(where.volume_state or src, "replicas is %d but only %d volumes are not draining "
-        .. "(a draining volume takes no new copies)", out.replicas, targets)
+      fail(where.volume_state or src, "replicas is %d but only %d %s not draining "
+        .. "(a draining volume takes no new copies)", out.replicas, targets,
+        targets == 1 and "volume is" or "volumes are")
     end
     for vol in pairs(out.volume_state) do
       if #out.volumes > 0 and not known[vol] then

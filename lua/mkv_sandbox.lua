@@ -60,8 +60,8 @@ do
       i = i + 1
     end
     if (#s + 1) ^ (q + 1) > BUDGET then
-      error(name .. ": pattern with " .. q .. " quantifiers over " .. #s ..
-        " bytes could take too long", 3)
+      error(name .. ": pattern with " .. q .. (q == 1 and " quantifier" or " quantifiers")
+        .. " over " .. #s .. " bytes could take too long", 3)
     end
   end
   string.find = function(s, p, init, plain)

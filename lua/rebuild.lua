@@ -80,4 +80,7 @@ A.walk(mkv.config.volumes, function(ab, cd, found)
     end
   end
 end)
-if stray > 0 then mkv.log(stray .. " file(s) that are no key's were left alone") end
+if stray > 0 then
+  mkv.log(stray == 1 and "1 file that is no key's was left alone"
+    or stray .. " files that are no key's were left alone")
+end

@@ -108,7 +108,8 @@ local function check(key, value)
   -- was down, a copy lost): a finding, which --repair (or the server's repair) fixes.
   local under = want and #good < #want
   if under then
-    mkv.report(string.format("under-replicated %s: %d of %d copies", A.show(key), #good, #want))
+    mkv.report(string.format("under-replicated %s: %d of %d %s", A.show(key), #good, #want,
+      #want == 1 and "copy" or "copies"))
   end
   local broken = #missing + #bad
   if broken == 0 then

@@ -13,6 +13,8 @@
 #define MKV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MKV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MKV_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* A count's noun: printf("%d %s", n, MKV_PLURAL(n, "volume", "volumes")). */
+#define MKV_PLURAL(n, one, many) ((n) == 1 ? (one) : (many))
 
 /* MKV_ASAN: built with AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang
  * with __has_feature); code that recycles memory poisons it then. */

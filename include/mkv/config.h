@@ -123,6 +123,10 @@ void mkv_config_free(mkv_config_t *cfg);
  * flags are lua/mkv_config.lua's table (M.flags): asked there, never listed twice. */
 int mkv_config_flag_kind(const char *name, int *is_bool);
 
+/* For an unknown flag: returns owned, the known flag (without dashes) the operator most
+ * likely meant ("volumes" for "volums"), or NULL when none is near. */
+char *mkv_config_flag_suggest(const char *name);
+
 /* The copies a PUT of a key with nrep replicas must write for its 201 (write_quorum):
  * a majority (nrep / 2 + 1), all nrep, or the number configured (at most nrep). */
 int mkv_write_quorum(const mkv_config_t *cfg, int nrep);

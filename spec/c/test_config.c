@@ -258,6 +258,25 @@ TEST(flag_kind) {
   ASSERT_EQ(mkv_config_flag_kind("verbose", &is_bool), -1); /* the field, not the flag */
 }
 
+/* What main.c adds to "flag provided but not defined". */
+TEST(flag_suggest) {
+  static const struct {
+    const char *typed, *meant;
+  } near[] = {{"volums", "volumes"}, {"replcias", "replicas"}, {"verbose", "v"},
+              {"write_quorum", "write-quorum"}, {"confg", "config"}, {"Port", "port"}};
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(near); i++) {
+    char *s = mkv_config_flag_suggest(near[i].typed);
+    if (s == NULL || strcmp(s, near[i].meant) != 0) {
+      fprintf(stderr, "suggest(%s) = %s, wanted %s\n", near[i].typed, s ? s : "NULL",
+              near[i].meant);
+      abort();
+    }
+    free(s);
+  }
+  static const char *far[] = {"colour", "x", "", "zzzzzzzz"};
+  for (size_t i = 0; i < MKV_ARRAY_SIZE(far); i++) ASSERT(mkv_config_flag_suggest(far[i]) == NULL);
+}
+
 TEST(every_known_flag_is_accepted_by_the_validator) {
   /* mkv_config_flag_kind and lua/mkv_config.lua each keep a flag list: they agree. */
   static const struct {
@@ -278,4 +297,4 @@ TEST(every_known_flag_is_accepted_by_the_validator) {
 
 TEST_MAIN(T(from_flags_with_defaults), T(flag_values_as_go_parses_them), T(later_flag_wins),
           T(from_file_and_flags_over_it), T(errors_name_the_field), T(failed_load_leaves_nothing),
-          T(flag_kind), T(every_known_flag_is_accepted_by_the_validator))
+          T(flag_kind), T(flag_suggest), T(every_known_flag_is_accepted_by_the_validator))

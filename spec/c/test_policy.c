@@ -312,7 +312,7 @@ TEST(results_are_checked) {
   char *hello = hello_placement(p);
   place_fails(p, "/raise", "boom");
   ASSERT(strstr(mkv_policy_error(p), "p.lua:") != NULL); /* source:line of the raise */
-  place_fails(p, "/short", "expected 2");
+  place_fails(p, "/short", "returned 1 volume, expected 2"); /* not "1 volumes" */
   place_fails(p, "/unknown", "z:9");
   place_fails(p, "/dup", "two replicas");
   place_fails(p, "/notable", "expected a list");

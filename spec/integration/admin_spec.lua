@@ -1105,7 +1105,7 @@ describe("mkv gc", function()
     assert.equal(0, r.code, r.all)
     assert.truthy(r.err:find("running gc inside it", 1, true), r.all)
     for _, k in ipairs(gone) do
-      assert.truthy(has_line(r, "would remove " .. show(k) .. " and its 2 file(s)"), show(k) .. "\n" .. r.all)
+      assert.truthy(has_line(r, "would remove " .. show(k) .. " and its 2 files"), show(k) .. "\n" .. r.all)
     end
     for _, o in ipairs(orphans) do
       assert.truthy(has_line(r, "would delete orphan " .. o.url), o.url .. "\n" .. r.all)

@@ -250,7 +250,7 @@ done
     args[#args + 1] = "index-flush"
     local code, out = H.run_mkv(args, 30)
     assert.equal(0, code, out)
-    assert.truthy(out:find("2 record(s) of comma.ai's fork", 1, true), out)
+    assert.truthy(out:find("2 records of comma.ai's fork", 1, true), out)
     local recs = H.go_dump(H.go_tool(H.tmpdir("go")), c.db)
     assert.equal("DELETEDINIT" .. c.addrs[1], recs["/fk/handover"])
     assert.equal("DELETEDINITHASH" .. string.rep("a", 32) .. c.addrs[2], recs["/fk/handover-hash"])

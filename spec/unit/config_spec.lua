@@ -178,6 +178,45 @@ describe("mkv_config.build errors: nil and one line naming the field or flag", f
     fails({ [1] = "x" }, {}, { "unknown field" })
   end)
 
+  -- A misspelt field is the commonest slip: the message names the field meant, when one
+  -- is near (two edits at most, one per three letters), and only then.
+  it("unknown field: suggests the nearest known one", function()
+    local msg = fails({ volums = { "a:1" } }, {}, { '"volums"', 'did you mean "volumes"?' })
+    assert.truthy(msg:find('unknown field "volums"', 1, true), msg)
+    fails({ replicsa = 1 }, {}, { '"replicsa"', 'did you mean "replicas"?' }) -- a swap is one edit
+    fails({ Port = 1 }, {}, { '"Port"', 'did you mean "port"?' })
+    fails({ ["write-quorum"] = "all" }, {}, { 'did you mean "write_quorum"?' })
+    fails({ limits = { idle_timout = "5s" } }, {}, { "limits", '"idle_timout"', 'did you mean "idle_timeout"?' })
+    fails({ leveldb = { cachemb = 1 } }, {}, { "leveldb", 'did you mean "cache_mb"?' })
+    fails({ ha = { etdc = {} } }, {}, { "ha", '"etdc"', 'did you mean "etcd"?' })
+    fails({ auth = { write_secrets = "x" } }, {}, { "auth", 'did you mean "write_secret"?' })
+    fails({ policies = { placment = "x" } }, {}, { "policies", '"placment"', 'did you mean "placement"?' })
+  end)
+
+  it("unknown field: no suggestion when nothing is near", function()
+    for _, t in ipairs({ { colour = "red" }, { xy = 1 }, { limits = { header_size = 1 } },
+                         { policies = { zzz = "x" } }, { [1] = "x" }, { [true] = 1 } }) do
+      local msg = fails(t, {}, { "unknown" })
+      assert.is_nil(msg:find("did you mean", 1, true), msg)
+    end
+    -- volume_state's keys are volumes, not fields: a bad one is not "corrected".
+    local msg = fails({ volumes = { "a:1" }, replicas = 1, volume_state = { ["a:2"] = "drain" } }, {},
+      { "volume_state", "a:2" })
+    assert.is_nil(msg:find("did you mean", 1, true), msg)
+  end)
+
+  it("unknown flag: suggests the flag meant", function()
+    fails({}, { { "volums", "a:1" } }, { "flag -volums", "did you mean -volumes?" })
+    fails({}, { { "replcias", "1" } }, { "flag -replcias", "did you mean -replicas?" })
+    fails({}, { { "verbose", "true" } }, { "flag -verbose", "did you mean -v?" }) -- the field's flag
+    fails({}, { { "write_quorum", "all" } }, { "did you mean -write-quorum?" })
+    fails({}, { { "admin_listen", "x" } }, { "did you mean -admin?" })
+    local msg = fails({}, { { "colour", "red" } }, { "flag -colour" })
+    assert.is_nil(msg:find("did you mean", 1, true), msg)
+    msg = fails({}, { { "x", "1" } }, { "flag -x" }) -- one letter is not "near" -v
+    assert.is_nil(msg:find("did you mean", 1, true), msg)
+  end)
+
   it("volumes: not a list", function()
     fails({ volumes = { a = "a:1" } }, {}, { "volumes" })
   end)
@@ -210,6 +249,15 @@ describe("mkv_config.build errors: nil and one line naming the field or flag", f
     fails({ volumes = { "a:1", "b:2" }, replicas = 3 }, {}, { "replicas", "2" })
     fails({ volumes = { "a:1", "b:2" } }, {}, { "replicas" }) -- the default 3
     fails({}, { { "volumes", "a:1" }, { "replicas", "2" } }, { "flag -replicas" })
+  end)
+
+  it("counts read right when there is one", function()
+    fails({ volumes = { "a:1" }, replicas = 2 }, {}, { "replicas is 2 but there is only 1 volume (" })
+    fails({ volumes = { "a:1", "b:2" } }, {}, { "replicas is 3 but there are only 2 volumes (" })
+    fails({ volumes = { "a:1", "b:2" }, replicas = 2, volume_state = { ["a:1"] = "drain" } }, {},
+      { "replicas is 2 but only 1 volume is not draining" })
+    fails({ volumes = { "a:1", "b:2" }, replicas = 1, volume_state = { ["a:1"] = "drain", ["b:2"] = "drain" } },
+      {}, { "replicas is 1 but only 0 volumes are not draining" })
   end)
 
   it("replicas 0", function()
@@ -253,6 +301,31 @@ describe("mkv_config.build errors: nil and one line naming the field or flag", f
   it("unknown flag", function()
     fails({}, { { "colour", "red" } }, { "flag -colour" })
     fails({}, { { "config_dir", "x" } }, { "flag -config_dir" })
+  end)
+end)
+
+describe("mkv_config.distance and nearest", function()
+  it("count insertions, deletions, substitutions and neighbour swaps as one edit each", function()
+    assert.equal(0, C.distance("volumes", "volumes"))
+    assert.equal(1, C.distance("volums", "volumes"))
+    assert.equal(1, C.distance("volumess", "volumes"))
+    assert.equal(1, C.distance("volumez", "volumes"))
+    assert.equal(2, C.distance("vlouems", "volumes")) -- two swaps
+    assert.equal(1, C.distance("ab", "ba"))
+    assert.equal(3, C.distance("", "abc"))
+    assert.equal(3, C.distance("kitten", "sitting"))
+  end)
+
+  it("nearest: the closest within the bound, ties by name, nil when none", function()
+    assert.equal("volumes", C.nearest("volums", { port = 1, volumes = 1 }))
+    assert.equal("volumes", C.nearest("volums", { "port", "volumes" }))
+    assert.equal("abcd", C.nearest("abce", { "abcf", "abcd" })) -- a tie: first in byte order
+    assert.is_nil(C.nearest("x", { "v" }))           -- 1 edit in 1 letter: too much
+    assert.is_nil(C.nearest("abcde", { "abxyz" }))   -- 3 edits
+    assert.is_nil(C.nearest("abcd", { "abxy" }))     -- 2 edits in 4 letters
+    assert.equal("abcdxy", C.nearest("abcdef", { "abcdxy" })) -- 2 edits in 6 letters
+    assert.is_nil(C.nearest("", { "a" }))
+    assert.is_nil(C.nearest(5, { "a" }))
   end)
 end)
 
@@ -356,6 +429,13 @@ describe("mkv_config auth (write protection)", function()
                    { { "write-secret-file", dir .. "/flag.secret" } })
     assert.same({ S2 }, cfg.auth.write_secrets)
     assert.is_true(cfg.auth.read)
+  end)
+
+  it("a file of two secrets where one is allowed: \"at most one\"", function()
+    H.write_file(dir .. "/two.secret", S1 .. "\n" .. S2 .. "\n")
+    local msg = fails({ auth = { volume_key_file = dir .. "/two.secret" } }, {},
+                      { "auth'.volume_key_file", "holds 2 secrets; at most one" })
+    assert.is_nil(msg:find("new one and the old one", 1, true), msg)
   end)
 
   it("never shows a secret in an error", function()
