@@ -653,6 +653,8 @@ describe("deploy/install into a staging root, and the systemd units", function()
       ["/usr/local/lib/mkv/volume"] = "755",
       ["/usr/local/lib/mkv/proxy"] = "755",
       ["/usr/local/lib/mkv/nginx-proxy.conf"] = "644",
+      -- deploy/volume reads its nginx config from beside itself
+      ["/usr/local/lib/mkv/nginx-volume.conf"] = "644",
       ["/usr/local/share/doc/mkv/config.example.lua"] = "644",
       ["/etc/systemd/system/mkv.service"] = "644",
       ["/etc/systemd/system/mkv-volume@.service"] = "644",
