@@ -41,7 +41,7 @@ static const char usage_text[] =
     "  server        serve the HTTP API (the default with -c)\n"
     "  index-flush   flush the index's journal into its tables, for the Go original\n"
     "  rebuild [--md5]            rebuild the index from the volumes\n"
-    "  rebalance [--dry-run]      move data to where placement wants it\n"
+    "  rebalance [--dry-run] [--grace D]  move data to where placement wants it\n"
     "  verify [--deep] [--repair] check every live key's copies; find orphan files\n"
     "  gc [--dry-run]             remove unlinked keys' files and orphan files\n"
     "  backup DIR                 copy the index (a consistent snapshot) to a new DIR\n"
@@ -72,7 +72,10 @@ static const char usage_text[] =
     "  -access-log FILE  one line per request (Common Log Format + seconds); - = stderr\n"
     "  -write-secret-file FILE     writes need Authorization: Bearer <a line of FILE>\n"
     "  -volume-key-file FILE       send the key in FILE to the volumes (X-Mkv-Volume-Key)\n"
-    "  -redirect-secret-file FILE  sign redirects for the volumes' nginx secure_link\n";
+    "  -redirect-secret-file FILE  sign redirects for the volumes' nginx secure_link\n"
+    "  -write-quorum Q   copies a PUT needs for its 201: majority (default), all, or N\n"
+    "  -repair-interval D  background repair's pace (default 10s; 0 = off)\n"
+    "  -read-check MODE  head (default: a HEAD per replica) or none (volume health)\n";
 
 static void usage(FILE *f) {
   fputs(usage_text, f);
