@@ -1468,3 +1468,45 @@ show("md5 early after a wait", mkv.md5_url("http://noport/a"))
     expect(off)
   end)
 end)
+
+-- ---------------------------------------------------------------------------------------
+-- What the command says while a job runs and when it ends (issue 24's frictions): the
+-- wait for --grace.
+describe("admin progress lines", function()
+  local c
+  local big = {} -- four values of 300 000 bytes, and 30 small ones
+
+  setup(function()
+    c = new_cluster(2, 1, 1)
+    c:start()
+    for i = 1, 4 do
+      big[i] = string.format("/pl/big%d", i)
+      assert.equal(201, c:put(big[i], A.bytes(300000, 500 + i)))
+    end
+    for i = 1, 30 do assert.equal(201, c:put(string.format("/pl/s%02d", i), "small value " .. i)) end
+  end)
+  teardown(H.cleanup)
+
+  it("rebalance says when it waits out --grace before deleting the old copies", function()
+    c:add_volume()
+    c:stop()
+    c:start()
+    local dry = c:admin({ "rebalance", "--dry-run" })
+    assert.equal(0, dry.code, dry.all)
+    assert.is_nil(dry.err:find("--grace", 1, true), dry.all)
+    local r = c:admin({ "rebalance", "--grace", "2s" })
+    assert.equal(0, r.code, r.all)
+    -- the copies it will delete: each "moved KEY: copy to A, drop B[,C]" line's drops
+    local drops = 0
+    for _, l in ipairs(r.lines) do
+      local d = l:match("^moved .*, drop (.+)$")
+      if d and d ~= "-" then drops = drops + #split_commas(d) end
+    end
+    assert.truthy(drops > 0, r.all)
+    local secs, n = r.err:match("waiting ([%d.]+)s %(%-%-grace 2s%) before deleting (%d+) old cop")
+    assert.truthy(secs, r.all)
+    assert.equal(drops, tonumber(n), r.all)
+    assert.truthy(tonumber(secs) > 0 and tonumber(secs) <= 2, r.all)
+    assert.truthy(r.took >= 1, string.format("took %.1f s", r.took))
+  end)
+end)
