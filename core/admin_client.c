@@ -38,30 +38,70 @@ static void fmt_bytes(char *out, size_t n, double b) {
   snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }
 
+/* One progress line. A value below 0 is one the script does not keep (an operator's
+ * script that never counts failures, say: admin.c): left out, not shown as 0; a script
+ * that keeps none gets no progress line. */
 static void show_progress(admin_out_t *o, const char *text, size_t len) {
   mkv_admin_progress_t p;
   if (mkv_admin_progress_parse(text, len, &p) != 0) return;
   double secs = p.elapsed_ms / 1000 > 0 ? p.elapsed_ms / 1000 : 1;
-  char b[32], rate[32], line[256];
-  fmt_bytes(b, sizeof(b), p.bytes);
-  fmt_bytes(rate, sizeof(rate), p.bytes / secs);
-  int n = snprintf(line, sizeof(line), "%s%s%s%s: %.0f", o->script, p.phase[0] ? " (" : "",
-                   p.phase, p.phase[0] ? ")" : "", p.done);
-  if (p.total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", p.total);
-  n += snprintf(line + n, sizeof(line) - (size_t)n,
-                " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)",
-                p.examined, p.examined / secs, p.changed, p.failed, b, rate);
-  if (p.total > 0 && p.done > 0 && p.done < p.total)
-    snprintf(line + n, sizeof(line) - (size_t)n, ", ETA %.0f s", secs * (p.total - p.done) / p.done);
-  if (o->tty) {
-    fprintf(stderr, "\r\033[K%s", line);
+  char b[32], rate[32], total[32];
+  mkv_buf_t line;
+  mkv_buf_init(&line);
+  mkv_buf_addf(&line, "%s%s%s%s:", o->script, p.phase[0] ? " (" : "", p.phase,
+               p.phase[0] ? ")" : "");
+  const char *sep = " ";
+  if (p.done >= 0) {
+    mkv_buf_addf(&line, "%s%.0f", sep, p.done);
+    if (p.total > 0) mkv_buf_addf(&line, "/%.0f", p.total);
+    mkv_buf_adds(&line, " done");
+    sep = ", ";
+  }
+  if (p.examined >= 0) {
+    mkv_buf_addf(&line, "%s%.0f examined (%.0f/s)", sep, p.examined, p.examined / secs);
+    sep = ", ";
+  }
+  if (p.changed >= 0) {
+    mkv_buf_addf(&line, "%s%.0f changed", sep, p.changed);
+    sep = ", ";
+  }
+  if (p.failed >= 0) {
+    mkv_buf_addf(&line, "%s%.0f failed", sep, p.failed);
+    sep = ", ";
+  }
+  if (p.bytes_total > 0) {
+    /* A phase that knows its bytes (verify --deep): "12.0 MB of 30.0 MB", at the rate
+     * since the phase began (what came before, a walk of the volumes, moved none), and
+     * the ETA from the bytes left -- a key count says little when sizes vary. */
+    double psecs = (p.phase_ms > 1 ? p.phase_ms : 1) / 1000;
+    fmt_bytes(b, sizeof(b), p.bytes_phase);
+    fmt_bytes(total, sizeof(total), p.bytes_total);
+    fmt_bytes(rate, sizeof(rate), p.bytes_phase / psecs);
+    mkv_buf_addf(&line, "%s%s of %s (%s/s)", sep, b, total, rate);
+    if (p.bytes_phase > 0 && p.bytes_phase < p.bytes_total && p.phase_ms >= 200)
+      mkv_buf_addf(&line, ", ETA %.0f s", psecs * (p.bytes_total - p.bytes_phase) / p.bytes_phase);
+  } else {
+    if (p.bytes >= 0) {
+      fmt_bytes(b, sizeof(b), p.bytes);
+      fmt_bytes(rate, sizeof(rate), p.bytes / secs);
+      mkv_buf_addf(&line, "%s%s (%s/s)", sep, b, rate);
+      sep = ", ";
+    }
+    if (p.total > 0 && p.done > 0 && p.done < p.total)
+      mkv_buf_addf(&line, "%sETA %.0f s", sep, secs * (p.total - p.done) / p.done);
+  }
+  if (strcmp(sep, " ") == 0) {
+    /* nothing the script keeps: no line at all */
+  } else if (o->tty) {
+    fprintf(stderr, "\r\033[K%s", line.data);
     o->live_line = 1;
   } else if (mkv_now_ms() - o->last_plain_ms >= 10000) {
     /* Not a terminal: a plain line every 10 s, for logs. */
-    fprintf(stderr, "%s\n", line);
+    fprintf(stderr, "%s\n", line.data);
     o->last_plain_ms = mkv_now_ms();
   }
   fflush(stderr);
+  mkv_buf_free(&line);
 }
 
 /* The sink of both kinds of run: text is borrowed and not NUL-terminated. */

@@ -270,9 +270,12 @@ function M.key_of(ab, cd, b64)
 end
 
 -- Every record of the index, in pages, each handed to fn(key, value) in a task of its
--- own (at most --concurrency at once). Returns the number of records.
-function M.each_record(fn, prefix)
-  mkv.progress({ phase = "records" })
+-- own (at most --concurrency at once). progress: more of the phase's mkv.progress
+-- fields ({ total_bytes = N }). Returns the number of records.
+function M.each_record(fn, prefix, progress)
+  local p = { phase = "records" }
+  for k, v in pairs(progress or {}) do p[k] = v end
+  mkv.progress(p)
   local start, n = prefix or "", 0
   while true do
     local page, err = mkv.index_scan(start, 1000, prefix)

@@ -14,7 +14,9 @@
  *             A client that goes away cancels its job.
  *
  * The progress line's text is "done total bytes elapsed_ms examined changed failed
- * [phase]" (numbers), formatted and parsed only here.
+ * bytes_total bytes_phase phase_ms [phase]" (numbers), formatted and parsed only here;
+ * a count below 0 is one the script does not keep (not shown). A mixed pair (an older
+ * server) loses only the phase's name.
  *
  * Pure functions; any thread. */
 #ifndef MKV_ADMIN_PROTO_H
@@ -51,6 +53,9 @@ void mkv_admin_request_free(mkv_admin_request_t *r);
 
 typedef struct mkv_admin_progress_s {
   double done, total, bytes, elapsed_ms, examined, changed, failed;
+  /* A phase that knows how many bytes it moves (verify --deep: the copies it hashes):
+   * that total, the bytes moved since it was set, and the ms since; 0 0 0 otherwise. */
+  double bytes_total, bytes_phase, phase_ms;
   char phase[32];
 } mkv_admin_progress_t;
 

@@ -1268,7 +1268,8 @@ mkv.report("records: " .. n)
     assert.equal(0, on.code, on.all)
     assert.truthy(on.err:find("running count.lua inside it", 1, true), on.all)
     assert.truthy(has_line(on, "records: " .. nkeys), on.all)
-    assert.equal(nkeys, on.summary.examined, on.all)
+    -- its summary names the one counter it keeps
+    assert.equal("count.lua: examined " .. nkeys, on.lines[#on.lines]:match("^(.-) in [%d.]+ s$"), on.all)
     c:stop()
     local off = c:admin({ "run", script })
     c:start()
@@ -1471,10 +1472,18 @@ end)
 
 -- ---------------------------------------------------------------------------------------
 -- What the command says while a job runs and when it ends (issue 24's frictions): the
--- wait for --grace.
+-- wait for --grace, bytes and an ETA for verify --deep, and `mkv run`'s summary.
 describe("admin progress lines", function()
   local c
   local big = {} -- four values of 300 000 bytes, and 30 small ones
+  local total = 0 -- the bytes verify --deep hashes: every copy of every live key
+
+  -- The client's byte count (1000s, one decimal above bytes), computed here.
+  local function fmt_bytes(b)
+    local u, i = { "B", "KB", "MB", "GB", "TB" }, 1
+    while b >= 1000 and i < 5 do b, i = b / 1000, i + 1 end
+    return i == 1 and string.format("%.0f %s", b, u[i]) or string.format("%.1f %s", b, u[i])
+  end
 
   setup(function()
     c = new_cluster(2, 1, 1)
@@ -1484,8 +1493,52 @@ describe("admin progress lines", function()
       assert.equal(201, c:put(big[i], A.bytes(300000, 500 + i)))
     end
     for i = 1, 30 do assert.equal(201, c:put(string.format("/pl/s%02d", i), "small value " .. i)) end
+    for _, v in pairs(c.values) do total = total + #v * c.replicas end
   end)
   teardown(H.cleanup)
+
+  it("verify --deep counts the bytes it hashes, of the copies' total, with a rate and an ETA", function()
+    -- 1.2 MB at 300 KB/s: a few seconds, so the first plain progress line (after 1 s)
+    -- comes while the copies are being hashed
+    local r = c:admin({ "verify", "--deep", "--bandwidth", "300KB/s" })
+    assert.equal(0, r.code, r.all)
+    local line = r.err:match("verify %(records%): [^\n]*")
+    assert.truthy(line, r.all)
+    local done, of, rate, eta = line:match(", ([%d.]+ [KMGT]?B) of ([%d.]+ [KMGT]?B) %(([%d.]+ [KMGT]?B)/s%), ETA (%d+) s")
+    assert.truthy(done, "no 'X of TOTAL (RATE/s), ETA N s' in: " .. line .. "\n" .. r.all)
+    assert.equal(fmt_bytes(total), of, line)
+    assert.truthy(tonumber(eta) >= 1 and tonumber(eta) <= 10 * H.slow, line)
+    assert.are_not.equal("0 B", rate, line)
+  end)
+
+  it("run FILE.lua: the summary shows only the counters the script touched", function()
+    local dir = H.tmpdir("script")
+    H.write_file(dir .. "/some.lua", [[
+local mkv = require "mkv"
+mkv.count("examined", 7)
+mkv.count("failed", 0)
+mkv.report("counted")
+]])
+    H.write_file(dir .. "/none.lua", 'require("mkv").report("nothing counted")\n')
+    for _, online in ipairs({ true, false }) do
+      if not online then c:stop() end
+      local some = c:admin({ "run", dir .. "/some.lua" })
+      local none = c:admin({ "run", dir .. "/none.lua" })
+      if not online then c:start() end
+      assert.equal(0, some.code, some.all)
+      local last = some.lines[#some.lines]
+      assert.truthy(last:match("^some%.lua: examined 7, failed 0 in [%d.]+ s$"), some.all)
+      -- its progress line (the last one, at the end) too
+      assert.truthy(some.err:match("some%.lua: 7 examined %(%d+/s%), 0 failed\n"), some.all)
+      assert.equal(0, none.code, none.all)
+      last = none.lines[#none.lines]
+      assert.truthy(last:match("^none%.lua: done in [%d.]+ s$"), none.all)
+      assert.is_nil(none.err:find("none.lua:", 1, true), none.all)
+    end
+    -- the built-in scripts keep every counter (they are parsed)
+    local r = c:admin({ "verify" })
+    assert.truthy(r.summary, r.all)
+  end)
 
   it("rebalance says when it waits out --grace before deleting the old copies", function()
     c:add_volume()
