@@ -160,11 +160,13 @@ int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index
   return 0;
 }
 
-void mkv_admin_cancel(mkv_admin_t *a) {
-  if (a->cancelled || a->finished) return;
+int mkv_admin_cancel(mkv_admin_t *a) {
+  if (a->finished) return UV_EALREADY;
+  if (a->cancelled) return 0;
   a->cancelled = 1;
   mkv__admin_emit(a, MKV_ADMIN_LOG, "cancelled: stopping every task");
   mkv__task_cancel_all(a);
+  return 0;
 }
 
 /* ---- options ---- */

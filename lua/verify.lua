@@ -38,11 +38,13 @@ local function check(key, value)
   local path = mkv.path(key)
   local sizes, md5s, missing, unknown = {}, {}, {}, {}
   for _, v in ipairs(rec.volumes) do
-    local st, len = mkv.http("HEAD", A.url(v, path))
+    local st, len, code = mkv.http("HEAD", A.url(v, path))
     if st == 200 then
       sizes[v] = len
     elseif st == 404 then
       missing[#missing + 1] = v
+    elseif code == "ECANCELED" then
+      return -- the run is cancelled (Ctrl-C): this key stays unchecked, nothing blamed
     else
       unknown[#unknown + 1] = v
       A.fail("unreachable %s on %s: %s", A.show(key), v, tostring(len))
@@ -75,10 +77,21 @@ local function check(key, value)
   end
   local judge, value_of
   if opts.deep or (not sizes_agree and rec.hash) then
+    -- A copy that could not be read is not a corrupt one: it is left out, as a volume
+    -- that did not answer its HEAD is.
+    local read = {}
     for _, v in ipairs(present) do
-      local size, md5 = mkv.md5_url(A.url(v, path))
-      if size then md5s[v] = md5 end
+      local size, md5, code = mkv.md5_url(A.url(v, path))
+      if size then
+        md5s[v] = md5
+        read[#read + 1] = v
+      elseif code == "ECANCELED" then
+        return -- cancelled: unchecked, nothing blamed
+      else
+        A.fail("unreachable %s on %s: %s", A.show(key), v, tostring(md5))
+      end
     end
+    present = read
     value_of = function(v) return md5s[v] end
     judge = rec.hash or by_majority(value_of)
   else

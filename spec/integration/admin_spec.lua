@@ -794,11 +794,11 @@ echo "$n" > "$stop.done"
     assert.equal("unbalanced", last.balance, "the run was not interrupted half way")
   end)
 
-  it("interrupted offline (SIGINT): exit 1, every key readable", function()
+  it("interrupted offline (SIGINT): exit 130, every key readable", function()
     c:stop()
     local st2, log2 = interrupted_run(big[2])
     c:start()
-    assert.equal(1, st2.code, "exit status after SIGINT: " .. tostring(st2.code or st2.signal) .. "\n" .. log2)
+    assert.equal(130, st2.code, "exit status after SIGINT: " .. tostring(st2.code or st2.signal) .. "\n" .. log2)
     assert.truthy(log2:find("SIGINT: cancelling", 1, true), log2)
     check_keys(c, live_keys(), nil, "after the offline interrupt")
   end)
@@ -1472,7 +1472,7 @@ end)
 
 -- ---------------------------------------------------------------------------------------
 -- What the command says while a job runs and when it ends (issue 24's frictions): the
--- wait for --grace, bytes and an ETA for verify --deep, and `mkv run`'s summary.
+-- wait for --grace, bytes and an ETA for verify --deep, Ctrl-C, and `mkv run`'s summary.
 describe("admin progress lines", function()
   local c
   local big = {} -- four values of 300 000 bytes, and 30 small ones
@@ -1497,6 +1497,29 @@ describe("admin progress lines", function()
   end)
   teardown(H.cleanup)
 
+  -- Starts `mkv <args>` with SIGINT kept for the test; returns the process.
+  local function start_job(args)
+    local argv = { H.mkv_bin }
+    for _, x in ipairs(c:flags()) do argv[#argv + 1] = x end
+    for _, x in ipairs(args) do argv[#argv + 1] = x end
+    return H.spawn("admin-job", argv, { keep_signal = true })
+  end
+
+  -- SIGINT once the job's first progress line is out; the exit status and the output.
+  local function interrupt(p, what)
+    H.eventually(function()
+      return p:log():find(what .. " (", 1, true) or not p:alive()
+    end, 30, "a progress line of " .. what)
+    assert(p:alive(), "the job ended before it was interrupted:\n" .. p:log())
+    local t0 = H.now()
+    assert.is_true(p:signal(SIGINT))
+    local st = H.eventually(function()
+      if p:alive() then return false end
+      return p.status
+    end, 20, "the command to exit after SIGINT")
+    return st, p:log(), H.now() - t0
+  end
+
   it("verify --deep counts the bytes it hashes, of the copies' total, with a rate and an ETA", function()
     -- 1.2 MB at 300 KB/s: a few seconds, so the first plain progress line (after 1 s)
     -- comes while the copies are being hashed
@@ -1509,6 +1532,36 @@ describe("admin progress lines", function()
     assert.equal(fmt_bytes(total), of, line)
     assert.truthy(tonumber(eta) >= 1 and tonumber(eta) <= 10 * H.slow, line)
     assert.are_not.equal("0 B", rate, line)
+  end)
+
+  it("Ctrl-C online: the server cancels the job, the command says so and exits 130", function()
+    local p = start_job({ "verify", "--deep", "--bandwidth", "64KB/s" })
+    local st, log, took = interrupt(p, "verify")
+    assert.equal(130, st.code, "exit status " .. tostring(st.code or st.signal) .. "\n" .. log)
+    assert.truthy(log:find("running verify inside it", 1, true), log)
+    assert.truthy(log:match("cancelled: job %d+ %(verify%) stopped by Ctrl%-C"), log)
+    assert.truthy(took < 10 * H.slow, string.format("took %.1f s to stop", took))
+    -- the keys it had not hashed yet are not blamed
+    assert.is_nil(log:find("corrupt ", 1, true), log)
+    assert.is_nil(log:find("no good copy", 1, true), log)
+    -- the server ended it because it was asked to, not because the client went away
+    assert.truthy(c.mkv:log():find("admin job finished with exit code 1", 1, true), c.mkv:log())
+    assert.is_nil(c.mkv:log():find("admin client went away", 1, true), c.mkv:log())
+    -- and takes the next job at once
+    local r = c:admin({ "verify" })
+    assert.equal(0, r.code, r.all)
+  end)
+
+  it("Ctrl-C offline: the command says the job was cancelled and exits 130", function()
+    c:stop()
+    local p = start_job({ "verify", "--deep", "--bandwidth", "64KB/s" })
+    local st, log = interrupt(p, "verify")
+    c:start()
+    assert.equal(130, st.code, "exit status " .. tostring(st.code or st.signal) .. "\n" .. log)
+    assert.truthy(log:find("SIGINT: cancelling", 1, true), log)
+    assert.truthy(log:find("cancelled: verify stopped by Ctrl-C", 1, true), log)
+    assert.is_nil(log:find("corrupt ", 1, true), log)
+    assert.is_nil(log:find("no good copy", 1, true), log)
   end)
 
   it("run FILE.lua: the summary shows only the counters the script touched", function()
