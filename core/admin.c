@@ -83,7 +83,8 @@ static void custom_summary(mkv_admin_t *a, double secs) {
   mkv_buf_addf(&b, "%s: ", base);
   size_t start = b.len;
   for (int i = 0; i < (int)MKV_ARRAY_SIZE(names); i++)
-    if (a->counted & (1u << i)) mkv_buf_addf(&b, "%s%s %llu", b.len > start ? ", " : "", names[i], v[i]);
+    if (a->counted & (1u << i))
+      mkv_buf_addf(&b, "%s%s %llu", b.len > start ? ", " : "", names[i], v[i]);
   if (b.len == start) mkv_buf_adds(&b, "done");
   if (a->bytes) mkv_buf_addf(&b, "; %llu bytes moved", a->bytes);
   mkv_buf_addf(&b, " in %.1f s", secs);

@@ -332,7 +332,8 @@ static int read_answer(int fd, admin_out_t *out, const char *addr, char *primary
           const char *v = line + hl + 1;
           size_t vl = len - hl - 1;
           while (vl && *v == ' ') v++, vl--;
-          if (vl < sizeof(job) && strspn(v, "0123456789") >= vl) snprintf(job, sizeof(job), "%.*s", (int)vl, v);
+          if (vl < sizeof(job) && strspn(v, "0123456789") >= vl)
+            snprintf(job, sizeof(job), "%.*s", (int)vl, v);
         }
         if (len == 0) in_body = 1;
       } else if (status == 421 && primary[0]) { /* a standby: the primary runs it */
