@@ -36,6 +36,20 @@ static void progress_tick(uv_timer_t *t) {
       .changed = (double)a->changed,
       .failed = (double)a->failed,
   };
+  if (a->custom) {
+    /* An operator's script: what it never kept goes as -1, which the command leaves
+     * out (lua/'s scripts keep them all, and their lines are parsed). */
+    double *v[] = {&p.examined, &p.changed, &p.failed};
+    for (int i = 0; i < 3; i++)
+      if (!(a->counted & (1u << i))) *v[i] = -1;
+    if (!a->progressed) p.done = -1;
+    if (a->bytes == 0) p.bytes = -1;
+  }
+  if (a->total_bytes > 0) {
+    p.bytes_total = a->total_bytes;
+    p.bytes_phase = (double)(a->bytes - a->bytes_base);
+    p.phase_ms = (double)((mkv_now_ns() - a->bytes_base_ns) / 1000000);
+  }
   snprintf(p.phase, sizeof(p.phase), "%s", a->phase);
   char line[256];
   mkv_admin_progress_format(line, sizeof(line), &p);
@@ -57,15 +71,39 @@ static void on_handle_closed(uv_handle_t *h) {
   done(arg, code);
 }
 
+/* The summary of an operator's script names only the counters it touched: a count it
+ * never kept is not news, and "failed 0" from a script that never counts failures
+ * would claim a check it did not make. */
+static void custom_summary(mkv_admin_t *a, double secs) {
+  static const char *const names[] = {"examined", "changed", "failed", "skipped"};
+  const unsigned long long v[] = {a->examined, a->changed, a->failed, a->skipped};
+  const char *base = strrchr(a->script, '/') ? strrchr(a->script, '/') + 1 : a->script;
+  mkv_buf_t b;
+  mkv_buf_init(&b);
+  mkv_buf_addf(&b, "%s: ", base);
+  size_t start = b.len;
+  for (int i = 0; i < (int)MKV_ARRAY_SIZE(names); i++)
+    if (a->counted & (1u << i))
+      mkv_buf_addf(&b, "%s%s %llu", b.len > start ? ", " : "", names[i], v[i]);
+  if (b.len == start) mkv_buf_adds(&b, "done");
+  if (a->bytes) mkv_buf_addf(&b, "; %llu bytes moved", a->bytes);
+  mkv_buf_addf(&b, " in %.1f s", secs);
+  mkv__admin_emit(a, MKV_ADMIN_SUMMARY, "%.*s", (int)b.len, b.data);
+  mkv_buf_free(&b);
+}
+
 void mkv__admin_finish(mkv_admin_t *a) {
   if (a->finished) return;
   a->finished = 1;
   double secs = (double)(mkv_now_ns() - a->start_ns) / 1e9;
   progress_tick(&a->progress_timer);
-  mkv__admin_emit(a, MKV_ADMIN_SUMMARY,
-                  "%s: examined %llu, changed %llu, failed %llu, skipped %llu; %llu bytes moved "
-                  "in %.1f s",
-                  a->script, a->examined, a->changed, a->failed, a->skipped, a->bytes, secs);
+  if (a->custom)
+    custom_summary(a, secs);
+  else /* lua/'s scripts: every counter, always (operators and specs parse the line) */
+    mkv__admin_emit(a, MKV_ADMIN_SUMMARY,
+                    "%s: examined %llu, changed %llu, failed %llu, skipped %llu; %llu bytes "
+                    "moved in %.1f s",
+                    a->script, a->examined, a->changed, a->failed, a->skipped, a->bytes, secs);
   a->code = a->usage_error ? 2 : a->failed || a->cancelled ? 1 : 0;
   /* The upstream and the port free themselves once their handles have closed; the
    * admin goes when its three timers have. */
@@ -94,6 +132,7 @@ int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index
       (strchr(opts->script, '/') || (sl > 4 && strcmp(opts->script + sl - 4, ".lua") == 0)))
     script_path = opts->script;
   a->script = mkv_strdup(opts->script);
+  a->custom = opts->source != NULL || script_path != NULL;
   if (mkv_policy_new(cfg, &a->policy, err) != 0) {
     free(a->script);
     free(a);
@@ -122,11 +161,13 @@ int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index
   return 0;
 }
 
-void mkv_admin_cancel(mkv_admin_t *a) {
-  if (a->cancelled || a->finished) return;
+int mkv_admin_cancel(mkv_admin_t *a) {
+  if (a->finished) return UV_EALREADY;
+  if (a->cancelled) return 0;
   a->cancelled = 1;
   mkv__admin_emit(a, MKV_ADMIN_LOG, "cancelled: stopping every task");
   mkv__task_cancel_all(a);
+  return 0;
 }
 
 /* ---- options ---- */

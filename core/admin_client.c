@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -38,30 +39,70 @@ static void fmt_bytes(char *out, size_t n, double b) {
   snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }
 
+/* One progress line. A value below 0 is one the script does not keep (an operator's
+ * script that never counts failures, say: admin.c): left out, not shown as 0; a script
+ * that keeps none gets no progress line. */
 static void show_progress(admin_out_t *o, const char *text, size_t len) {
   mkv_admin_progress_t p;
   if (mkv_admin_progress_parse(text, len, &p) != 0) return;
   double secs = p.elapsed_ms / 1000 > 0 ? p.elapsed_ms / 1000 : 1;
-  char b[32], rate[32], line[256];
-  fmt_bytes(b, sizeof(b), p.bytes);
-  fmt_bytes(rate, sizeof(rate), p.bytes / secs);
-  int n = snprintf(line, sizeof(line), "%s%s%s%s: %.0f", o->script, p.phase[0] ? " (" : "",
-                   p.phase, p.phase[0] ? ")" : "", p.done);
-  if (p.total > 0) n += snprintf(line + n, sizeof(line) - (size_t)n, "/%.0f", p.total);
-  n += snprintf(line + n, sizeof(line) - (size_t)n,
-                " done, %.0f examined (%.0f/s), %.0f changed, %.0f failed, %s (%s/s)",
-                p.examined, p.examined / secs, p.changed, p.failed, b, rate);
-  if (p.total > 0 && p.done > 0 && p.done < p.total)
-    snprintf(line + n, sizeof(line) - (size_t)n, ", ETA %.0f s", secs * (p.total - p.done) / p.done);
-  if (o->tty) {
-    fprintf(stderr, "\r\033[K%s", line);
+  char b[32], rate[32], total[32];
+  mkv_buf_t line;
+  mkv_buf_init(&line);
+  mkv_buf_addf(&line, "%s%s%s%s:", o->script, p.phase[0] ? " (" : "", p.phase,
+               p.phase[0] ? ")" : "");
+  const char *sep = " ";
+  if (p.done >= 0) {
+    mkv_buf_addf(&line, "%s%.0f", sep, p.done);
+    if (p.total > 0) mkv_buf_addf(&line, "/%.0f", p.total);
+    mkv_buf_adds(&line, " done");
+    sep = ", ";
+  }
+  if (p.examined >= 0) {
+    mkv_buf_addf(&line, "%s%.0f examined (%.0f/s)", sep, p.examined, p.examined / secs);
+    sep = ", ";
+  }
+  if (p.changed >= 0) {
+    mkv_buf_addf(&line, "%s%.0f changed", sep, p.changed);
+    sep = ", ";
+  }
+  if (p.failed >= 0) {
+    mkv_buf_addf(&line, "%s%.0f failed", sep, p.failed);
+    sep = ", ";
+  }
+  if (p.bytes_total > 0) {
+    /* A phase that knows its bytes (verify --deep): "12.0 MB of 30.0 MB", at the rate
+     * since the phase began (what came before, a walk of the volumes, moved none), and
+     * the ETA from the bytes left -- a key count says little when sizes vary. */
+    double psecs = (p.phase_ms > 1 ? p.phase_ms : 1) / 1000;
+    fmt_bytes(b, sizeof(b), p.bytes_phase);
+    fmt_bytes(total, sizeof(total), p.bytes_total);
+    fmt_bytes(rate, sizeof(rate), p.bytes_phase / psecs);
+    mkv_buf_addf(&line, "%s%s of %s (%s/s)", sep, b, total, rate);
+    if (p.bytes_phase > 0 && p.bytes_phase < p.bytes_total && p.phase_ms >= 200)
+      mkv_buf_addf(&line, ", ETA %.0f s", psecs * (p.bytes_total - p.bytes_phase) / p.bytes_phase);
+  } else {
+    if (p.bytes >= 0) {
+      fmt_bytes(b, sizeof(b), p.bytes);
+      fmt_bytes(rate, sizeof(rate), p.bytes / secs);
+      mkv_buf_addf(&line, "%s%s (%s/s)", sep, b, rate);
+      sep = ", ";
+    }
+    if (p.total > 0 && p.done > 0 && p.done < p.total)
+      mkv_buf_addf(&line, "%sETA %.0f s", sep, secs * (p.total - p.done) / p.done);
+  }
+  if (strcmp(sep, " ") == 0) {
+    /* nothing the script keeps: no line at all */
+  } else if (o->tty) {
+    fprintf(stderr, "\r\033[K%s", line.data);
     o->live_line = 1;
   } else if (mkv_now_ms() - o->last_plain_ms >= 10000) {
     /* Not a terminal: a plain line every 10 s, for logs. */
-    fprintf(stderr, "%s\n", line);
+    fprintf(stderr, "%s\n", line.data);
     o->last_plain_ms = mkv_now_ms();
   }
   fflush(stderr);
+  mkv_buf_free(&line);
 }
 
 /* The sink of both kinds of run: text is borrowed and not NUL-terminated. */
@@ -89,14 +130,25 @@ static void admin_done(void *arg, int code) {
   o->code = code;
 }
 
+/* How a signal that stopped a job is named to the operator. */
+static const char *stopped_by(int signum) {
+  return signum == SIGINT ? "Ctrl-C" : "SIGTERM";
+}
+
+static const char *base_name(const char *script) {
+  return strrchr(script, '/') ? strrchr(script, '/') + 1 : script;
+}
+
 static uv_signal_t admin_sigint, admin_sigterm;
 static mkv_admin_t *admin_running;
+static int admin_signal; /* the signal that cancelled the offline run, or 0 */
 
 static void on_admin_signal(uv_signal_t *h, int signum) {
   (void)h;
   fprintf(stderr, "\nmkv: %s: cancelling (every step so far is safe to keep)\n",
           signum == SIGINT ? "SIGINT" : "SIGTERM");
-  if (admin_running) mkv_admin_cancel(admin_running);
+  /* A run that had already ended keeps its own exit code. */
+  if (admin_running && mkv_admin_cancel(admin_running) == 0) admin_signal = signum;
   uv_close((uv_handle_t *)&admin_sigint, NULL);
   uv_close((uv_handle_t *)&admin_sigterm, NULL);
 }
@@ -128,6 +180,12 @@ static int run_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_op
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&loop) != 0) mkv_error("admin loop closed with handles open");
+  if (admin_signal) {
+    /* The shell's convention for a command a signal stopped: 128 + its number. */
+    fprintf(stderr, "mkv: cancelled: %s stopped by %s\n", base_name(o->script),
+            stopped_by(admin_signal));
+    return 128 + admin_signal;
+  }
   return out.code;
 }
 
@@ -184,15 +242,73 @@ static int send_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
+/* Ctrl-C (or SIGTERM) while a job runs in the server: the handler only records it, and
+ * interrupts the blocking recv (no SA_RESTART); read_answer then asks the server to
+ * cancel. SA_RESETHAND: a second Ctrl-C ends the command at once (the server then
+ * cancels the job because its client went away). */
+static volatile sig_atomic_t online_signal;
+
+static void on_online_signal(int signum) {
+  online_signal = signum;
+}
+
+/* Asks the server at addr to cancel job `job`, on a connection of its own: the job's
+ * answer keeps streaming on the first one, to its end. 1 when the server stops the job,
+ * 0 when it is no longer running (it ended meanwhile: its exit code stands), -1 when the
+ * server could not be asked. */
+static int ask_cancel(const char *addr, const char *job) {
+  int fd = connect_addr(addr);
+  if (fd < 0) return -1;
+  struct timeval tv = {10, 0}; /* a server that does not answer: the command goes */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char req[256], ans[256];
+  int n = snprintf(req, sizeof(req),
+                   "POST %s?job=%s HTTP/1.0\r\nHost: mkv\r\nContent-Length: 0\r\n\r\n",
+                   MKV_ADMIN_CANCEL_PATH, job);
+  int status = -1;
+  size_t got = 0;
+  if (send_all(fd, req, (size_t)n) == 0) {
+    while (got < sizeof(ans) - 1 && memchr(ans, '\n', got) == NULL) {
+      ssize_t k = recv(fd, ans + got, sizeof(ans) - 1 - got, 0);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) break;
+      got += (size_t)k;
+    }
+    ans[got] = '\0';
+    if (sscanf(ans, "HTTP/1.%*d %d", &status) != 1) status = -1;
+  }
+  close(fd);
+  return status == 200 ? 1 : status == 404 ? 0 : -1;
+}
+
 /* Reads the answer: an HTTP/1.0 status line and headers, then the job's lines until the
  * server closes. Returns the exit code; -421 when the server is a standby index node that
- * names the primary's admin listener (into primary). */
-static int read_answer(int fd, admin_out_t *out, char *primary, size_t plen) {
+ * names the primary's admin listener (into primary). After Ctrl-C, the server is asked to
+ * cancel the job (at addr) and the command says so once the job has ended: 128 + the
+ * signal's number. */
+static int read_answer(int fd, admin_out_t *out, const char *addr, char *primary, size_t plen) {
   mkv_buf_t in;
   mkv_buf_init(&in);
-  int status = 0, in_body = 0, got_exit = 0;
-  char buf[65536];
+  int status = 0, in_body = 0, got_exit = 0, asked = 0, cancelled = 0;
+  char buf[65536], job[32] = "";
   for (;;) {
+    if (online_signal && !asked && in_body && status == 200 && job[0]) {
+      asked = online_signal;
+      if (out->live_line) {
+        fputc('\n', stderr);
+        out->live_line = 0;
+      }
+      fprintf(stderr, "mkv: %s: cancelling job %s (every step so far is safe to keep)\n",
+              online_signal == SIGINT ? "SIGINT" : "SIGTERM", job);
+      int rc = ask_cancel(addr, job);
+      if (rc < 0) {
+        fprintf(stderr, "mkv: the server at %s did not take the cancel: closing the "
+                        "connection (the server cancels a job whose command went away)\n", addr);
+        mkv_buf_free(&in);
+        return 128 + asked;
+      }
+      cancelled = rc;
+    }
     ssize_t n = recv(fd, buf, sizeof(buf), 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
@@ -210,6 +326,14 @@ static int read_answer(int fd, admin_out_t *out, char *primary, size_t plen) {
           const char *v = line + 20;
           while (*v == ' ') v++;
           snprintf(primary, plen, "%.*s", (int)(len - (size_t)(v - line)), v);
+        }
+        size_t hl = strlen(MKV_ADMIN_JOB_HEADER);
+        if (len > hl + 1 && strncasecmp(line, MKV_ADMIN_JOB_HEADER ":", hl + 1) == 0) {
+          const char *v = line + hl + 1;
+          size_t vl = len - hl - 1;
+          while (vl && *v == ' ') v++, vl--;
+          if (vl < sizeof(job) && strspn(v, "0123456789") >= vl)
+            snprintf(job, sizeof(job), "%.*s", (int)vl, v);
         }
         if (len == 0) in_body = 1;
       } else if (status == 421 && primary[0]) { /* a standby: the primary runs it */
@@ -232,13 +356,19 @@ static int read_answer(int fd, admin_out_t *out, char *primary, size_t plen) {
   if (status != 200) return 2;
   if (!got_exit) {
     fprintf(stderr, "mkv: the server closed the connection before the job ended\n");
-    return 1;
+    return asked ? 128 + asked : 1;
+  }
+  if (cancelled) {
+    fprintf(stderr, "mkv: cancelled: job %s (%s) stopped by %s\n", job, out->script,
+            stopped_by(asked));
+    return 128 + asked;
   }
   return out->code;
 }
 
 /* Runs the job inside the server that holds the index; its options go as typed.
- * Closing the connection (Ctrl-C) cancels the job there. */
+ * Ctrl-C asks the server to cancel the job (read_answer); a command that goes away
+ * without asking (a second Ctrl-C, a kill) cancels it too. */
 static int run_online(int fd, const char *addr, const char *name, int argc,
                       const char *const *argv, const char *source, size_t slen, int redirected) {
   mkv_buf_t q, req;
@@ -261,7 +391,16 @@ static int run_online(int fd, const char *addr, const char *name, int argc,
   fprintf(stderr, "mkv: a server holds the index: running %s inside it (%s)\n", name, addr);
   admin_out_t out = {isatty(STDERR_FILENO), 0, 0, name, 2};
   char primary[256] = "";
-  int code = read_answer(fd, &out, primary, sizeof(primary));
+  struct sigaction sa, old_int, old_term;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_online_signal;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  int code = read_answer(fd, &out, addr, primary, sizeof(primary));
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
   close(fd);
   if (code == -421) {
     /* A standby index node: the job goes to the primary's admin listener, once. */

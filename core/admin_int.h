@@ -107,6 +107,15 @@ struct mkv_admin_s {
   double total, done_units;
   char phase[32];
   unsigned long long bytes, examined, changed, failed, skipped;
+  /* mkv.progress{total_bytes = N}: the bytes this phase moves, counted from
+   * bytes_base (a->bytes then) at bytes_base_ns. */
+  double total_bytes;
+  unsigned long long bytes_base;
+  uint64_t bytes_base_ns;
+  unsigned counted; /* the counters mkv.count touched: bit i for examined, changed,
+                     * failed, skipped (the summary's order) */
+  int custom;       /* an operator's script (mkv run FILE.lua), not one of lua/ */
+  int progressed;   /* the script called mkv.progress */
   uv_timer_t progress_timer;
 
   int cancelled, root_done, finished, code;

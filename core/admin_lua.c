@@ -265,22 +265,31 @@ static int l_rebalance_plan(lua_State *L) {
 
 /* ---- progress and output ---- */
 
-/* mkv.progress{ phase = "name", total = N, done = n }: a new phase starts its own count;
- * `done` adds to it. */
+/* mkv.progress{ phase = "name", total = N, done = n, total_bytes = B }: a new phase
+ * starts its own count; `done` adds to it. total_bytes: the bytes the phase will move
+ * (read or copy), counted from now, for a byte rate and an ETA. */
 static int l_progress(lua_State *L) {
   mkv_admin_t *a = mkv__admin_of(L);
   luaL_checktype(L, 1, LUA_TTABLE);
+  a->progressed = 1;
   lua_getfield(L, 1, "phase");
   if (lua_isstring(L, -1)) {
     snprintf(a->phase, sizeof(a->phase), "%s", lua_tostring(L, -1));
     a->done_units = 0;
     a->total = 0;
+    a->total_bytes = 0;
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "total");
   if (lua_isnumber(L, -1)) a->total = lua_tonumber(L, -1);
   lua_getfield(L, 1, "done");
   if (lua_isnumber(L, -1)) a->done_units += lua_tonumber(L, -1);
+  lua_getfield(L, 1, "total_bytes");
+  if (lua_isnumber(L, -1)) {
+    a->total_bytes = lua_tonumber(L, -1);
+    a->bytes_base = a->bytes;
+    a->bytes_base_ns = mkv_now_ns();
+  }
   return 0;
 }
 
@@ -289,17 +298,15 @@ static int l_count(lua_State *L) {
   mkv_admin_t *a = mkv__admin_of(L);
   const char *name = luaL_checkstring(L, 1);
   unsigned long long n = (unsigned long long)luaL_optinteger(L, 2, 1);
-  if (strcmp(name, "examined") == 0)
-    a->examined += n;
-  else if (strcmp(name, "changed") == 0)
-    a->changed += n;
-  else if (strcmp(name, "failed") == 0)
-    a->failed += n;
-  else if (strcmp(name, "skipped") == 0)
-    a->skipped += n;
-  else
-    return luaL_error(L, "mkv.count: unknown counter %s", name);
-  return 0;
+  static const char *const names[] = {"examined", "changed", "failed", "skipped"};
+  unsigned long long *ctr[] = {&a->examined, &a->changed, &a->failed, &a->skipped};
+  for (int i = 0; i < (int)MKV_ARRAY_SIZE(names); i++)
+    if (strcmp(name, names[i]) == 0) {
+      *ctr[i] += n;
+      a->counted |= 1u << i; /* mkv.count(name, 0) too: the script keeps that count */
+      return 0;
+    }
+  return luaL_error(L, "mkv.count: unknown counter %s", name);
 }
 
 static int l_report(lua_State *L) {

@@ -73,16 +73,18 @@ void mkv_admin_request_free(mkv_admin_request_t *r) {
 }
 
 void mkv_admin_progress_format(char *out, size_t n, const mkv_admin_progress_t *p) {
-  snprintf(out, n, "%.0f %.0f %.0f %.0f %.0f %.0f %.0f %s", p->done, p->total, p->bytes,
-           p->elapsed_ms, p->examined, p->changed, p->failed, p->phase);
+  snprintf(out, n, "%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %s", p->done, p->total,
+           p->bytes, p->elapsed_ms, p->examined, p->changed, p->failed, p->bytes_total,
+           p->bytes_phase, p->phase_ms, p->phase);
 }
 
 int mkv_admin_progress_parse(const char *text, size_t len, mkv_admin_progress_t *p) {
   char line[256];
   snprintf(line, sizeof(line), "%.*s", (int)MKV_MIN(len, sizeof(line) - 1), text);
   memset(p, 0, sizeof(*p));
-  if (sscanf(line, "%lf %lf %lf %lf %lf %lf %lf %31s", &p->done, &p->total, &p->bytes,
-             &p->elapsed_ms, &p->examined, &p->changed, &p->failed, p->phase) < 4)
+  if (sscanf(line, "%lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %31s", &p->done, &p->total,
+             &p->bytes, &p->elapsed_ms, &p->examined, &p->changed, &p->failed, &p->bytes_total,
+             &p->bytes_phase, &p->phase_ms, p->phase) < 4)
     return -1;
   return 0;
 }

@@ -4,7 +4,11 @@
  *   POST /admin/run?script=NAME[&arg=OPT]...
  *     Runs an admin script inside the server -- under its key locks, while it serves --
  *     and streams its output back (the protocol: admin_proto.h). One job at a time (409
- *     otherwise). A client that goes away cancels its job.
+ *     otherwise), each numbered (X-Mkv-Job). A client that goes away cancels its job.
+ *
+ *   POST /admin/cancel?job=N
+ *     Cancels job N if it is the one running (Ctrl-C in the command): 200, and its
+ *     stream ends as any run's does; 404 when no job N runs.
  *
  *   GET /health
  *     The index and each volume's state (health.h) with since when, and a status:
@@ -43,7 +47,8 @@ typedef struct job_s {
   mkv_req_t *req;
   mkv_worker_t *w;
   mkv_admin_t *admin;
-  int running, gone, is_run;
+  int running, gone, is_run, is_cancel;
+  unsigned long long id; /* the job's number, from 1 (X-Mkv-Job) */
   mkv_buf_t query;
   mkv_buf_t source;
   int too_big;
@@ -52,6 +57,7 @@ typedef struct job_s {
 /* The job running on this server, if any: one at a time. The admin listener has one
  * thread, the only one that touches this. */
 static job_t *running_job;
+static unsigned long long job_count; /* jobs started since the server did */
 
 /* What the status page shows of the jobs (mkv_admin_jobs_info): written here on the
  * admin thread, read by the status listener's thread, under the mutex. Slot 0 is the
@@ -100,7 +106,7 @@ static void job_line(void *ctx, int kind, const char *text, size_t len) {
 
 static void job_done(void *arg, int code) {
   job_t *j = arg;
-  mkv_info("admin job finished with exit code %d", code);
+  mkv_info("admin job finished with exit code %d (job %llu)", code, j->id);
   if (!j->gone) {
     char line[32];
     int n = snprintf(line, sizeof(line), "%c %d\n", MKV_ADMIN_EXIT, code);
@@ -406,7 +412,14 @@ static void on_headers(mkv_req_t *req) {
     mkv_buf_set(&j->query, req->raw_query.data ? req->raw_query.data : "", req->raw_query.len);
     return; /* the job starts once the body (the script, if any) is in */
   }
-  mkv_req_respond_text(req, 404, "not found: the admin listener serves POST /admin/run, GET /health and GET /metrics");
+  if (req->method == MKV_M_POST && req->key.len == strlen(MKV_ADMIN_CANCEL_PATH) &&
+      memcmp(k, MKV_ADMIN_CANCEL_PATH, req->key.len) == 0) {
+    j->is_cancel = 1;
+    mkv_buf_set(&j->query, req->raw_query.data ? req->raw_query.data : "", req->raw_query.len);
+    return;
+  }
+  mkv_req_respond_text(req, 404, "not found: the admin listener serves POST /admin/run, "
+                                 "POST /admin/cancel, GET /health and GET /metrics");
 }
 
 static void on_body(mkv_req_t *req, const char *at, size_t len) {
@@ -449,8 +462,40 @@ static int standby_may_run(mkv_req_t *req, job_t *j) {
   return 0;
 }
 
+/* POST /admin/cancel?job=N: the command's Ctrl-C. The job's own stream says the rest
+ * ("cancelled: stopping every task", then its exit code). */
+static void cancel_respond(mkv_req_t *req, job_t *j) {
+  size_t pos = 0, nlen, vlen;
+  const char *name, *val;
+  long long id = -1;
+  while (mkv_query_next(j->query.data ? j->query.data : "", j->query.len, &pos, &name, &nlen,
+                        &val, &vlen))
+    if (nlen == 3 && memcmp(name, "job", 3) == 0 && mkv_parse_int(val, vlen, &id) != 0) id = -1;
+  if (id < 1) {
+    mkv_req_respond_text(req, 400, "POST " MKV_ADMIN_CANCEL_PATH " needs job=N (the X-Mkv-Job "
+                                   "of the job's answer)");
+    return;
+  }
+  job_t *run = running_job;
+  if (run == NULL || run->id != (unsigned long long)id || run->admin == NULL ||
+      mkv_admin_cancel(run->admin) != 0) {
+    char why[96];
+    snprintf(why, sizeof(why), "no job %lld is running", id);
+    mkv_req_respond_text(req, 404, why);
+    return;
+  }
+  mkv_warn("admin job %lld: cancelled at its command's request", id);
+  char ok[64];
+  snprintf(ok, sizeof(ok), "cancelling job %lld", id);
+  mkv_req_respond_text(req, 200, ok);
+}
+
 static void on_complete(mkv_req_t *req) {
   job_t *j = job_of(req);
+  if (j->is_cancel && !req->responded) {
+    cancel_respond(req, j);
+    return;
+  }
   if (!j->is_run || req->responded) return;
   mkv_worker_t *w = req->worker;
   if (j->too_big) {
@@ -489,12 +534,16 @@ static void on_complete(mkv_req_t *req) {
       mkv_req_respond_text(req, 400, err);
     } else {
       j->running = 1;
+      j->id = ++job_count;
       running_job = j;
       jobs_set(0, r.script);
       mkv_req_ref(req); /* until job_done */
-      mkv_header_t h = {"Content-Type", "text/plain; charset=utf-8", 0};
-      mkv_req_stream_start(req, 200, &h, 1);
-      mkv_info("admin job started: %s", r.script);
+      char id[24];
+      snprintf(id, sizeof(id), "%llu", j->id);
+      mkv_header_t h[2] = {{"Content-Type", "text/plain; charset=utf-8", 0},
+                           {MKV_ADMIN_JOB_HEADER, id, 0}};
+      mkv_req_stream_start(req, 200, h, 2);
+      mkv_info("admin job started: %s (job %llu)", r.script, j->id);
     }
   }
   free(err);

@@ -270,9 +270,12 @@ function M.key_of(ab, cd, b64)
 end
 
 -- Every record of the index, in pages, each handed to fn(key, value) in a task of its
--- own (at most --concurrency at once). Returns the number of records.
-function M.each_record(fn, prefix)
-  mkv.progress({ phase = "records" })
+-- own (at most --concurrency at once). progress: more of the phase's mkv.progress
+-- fields ({ total_bytes = N }). Returns the number of records.
+function M.each_record(fn, prefix, progress)
+  local p = { phase = "records" }
+  for k, v in pairs(progress or {}) do p[k] = v end
+  mkv.progress(p)
   local start, n = prefix or "", 0
   while true do
     local page, err = mkv.index_scan(start, 1000, prefix)
@@ -290,15 +293,27 @@ end
 
 -- ---- moving one key where placement wants it (rebalance, verify --repair, the repair) ----
 
+-- The surplus copies waiting out their grace period (M.move's step 3): how many, and
+-- when the last of them is due (mkv.now()'s clock).
+local drops = { n = 0, due = 0 }
+
+-- -> how many surplus copies wait for their grace period to end, and the seconds until
+-- the last one is due (what a run that has done everything else still waits for).
+function M.pending_drops()
+  return drops.n, math.max(0, drops.due - mkv.now())
+end
+
 -- Deletes a surplus copy, under the key's lock, unless the record names that volume
 -- again by now (a PUT after a DELETE, another rebalance).
 local function drop_copy(key, vol, path, tries)
   if not mkv.lock(key) then
     if tries < 60 then mkv.after(1, drop_copy, key, vol, path, tries + 1) return end
+    drops.n = drops.n - 1
     mkv.report(string.format("%s: left the surplus copy on %s (the key stayed busy): mkv gc will find it",
       M.show(key), vol))
     return
   end
+  drops.n = drops.n - 1
   local value = mkv.index_get(key)
   local rec = value and M.decode(value)
   if not (rec and M.contains(rec.volumes, vol)) then
@@ -509,7 +524,11 @@ function M.move(key, opts)
   mkv.report(string.format("moved %s: %s", M.show(key), plan))
   -- 3. only now, and after the grace period, the surplus copies go
   for _, v in ipairs(drop) do
-    if not M.contains(vols, v) then mkv.after(opts.grace or 5, drop_copy, key, v, path, 0) end
+    if not M.contains(vols, v) then
+      drops.n = drops.n + 1
+      drops.due = math.max(drops.due, mkv.now() + (opts.grace or 5))
+      mkv.after(opts.grace or 5, drop_copy, key, v, path, 0)
+    end
   end
   return "moved"
 end

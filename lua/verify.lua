@@ -7,7 +7,8 @@
 -- --repair copies a good replica over each missing or corrupt one (verified), and moves
 -- a key that is misplaced or under-replicated as mkv rebalance would. Then the
 -- volumes are walked for orphan files: files that no record points to (mkv gc removes
--- them). Exits non-zero when it found a problem it did not repair.
+-- them); with --deep the walk comes first, for the total its progress counts bytes
+-- against. Exits non-zero when it found a problem it did not repair.
 local mkv = require "mkv"
 local A = require "mkv_admin"
 
@@ -37,11 +38,13 @@ local function check(key, value)
   local path = mkv.path(key)
   local sizes, md5s, missing, unknown = {}, {}, {}, {}
   for _, v in ipairs(rec.volumes) do
-    local st, len = mkv.http("HEAD", A.url(v, path))
+    local st, len, code = mkv.http("HEAD", A.url(v, path))
     if st == 200 then
       sizes[v] = len
     elseif st == 404 then
       missing[#missing + 1] = v
+    elseif code == "ECANCELED" then
+      return -- the run is cancelled (Ctrl-C): this key stays unchecked, nothing blamed
     else
       unknown[#unknown + 1] = v
       A.fail("unreachable %s on %s: %s", A.show(key), v, tostring(len))
@@ -74,10 +77,21 @@ local function check(key, value)
   end
   local judge, value_of
   if opts.deep or (not sizes_agree and rec.hash) then
+    -- A copy that could not be read is not a corrupt one: it is left out, as a volume
+    -- that did not answer its HEAD is.
+    local read = {}
     for _, v in ipairs(present) do
-      local size, md5 = mkv.md5_url(A.url(v, path))
-      if size then md5s[v] = md5 end
+      local size, md5, code = mkv.md5_url(A.url(v, path))
+      if size then
+        md5s[v] = md5
+        read[#read + 1] = v
+      elseif code == "ECANCELED" then
+        return -- cancelled: unchecked, nothing blamed
+      else
+        A.fail("unreachable %s on %s: %s", A.show(key), v, tostring(md5))
+      end
     end
+    present = read
     value_of = function(v) return md5s[v] end
     judge = rec.hash or by_majority(value_of)
   else
@@ -159,29 +173,48 @@ local function check(key, value)
   if misplaced or (want and #rec.volumes < #want) then settle(key) end
 end
 
-A.each_record(check)
-
 -- Orphans: files no record points to (left by failed writes, or by moves that stopped
--- half way). Reported here; mkv gc removes them.
-A.walk(mkv.config.volumes, function(ab, cd, found)
-  for b64, copies in pairs(found) do
-    local key = A.key_of(ab, cd, b64)
-    if not key then
-      -- Not the file of any key (a name that is not base64, or in another key's
-      -- directory): someone else's. Named, never removed.
-      for _, c in ipairs(copies) do
-        mkv.report(string.format("stray %s (not a key's file; left alone)",
-          A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64)))
-      end
-    else
-      local value = mkv.index_get(key)
-      local rec = value and A.decode(value)
-      for _, c in ipairs(copies) do
-        if not rec or not A.contains(rec.volumes, c.root) then
-          mkv.report(string.format("orphan %s (%s)", A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64),
-            rec and "its record names other volumes" or "no record"))
+-- half way). Reported here; mkv gc removes them. Returns the bytes of the copies that
+-- live records name: what --deep will read.
+local function walk_volumes()
+  local bytes = 0
+  A.walk(mkv.config.volumes, function(ab, cd, found)
+    for b64, copies in pairs(found) do
+      local key = A.key_of(ab, cd, b64)
+      if not key then
+        -- Not the file of any key (a name that is not base64, or in another key's
+        -- directory): someone else's. Named, never removed.
+        for _, c in ipairs(copies) do
+          mkv.report(string.format("stray %s (not a key's file; left alone)",
+            A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64)))
+        end
+      else
+        local value = mkv.index_get(key)
+        local rec = value and A.decode(value)
+        for _, c in ipairs(copies) do
+          if not rec or not A.contains(rec.volumes, c.root) then
+            mkv.report(string.format("orphan %s (%s)", A.url(c.root, "/" .. ab .. "/" .. cd .. "/" .. b64),
+              rec and "its record names other volumes" or "no record"))
+          elseif not rec.deleted then
+            bytes = bytes + (tonumber(c.entry.size) or 0)
+          end
         end
       end
     end
-  end
-end)
+  end)
+  return bytes
+end
+
+if opts.deep then
+  -- --deep reads every copy: its progress counts bytes, with an ETA, and needs their
+  -- total first. Records hold no size (the Go original's format: state, MD5, volumes),
+  -- so the total is the volumes' own: the sizes in their listings of the files that
+  -- live records name -- from the walk for orphans, done first here at no extra cost
+  -- (a HEAD of every copy first would double the requests). Writes while verify runs
+  -- make it an estimate.
+  local total = walk_volumes()
+  A.each_record(check, nil, { total_bytes = total })
+else
+  A.each_record(check)
+  walk_volumes()
+end

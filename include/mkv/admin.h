@@ -67,8 +67,10 @@ int mkv_admin_parse_opts(mkv_admin_opts_t *o, int argc, const char *const *argv,
 int mkv_admin_start(uv_loop_t *loop, const mkv_config_t *cfg, mkv_index_t *index,
                     const mkv_admin_opts_t *opts, void (*done)(void *arg, int code),
                     void *arg, mkv_admin_t **out, char **err);
-/* Cancels every task and parked operation; done still runs (with code 1). */
-void mkv_admin_cancel(mkv_admin_t *a);
+/* Cancels every task and parked operation; done still runs (with code 1). Returns 0
+ * when the run stops (now, or from an earlier cancel), UV_EALREADY when it had already
+ * ended (its summary is out; done runs with its own code). */
+int mkv_admin_cancel(mkv_admin_t *a);
 
 /* The names of the scripts there are (compiled in from lua/). */
 int mkv_admin_script_exists(const char *name);

@@ -8,13 +8,21 @@
  *             mkv_admin_parse_opts, as an offline run does. The body is the script's
  *             source for `mkv run FILE.lua` (NAME is then the file's base name); empty
  *             for a built-in script.
- *   Answer    200, then the run's output lines, "<kind> <text>\n" (kinds: admin.h),
- *             and last "X <exit code>\n"; the server then closes. Any other status has
- *             a one-line text body saying why the job was refused (the command exits 2).
- *             A client that goes away cancels its job.
+ *   Answer    200 with "X-Mkv-Job: N" (the job's number on this server), then the
+ *             run's output lines, "<kind> <text>\n" (kinds: admin.h), and last
+ *             "X <exit code>\n"; the server then closes. Any other status has a one-line
+ *             text body saying why the job was refused (the command exits 2). A client
+ *             that goes away cancels its job.
+ *
+ *   Cancel    POST /admin/cancel?job=N HTTP/1.0, on a connection of its own (Ctrl-C):
+ *             200 when job N is running and now stops -- its stream then ends as any
+ *             run's does, with "X 1" -- 404 when no job N is running (it has ended),
+ *             400 without a job number.
  *
  * The progress line's text is "done total bytes elapsed_ms examined changed failed
- * [phase]" (numbers), formatted and parsed only here.
+ * bytes_total bytes_phase phase_ms [phase]" (numbers), formatted and parsed only here;
+ * a count below 0 is one the script does not keep (not shown). A mixed pair (an older
+ * server) loses only the phase's name.
  *
  * Pure functions; any thread. */
 #ifndef MKV_ADMIN_PROTO_H
@@ -25,6 +33,8 @@
 #include "mkv/common.h"
 
 #define MKV_ADMIN_RUN_PATH "/admin/run"
+#define MKV_ADMIN_CANCEL_PATH "/admin/cancel"
+#define MKV_ADMIN_JOB_HEADER "X-Mkv-Job"
 
 /* Returns owned: "<db>/mkv.admin", the file in which the server that holds the index at
  * db names its admin listener ("127.0.0.1:43211\n"). Written whole after the index is
@@ -51,6 +61,9 @@ void mkv_admin_request_free(mkv_admin_request_t *r);
 
 typedef struct mkv_admin_progress_s {
   double done, total, bytes, elapsed_ms, examined, changed, failed;
+  /* A phase that knows how many bytes it moves (verify --deep: the copies it hashes):
+   * that total, the bytes moved since it was set, and the ms since; 0 0 0 otherwise. */
+  double bytes_total, bytes_phase, phase_ms;
   char phase[32];
 } mkv_admin_progress_t;
 

@@ -794,11 +794,11 @@ echo "$n" > "$stop.done"
     assert.equal("unbalanced", last.balance, "the run was not interrupted half way")
   end)
 
-  it("interrupted offline (SIGINT): exit 1, every key readable", function()
+  it("interrupted offline (SIGINT): exit 130, every key readable", function()
     c:stop()
     local st2, log2 = interrupted_run(big[2])
     c:start()
-    assert.equal(1, st2.code, "exit status after SIGINT: " .. tostring(st2.code or st2.signal) .. "\n" .. log2)
+    assert.equal(130, st2.code, "exit status after SIGINT: " .. tostring(st2.code or st2.signal) .. "\n" .. log2)
     assert.truthy(log2:find("SIGINT: cancelling", 1, true), log2)
     check_keys(c, live_keys(), nil, "after the offline interrupt")
   end)
@@ -1268,7 +1268,8 @@ mkv.report("records: " .. n)
     assert.equal(0, on.code, on.all)
     assert.truthy(on.err:find("running count.lua inside it", 1, true), on.all)
     assert.truthy(has_line(on, "records: " .. nkeys), on.all)
-    assert.equal(nkeys, on.summary.examined, on.all)
+    -- its summary names the one counter it keeps
+    assert.equal("count.lua: examined " .. nkeys, on.lines[#on.lines]:match("^(.-) in [%d.]+ s$"), on.all)
     c:stop()
     local off = c:admin({ "run", script })
     c:start()
@@ -1466,5 +1467,152 @@ show("md5 early after a wait", mkv.md5_url("http://noport/a"))
     c:start()
     assert.equal(0, off.code, off.all)
     expect(off)
+  end)
+end)
+
+-- ---------------------------------------------------------------------------------------
+-- What the command says while a job runs and when it ends (issue 24's frictions): the
+-- wait for --grace, bytes and an ETA for verify --deep, Ctrl-C, and `mkv run`'s summary.
+describe("admin progress lines", function()
+  local c
+  local big = {} -- four values of 300 000 bytes, and 30 small ones
+  local total = 0 -- the bytes verify --deep hashes: every copy of every live key
+
+  -- The client's byte count (1000s, one decimal above bytes), computed here.
+  local function fmt_bytes(b)
+    local u, i = { "B", "KB", "MB", "GB", "TB" }, 1
+    while b >= 1000 and i < 5 do b, i = b / 1000, i + 1 end
+    return i == 1 and string.format("%.0f %s", b, u[i]) or string.format("%.1f %s", b, u[i])
+  end
+
+  setup(function()
+    c = new_cluster(2, 1, 1)
+    c:start()
+    for i = 1, 4 do
+      big[i] = string.format("/pl/big%d", i)
+      assert.equal(201, c:put(big[i], A.bytes(300000, 500 + i)))
+    end
+    for i = 1, 30 do assert.equal(201, c:put(string.format("/pl/s%02d", i), "small value " .. i)) end
+    for _, v in pairs(c.values) do total = total + #v * c.replicas end
+  end)
+  teardown(H.cleanup)
+
+  -- Starts `mkv <args>` with SIGINT kept for the test; returns the process.
+  local function start_job(args)
+    local argv = { H.mkv_bin }
+    for _, x in ipairs(c:flags()) do argv[#argv + 1] = x end
+    for _, x in ipairs(args) do argv[#argv + 1] = x end
+    return H.spawn("admin-job", argv, { keep_signal = true })
+  end
+
+  -- SIGINT once the job's first progress line is out; the exit status and the output.
+  local function interrupt(p, what)
+    H.eventually(function()
+      return p:log():find(what .. " (", 1, true) or not p:alive()
+    end, 30, "a progress line of " .. what)
+    assert(p:alive(), "the job ended before it was interrupted:\n" .. p:log())
+    local t0 = H.now()
+    assert.is_true(p:signal(SIGINT))
+    local st = H.eventually(function()
+      if p:alive() then return false end
+      return p.status
+    end, 20, "the command to exit after SIGINT")
+    return st, p:log(), H.now() - t0
+  end
+
+  it("verify --deep counts the bytes it hashes, of the copies' total, with a rate and an ETA", function()
+    -- 1.2 MB at 300 KB/s: a few seconds, so the first plain progress line (after 1 s)
+    -- comes while the copies are being hashed
+    local r = c:admin({ "verify", "--deep", "--bandwidth", "300KB/s" })
+    assert.equal(0, r.code, r.all)
+    local line = r.err:match("verify %(records%): [^\n]*")
+    assert.truthy(line, r.all)
+    local done, of, rate, eta = line:match(", ([%d.]+ [KMGT]?B) of ([%d.]+ [KMGT]?B) %(([%d.]+ [KMGT]?B)/s%), ETA (%d+) s")
+    assert.truthy(done, "no 'X of TOTAL (RATE/s), ETA N s' in: " .. line .. "\n" .. r.all)
+    assert.equal(fmt_bytes(total), of, line)
+    assert.truthy(tonumber(eta) >= 1 and tonumber(eta) <= 10 * H.slow, line)
+    assert.are_not.equal("0 B", rate, line)
+  end)
+
+  it("Ctrl-C online: the server cancels the job, the command says so and exits 130", function()
+    local p = start_job({ "verify", "--deep", "--bandwidth", "64KB/s" })
+    local st, log, took = interrupt(p, "verify")
+    assert.equal(130, st.code, "exit status " .. tostring(st.code or st.signal) .. "\n" .. log)
+    assert.truthy(log:find("running verify inside it", 1, true), log)
+    assert.truthy(log:match("cancelled: job %d+ %(verify%) stopped by Ctrl%-C"), log)
+    assert.truthy(took < 10 * H.slow, string.format("took %.1f s to stop", took))
+    -- the keys it had not hashed yet are not blamed
+    assert.is_nil(log:find("corrupt ", 1, true), log)
+    assert.is_nil(log:find("no good copy", 1, true), log)
+    -- the server ended it because it was asked to, not because the client went away
+    assert.truthy(c.mkv:log():find("admin job finished with exit code 1", 1, true), c.mkv:log())
+    assert.is_nil(c.mkv:log():find("admin client went away", 1, true), c.mkv:log())
+    -- and takes the next job at once
+    local r = c:admin({ "verify" })
+    assert.equal(0, r.code, r.all)
+  end)
+
+  it("Ctrl-C offline: the command says the job was cancelled and exits 130", function()
+    c:stop()
+    local p = start_job({ "verify", "--deep", "--bandwidth", "64KB/s" })
+    local st, log = interrupt(p, "verify")
+    c:start()
+    assert.equal(130, st.code, "exit status " .. tostring(st.code or st.signal) .. "\n" .. log)
+    assert.truthy(log:find("SIGINT: cancelling", 1, true), log)
+    assert.truthy(log:find("cancelled: verify stopped by Ctrl-C", 1, true), log)
+    assert.is_nil(log:find("corrupt ", 1, true), log)
+    assert.is_nil(log:find("no good copy", 1, true), log)
+  end)
+
+  it("run FILE.lua: the summary shows only the counters the script touched", function()
+    local dir = H.tmpdir("script")
+    H.write_file(dir .. "/some.lua", [[
+local mkv = require "mkv"
+mkv.count("examined", 7)
+mkv.count("failed", 0)
+mkv.report("counted")
+]])
+    H.write_file(dir .. "/none.lua", 'require("mkv").report("nothing counted")\n')
+    for _, online in ipairs({ true, false }) do
+      if not online then c:stop() end
+      local some = c:admin({ "run", dir .. "/some.lua" })
+      local none = c:admin({ "run", dir .. "/none.lua" })
+      if not online then c:start() end
+      assert.equal(0, some.code, some.all)
+      local last = some.lines[#some.lines]
+      assert.truthy(last:match("^some%.lua: examined 7, failed 0 in [%d.]+ s$"), some.all)
+      -- its progress line (the last one, at the end) too
+      assert.truthy(some.err:match("some%.lua: 7 examined %(%d+/s%), 0 failed\n"), some.all)
+      assert.equal(0, none.code, none.all)
+      last = none.lines[#none.lines]
+      assert.truthy(last:match("^none%.lua: done in [%d.]+ s$"), none.all)
+      assert.is_nil(none.err:find("none.lua:", 1, true), none.all)
+    end
+    -- the built-in scripts keep every counter (they are parsed)
+    local r = c:admin({ "verify" })
+    assert.truthy(r.summary, r.all)
+  end)
+
+  it("rebalance says when it waits out --grace before deleting the old copies", function()
+    c:add_volume()
+    c:stop()
+    c:start()
+    local dry = c:admin({ "rebalance", "--dry-run" })
+    assert.equal(0, dry.code, dry.all)
+    assert.is_nil(dry.err:find("--grace", 1, true), dry.all)
+    local r = c:admin({ "rebalance", "--grace", "2s" })
+    assert.equal(0, r.code, r.all)
+    -- the copies it will delete: each "moved KEY: copy to A, drop B[,C]" line's drops
+    local drops = 0
+    for _, l in ipairs(r.lines) do
+      local d = l:match("^moved .*, drop (.+)$")
+      if d and d ~= "-" then drops = drops + #split_commas(d) end
+    end
+    assert.truthy(drops > 0, r.all)
+    local secs, n = r.err:match("waiting ([%d.]+)s %(%-%-grace 2s%) before deleting (%d+) old cop")
+    assert.truthy(secs, r.all)
+    assert.equal(drops, tonumber(n), r.all)
+    assert.truthy(tonumber(secs) > 0 and tonumber(secs) <= 2, r.all)
+    assert.truthy(r.took >= 1, string.format("took %.1f s", r.took))
   end)
 end)
