@@ -316,7 +316,7 @@ static void page_jobs(mkv_buf_t *b, int64_t now_ms) {
   mkv_repair_stats(&rs);
   mkv_buf_adds(b, "<h2>Admin jobs</h2>\n<table id=\"jobs\"><tr><th>Job</th><th>Running for</th>"
                   "<th>Phase</th><th>Done</th><th>Examined</th><th>Changed</th>"
-                  "<th>Failed</th></tr>\n");
+                  "<th>Failed</th><th>Bytes</th></tr>\n");
   int any = 0;
   for (int i = 0; i < 2; i++) {
     const mkv_admin_job_info_t *j = &jobs[i];
@@ -334,14 +334,31 @@ static void page_jobs(mkv_buf_t *b, int64_t now_ms) {
       mkv_buf_addf(b, "</td><td class=\"n\">%.0f", p->done);
       if (p->total > 0) mkv_buf_addf(b, " of %.0f (%.0f%%)", p->total, 100 * p->done / p->total);
       mkv_buf_addf(b, "</td><td class=\"n\">%.0f</td><td class=\"n\">%.0f</td>"
-                      "<td class=\"n\">%.0f</td></tr>\n",
+                      "<td class=\"n\">%.0f</td><td class=\"n\">",
                    p->examined, p->changed, p->failed);
+      char moved[32], total[32];
+      if (p->bytes_total > 0) {
+        /* the phase's own bytes against its total; the rate since the total was set */
+        bytes(moved, sizeof(moved), p->bytes_phase);
+        bytes(total, sizeof(total), p->bytes_total);
+        mkv_buf_addf(b, "%s of %s", moved, total);
+        double rate = p->phase_ms > 0 ? p->bytes_phase / (p->phase_ms / 1000) : 0;
+        if (rate > 0 && p->bytes_phase < p->bytes_total) {
+          char eta[32];
+          span(eta, sizeof(eta), (p->bytes_total - p->bytes_phase) / rate);
+          mkv_buf_addf(b, ", ETA %s", eta);
+        }
+      } else {
+        bytes(moved, sizeof(moved), p->bytes);
+        mkv_buf_adds(b, moved);
+      }
+      mkv_buf_adds(b, "</td></tr>\n");
     } else {
-      mkv_buf_adds(b, "<td colspan=\"5\" class=\"muted\">starting</td></tr>\n");
+      mkv_buf_adds(b, "<td colspan=\"6\" class=\"muted\">starting</td></tr>\n");
     }
   }
   if (!any)
-    mkv_buf_adds(b, "<tr><td colspan=\"7\" class=\"muted\">none running</td></tr>\n");
+    mkv_buf_adds(b, "<tr><td colspan=\"8\" class=\"muted\">none running</td></tr>\n");
   mkv_buf_addf(b, "</table>\n<p>Keys waiting for the background repair: "
                   "<span id=\"underreplicated\">%llu</span>; repaired since the start: %llu; "
                   "given up: %llu.</p>\n",

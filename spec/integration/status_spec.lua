@@ -148,6 +148,13 @@ describe("status listener", function()
     assert(ok, tostring(page) .. "\n" .. tostring(last and last:match('<table id="jobs">.-</table>'))
       .. "\n" .. p:log())
     assert.truthy(page:match('<tr class="job"><td>verify</td>'), page)
+    -- verify --deep knows the bytes it will hash: how far it is, and an ETA
+    local _, later = pcall(H.eventually, function()
+      local _, _, body = get(c.sport, "/")
+      local row = body:match('<tr class="job">(.-)</tr>') or ""
+      return row:find(" of [%d.]+ KiB") and row:find("ETA", 1, true) and row
+    end, 20, "bytes and an ETA")
+    assert.truthy(later and later:find("ETA", 1, true), tostring(later))
     H.eventually(function() return not p:alive() end, 60, "verify to finish")
     local _, _, after = get(c.sport, "/")
     assert.truthy(after:find("none running", 1, true), after)
