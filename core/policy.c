@@ -429,6 +429,11 @@ int mkv_policy_new(const mkv_config_t *cfg, mkv_policy_t **out, char **err) {
      * source says whether it is the built-in one or an operator's file of that name. */
     if (source && strcmp(cfg->policies[kind], "default") == 0)
       default_is_builtin = strstr(source, "(built in)") != NULL;
+    /* A module that several kinds share loads once: the later kinds name it too (their
+     * messages would otherwise say "(null)"). */
+    for (int k = 0; source == NULL && k < MKV_POLICY_KINDS; k++)
+      if (p->sources[k] && strcmp(cfg->policies[k], cfg->policies[kind]) == 0)
+        source = mkv_strdup(p->sources[k]);
     if (p->sources[kind] == NULL)
       p->sources[kind] = source;
     else

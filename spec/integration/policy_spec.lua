@@ -160,6 +160,12 @@ return {
     refuses({ replicas = fx("replicas_zero.lua") }, "replicas%(%) must return a whole number from 1 to 3")
   end)
 
+  it("a module serving two kinds is named in the second kind's errors too", function()
+    local out = refuses({ placement = fx("shared_bad_replicas.lua"), replicas = fx("shared_bad_replicas.lua") },
+      "replicas%(%) must return a whole number from 1 to 3")
+    assert.is_nil(out:find("(null)", 1, true), out)
+  end)
+
   it("replicas() returning a string", function()
     refuses({ replicas = fx("replicas_string.lua") }, "replicas%(%) must return a whole number")
   end)
