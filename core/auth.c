@@ -95,16 +95,18 @@ int mkv__auth_allow(mkv_req_t *req) {
   const mkv_auth_config_t *a = &req->worker->cfg->auth;
   if (!needs_secret(a, req)) return 1;
   if (mkv_auth_bearer_ok(a, req->authorization.data, req->authorization.len)) return 1;
-  /* RFC 6750 §3: a missing token gets the bare challenge, a wrong one "invalid_token".
-   * Answered before any body byte is read (the server then closes with a linger) and
-   * before the index or a volume is touched. Nothing of the header is logged. */
-  mkv_header_t h[2] = {
-      {"WWW-Authenticate",
-       req->authorization.len ? "Bearer realm=\"mkv\", error=\"invalid_token\""
-                              : "Bearer realm=\"mkv\"",
-       0},
-      {"Content-Type", "text/plain; charset=utf-8", 0}};
-  static const char body[] = "401: this request needs Authorization: Bearer <secret>\n";
-  mkv_req_respond(req, 401, h, 2, body, sizeof(body) - 1);
+  mkv_auth_refuse(req, "mkv", "401: this request needs Authorization: Bearer <secret>\n");
   return 0;
+}
+
+/* RFC 6750 §3: a missing token gets the bare challenge, a wrong one "invalid_token".
+ * Answered before any body byte is read (the server then closes with a linger) and
+ * before the index or a volume is touched. Nothing of the header is logged. */
+void mkv_auth_refuse(mkv_req_t *req, const char *realm, const char *body) {
+  char challenge[128];
+  snprintf(challenge, sizeof(challenge), "Bearer realm=\"%s\"%s", realm,
+           req->authorization.len ? ", error=\"invalid_token\"" : "");
+  mkv_header_t h[2] = {{"WWW-Authenticate", challenge, 0},
+                       {"Content-Type", "text/plain; charset=utf-8", 0}};
+  mkv_req_respond(req, 401, h, 2, body, strlen(body));
 }

@@ -143,6 +143,22 @@ static int get_bool(lua_State *L, int t, const char *name) {
   return v;
 }
 
+/* The SHA-256 of each secret in the list t[name] (at most MKV_AUTH_MAX_SECRETS), for
+ * mkv_auth_bearer_ok: the secrets themselves are not kept. */
+static void get_digests(lua_State *L, int t, const char *name, mkv_auth_config_t *a) {
+  lua_getfield(L, t, name);
+  int n = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
+  for (int i = 0; i < n; i++) {
+    size_t len;
+    lua_rawgeti(L, -1, i + 1);
+    const char *s = lua_tolstring(L, -1, &len);
+    mkv_auth_digest(s, len, a->write_digest[i]);
+    lua_pop(L, 1);
+  }
+  a->nwrite = n;
+  lua_pop(L, 1);
+}
+
 static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   cfg->listen = get_str(L, t, "listen");
   cfg->port = (int)get_num(L, t, "port");
@@ -225,31 +241,11 @@ static void copy_out(lua_State *L, int t, mkv_config_t *cfg) {
   lua_pop(L, 1);
 
   cfg->status_listen = get_str(L, t, "status_listen");
-  lua_getfield(L, t, "status_tokens");
-  int nst = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
-  for (int i = 0; i < nst; i++) {
-    size_t len;
-    lua_rawgeti(L, -1, i + 1);
-    const char *s = lua_tolstring(L, -1, &len);
-    mkv_auth_digest(s, len, cfg->status_auth.write_digest[i]);
-    lua_pop(L, 1);
-  }
-  cfg->status_auth.nwrite = nst;
-  lua_pop(L, 1);
+  get_digests(L, t, "status_tokens", &cfg->status_auth);
 
   lua_getfield(L, t, "auth");
   l = lua_gettop(L);
-  lua_getfield(L, l, "write_secrets");
-  int ns = (int)MKV_MIN(lua_objlen(L, -1), MKV_AUTH_MAX_SECRETS);
-  for (int i = 0; i < ns; i++) {
-    size_t len;
-    lua_rawgeti(L, -1, i + 1);
-    const char *s = lua_tolstring(L, -1, &len);
-    mkv_auth_digest(s, len, cfg->auth.write_digest[i]);
-    lua_pop(L, 1);
-  }
-  cfg->auth.nwrite = ns;
-  lua_pop(L, 1);
+  get_digests(L, l, "write_secrets", &cfg->auth);
   cfg->auth.read = get_bool(L, l, "read");
   cfg->auth.list = get_bool(L, l, "list");
   char *vk = get_str(L, l, "volume_key");

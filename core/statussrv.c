@@ -417,13 +417,8 @@ static void on_headers(mkv_req_t *req) {
   const mkv_config_t *cfg = req->worker->cfg;
   if (cfg->status_auth.nwrite &&
       !mkv_auth_bearer_ok(&cfg->status_auth, req->authorization.data, req->authorization.len)) {
-    mkv_header_t h[2] = {{"WWW-Authenticate",
-                          req->authorization.len ? "Bearer realm=\"mkv-status\", error=\"invalid_token\""
-                                                 : "Bearer realm=\"mkv-status\"",
-                          0},
-                         {"Content-Type", "text/plain; charset=utf-8", 0}};
-    static const char body[] = "401: the status listener needs Authorization: Bearer <status_token>\n";
-    mkv_req_respond(req, 401, h, 2, body, sizeof(body) - 1);
+    mkv_auth_refuse(req, "mkv-status",
+                    "401: the status listener needs Authorization: Bearer <status_token>\n");
     return;
   }
   const char *k = req->key.data ? req->key.data : "";

@@ -40,6 +40,11 @@ void mkv_auth_digest(const void *p, size_t n, unsigned char out[MKV_AUTH_DIGEST_
  * matched depends on the token's bytes or length. value may be NULL (no header). */
 int mkv_auth_bearer_ok(const mkv_auth_config_t *a, const char *value, size_t len);
 
+/* Answers 401 with a Bearer challenge for realm (and error="invalid_token" when the
+ * request presented a token) and body, a line of text. */
+struct mkv_req_s;
+void mkv_auth_refuse(struct mkv_req_s *req, const char *realm, const char *body);
+
 /* nginx secure_link's value for uri: base64url, unpadded, of
  * md5("<expires><uri> <secret>") -- exactly the shipped volume config's
  * `secure_link_md5 "$secure_link_expires$uri <secret>"`. Writes 22 chars and a NUL. */
