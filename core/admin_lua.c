@@ -138,7 +138,7 @@ static int l_lock(lua_State *L) {
   task_t *t = mkv__task_async(L, a);
   size_t klen;
   const char *key = luaL_checklstring(L, 1, &klen);
-  if (mkv_keylock_try(key, klen) != 0) {
+  if (mkv_keylock_try_as(key, klen, MKV_LOCK_ADMIN, NULL) != 0) {
     lua_pushboolean(L, 0);
     return 1;
   }

@@ -829,6 +829,48 @@ static void on_delete_marked(mkv_index_write_t *w, int status) {
                on_files_deleted);
 }
 
+/* How long a DELETE, UNLINK or RELINK waits for a key that an admin job holds (an
+ * operator's rebalance or verify --repair, the background repair: a check is a few
+ * HEADs, a move one value's copy) before it answers 409, as it does at once for a key a
+ * client's write holds: the repair a RELINK or a PUT's handoff asked for must not fail
+ * the client's next write. A PUT or REPLACE, whose body is arriving, does not wait. */
+#define ADMIN_LOCK_WAIT_MS 5000
+#define ADMIN_LOCK_POLL_MS 10
+
+static void on_lock_wait_closed(uv_handle_t *h) {
+  api_t *a = h->data;
+  mkv_req_t *req = a->req;
+  if (!a->client_gone && !req->responded) a->lock_again(req);
+  mkv_req_unref(req);
+}
+
+static void on_lock_wait(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_lock_wait_closed);
+}
+
+/* Takes the key's lock for a write without a body: 1 when taken; 0 when answered (409)
+ * or parked, to run again(req) a moment later. */
+static int lock_key(api_t *a, void (*again)(mkv_req_t *req)) {
+  mkv_req_t *req = a->req;
+  mkv_lock_owner_t holder = MKV_LOCK_CLIENT;
+  if (mkv_keylock_try_as(req->key.data, req->key.len, MKV_LOCK_CLIENT, &holder) == 0) {
+    a->locked = 1;
+    return 1;
+  }
+  uint64_t now = mkv_now_ms();
+  if (a->lock_wait_until == 0) a->lock_wait_until = now + ADMIN_LOCK_WAIT_MS;
+  if (holder == MKV_LOCK_ADMIN && now < a->lock_wait_until) {
+    a->lock_again = again;
+    mkv_req_ref(req); /* until on_lock_wait_closed */
+    uv_timer_init(&req->worker->loop, &a->lock_timer);
+    a->lock_timer.data = a;
+    uv_timer_start(&a->lock_timer, on_lock_wait, ADMIN_LOCK_POLL_MS, 0);
+    return 0;
+  }
+  mkv__api_respond_empty(req, 409);
+  return 0;
+}
+
 static void delete_start(mkv_req_t *req) {
   api_t *a = mkv__api_of(req);
   mkv_worker_t *w = req->worker;
@@ -836,11 +878,7 @@ static void delete_start(mkv_req_t *req) {
     mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
     return;
   }
-  if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
-    mkv__api_respond_empty(req, 409);
-    return;
-  }
-  a->locked = 1;
+  if (!lock_key(a, delete_start)) return;
   int rc = mkv__api_load_record(a);
   if (rc != 0) {
     unlock(a);
@@ -897,11 +935,7 @@ static void relink_start(mkv_req_t *req) {
     mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
     return;
   }
-  if (mkv_keylock_try(req->key.data, req->key.len) != 0) {
-    mkv__api_respond_empty(req, 409);
-    return;
-  }
-  a->locked = 1;
+  if (!lock_key(a, relink_start)) return;
   int rc = mkv__api_load_record(a);
   if (rc != 0) {
     unlock(a);

@@ -42,6 +42,11 @@ typedef struct api_s {
   unsigned char client_md5[MKV_MD5_LEN];
   int fail_status;
 
+  /* DELETE, UNLINK, RELINK waiting for a key an admin job holds (api.c lock_key) */
+  uv_timer_t lock_timer;
+  uint64_t lock_wait_until;
+  void (*lock_again)(mkv_req_t *req);
+
   /* DELETE of files (a DELETE request, or the cleanup of a failed PUT) */
   mkv_upreq_t *dels;
   int ndels, dels_pending, dels_failed;

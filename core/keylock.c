@@ -15,6 +15,7 @@
 
 typedef struct entry_s {
   struct entry_s *next;
+  mkv_lock_owner_t owner;
   size_t klen;
   char key[];
 } entry_t;
@@ -30,15 +31,22 @@ static uint32_t hash(const char *key, size_t klen) {
 }
 
 int mkv_keylock_try(const char *key, size_t klen) {
+  return mkv_keylock_try_as(key, klen, MKV_LOCK_CLIENT, NULL);
+}
+
+int mkv_keylock_try_as(const char *key, size_t klen, mkv_lock_owner_t owner,
+                       mkv_lock_owner_t *holder) {
   uint32_t b = hash(key, klen) % NBUCKETS;
   pthread_mutex_lock(&mu);
   for (entry_t *e = buckets[b]; e; e = e->next) {
     if (e->klen == klen && memcmp(e->key, key, klen) == 0) {
+      if (holder) *holder = e->owner;
       pthread_mutex_unlock(&mu);
       return UV_EBUSY;
     }
   }
   entry_t *e = mkv_malloc(sizeof(*e) + klen);
+  e->owner = owner;
   e->klen = klen;
   memcpy(e->key, key, klen);
   e->next = buckets[b];

@@ -436,6 +436,45 @@ describe("DELETE and UNLINK", function()
     conn:close()
   end)
 
+  -- An admin job (the background repair a RELINK asks for, an operator's rebalance)
+  -- holds a key's lock while it checks or moves it: a DELETE, UNLINK or RELINK then waits
+  -- for it (up to 5 s) instead of failing with 409; a PUT, whose body is arriving, does not.
+  it("DELETE, UNLINK and RELINK wait for a key an admin job holds; 409 only past 5 s", function()
+    local dir = H.tmpdir("hold")
+    local function hold(key, secs)
+      local script = dir .. "/hold" .. secs .. ".lua"
+      H.write_file(script, string.format([[
+local mkv = require "mkv"
+assert(mkv.lock(%q), "the lock")
+mkv.report("holding")
+mkv.sleep(%s)
+mkv.unlock(%q)
+]], key, secs, key))
+      local argv = { H.mkv_bin }
+      for _, x in ipairs(c.flags) do argv[#argv + 1] = x end
+      argv[#argv + 1] = "run"
+      argv[#argv + 1] = script
+      local p = H.spawn("admin-hold", argv)
+      H.eventually(function() return p:log():find("holding", 1, true) end, 20, "the job to hold " .. key)
+      return p
+    end
+    assert.equal(201, (put(c, "/held/a", "held")))
+    for _, m in ipairs({ "UNLINK", "RELINK", "DELETE" }) do
+      local p = hold("/held/a", 0.6)
+      assert.equal(409, (put(c, "/held/a", "a PUT does not wait")), m)
+      local st = H.http(m, c.url .. "/held/a")
+      assert.equal(204, st, m .. " while an admin job held the key")
+      H.eventually(function() return not p:alive() end, 20, "the job to end")
+    end
+    assert.equal(404, (H.http("GET", c.url .. "/held/a")))
+    -- held past the bound: 409, and the key as it was
+    assert.equal(201, (put(c, "/held/b", "still here")))
+    local p = hold("/held/b", 8)
+    assert.equal(409, (H.http("DELETE", c.url .. "/held/b")))
+    H.eventually(function() return not p:alive() end, 30, "the job to end")
+    assert.same({ 200, "still here" }, { get_value(c, "/held/b") })
+  end)
+
   it("DELETE of a missing key: 404", function()
     assert.equal(404, (H.http("DELETE", c.url .. "/del/never")))
   end)
