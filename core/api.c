@@ -428,7 +428,7 @@ static void on_final_written(mkv_index_write_t *w, int status) {
 static void on_leftovers_deleted(api_t *a) {
   a->leftovers_pending = 0;
   if (a->dels_failed)
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d failed %s a stray copy "
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "PUT " KEYFMT ": %d failed %s an orphan copy "
                         "(no record names it: mkv gc removes it)", KEYARG(a->req), a->dels_failed,
                         MKV_PLURAL(a->dels_failed, "replica may keep", "replicas may keep"));
   put_complete(a);
@@ -437,8 +437,8 @@ static void on_leftovers_deleted(api_t *a) {
 /* A PUT that reached its quorum with some replicas failed: their leftovers (a file an
  * upload may have stored before it failed) go now, under the key lock, while the live
  * record is written; the record names only the copies that exist. A volume marked down
- * is skipped (a DELETE there would only wait out its timeout): what it may hold is a
- * stray copy no record names, which mkv gc removes. */
+ * is skipped (a DELETE there would only wait out its timeout): what it may hold is
+ * an orphan copy no record names, which mkv gc removes. */
 static void delete_leftovers(api_t *a) {
   mkv_buf_t left, up;
   mkv_buf_init(&left);

@@ -303,6 +303,17 @@ function M.pending_drops()
   return drops.n, math.max(0, drops.due - mkv.now())
 end
 
+-- Says, once every record is done, that the run still waits out the surplus copies'
+-- grace period (mkv.after), or a finished-looking run sits silent for it. `grace` is the
+-- option as typed ("5s" when none was).
+function M.say_pending_drops(grace)
+  local n, left = M.pending_drops()
+  if n > 0 then
+    mkv.log(string.format("waiting %gs (--grace %s) before deleting %d old %s",
+      math.ceil(left * 10) / 10, grace or "5s", n, n == 1 and "copy" or "copies"))
+  end
+end
+
 -- Deletes a surplus copy, under the key's lock, unless the record names that volume
 -- again by now (a PUT after a DELETE, another rebalance).
 local function drop_copy(key, vol, path, tries)

@@ -37,10 +37,5 @@ A.each_record(function(key, value)
   end
 end)
 
--- Every record is done; the run still waits for the surplus copies' grace period to end
--- (mkv.after): say so, or a finished-looking run sits silent for --grace.
-local n, left = A.pending_drops()
-if n > 0 then
-  mkv.log(string.format("waiting %gs (--grace %s) before deleting %d old %s", math.ceil(left * 10) / 10,
-    opts.grace or "5s", n, n == 1 and "copy" or "copies"))
-end
+-- Every record is done; the run still waits for the surplus copies' grace period.
+A.say_pending_drops(opts.grace)

@@ -218,3 +218,5 @@ else
   A.each_record(check)
   walk_volumes()
 end
+-- --repair moves misplaced keys as rebalance does: their old copies wait out the grace.
+A.say_pending_drops()
