@@ -85,6 +85,14 @@ void mkv_api_free(mkv_req_t *req) {
 /* What a client hears when an index write failed (all 503s). Whether the write took
  * effect is not known to it: a record committed here may still be replicated, or live
  * again after a restart. */
+/* A write's first check: 0, answered 503, when the index took a write error (it stays
+ * read-only until a restart). */
+static int index_writable(mkv_req_t *req) {
+  if (!mkv_index_failure(req->worker->index)) return 1;
+  mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
+  return 0;
+}
+
 static const char *index_error(int status) {
   switch (status) {
   case MKV_ENOTPRIMARY:
@@ -688,10 +696,7 @@ static void put_start(mkv_req_t *req) {
     }
     a->has_client_md5 = 1;
   }
-  if (mkv_index_failure(w->index)) {
-    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
-    return;
-  }
+  if (!index_writable(req)) return;
   /* Placement and path before the lock: a key that cannot be stored is refused before
    * anything at all happens. */
   if (mkv_policy_place(w->policy, req->key.data, req->key.len, &a->placement, &a->nrep) != 0) {
@@ -871,20 +876,25 @@ static int lock_key(api_t *a, void (*again)(mkv_req_t *req)) {
   return 0;
 }
 
-static void delete_start(mkv_req_t *req) {
-  api_t *a = mkv__api_of(req);
-  mkv_worker_t *w = req->worker;
-  if (mkv_index_failure(w->index)) {
-    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
-    return;
-  }
-  if (!lock_key(a, delete_start)) return;
+/* The start of a write without a body (DELETE, UNLINK, RELINK): the index writable, the
+ * key's lock (lock_key), its record. 1 to go on; 0 when answered (503, 409, 404, a read
+ * error) or parked to run again(req) later. */
+static int lock_and_load(api_t *a, void (*again)(mkv_req_t *req)) {
+  mkv_req_t *req = a->req;
+  if (!index_writable(req) || !lock_key(a, again)) return 0;
   int rc = mkv__api_load_record(a);
   if (rc != 0) {
     unlock(a);
     if (rc == UV_ENOENT) mkv__api_respond_empty(req, 404);
-    return;
+    return 0;
   }
+  return 1;
+}
+
+static void delete_start(mkv_req_t *req) {
+  api_t *a = mkv__api_of(req);
+  mkv_worker_t *w = req->worker;
+  if (!lock_and_load(a, delete_start)) return;
   if (req->method == MKV_M_UNLINK && a->rec.deleted) {
     unlock(a);
     mkv__api_respond_empty(req, 404);
@@ -931,17 +941,7 @@ static void on_relinked(mkv_index_write_t *w, int status) {
 static void relink_start(mkv_req_t *req) {
   api_t *a = mkv__api_of(req);
   mkv_worker_t *w = req->worker;
-  if (mkv_index_failure(w->index)) {
-    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
-    return;
-  }
-  if (!lock_key(a, relink_start)) return;
-  int rc = mkv__api_load_record(a);
-  if (rc != 0) {
-    unlock(a);
-    if (rc == UV_ENOENT) mkv__api_respond_empty(req, 404);
-    return;
-  }
+  if (!lock_and_load(a, relink_start)) return;
   if (!a->rec.deleted || a->rec.writing || a->rec.volumes_len == 0) {
     unlock(a);
     mkv__api_respond_empty(req, 404);
@@ -996,10 +996,7 @@ static void rebalance_done(void *arg, int code) {
 
 static void rebalance_start(mkv_req_t *req) {
   mkv_worker_t *w = req->worker;
-  if (mkv_index_failure(w->index)) {
-    mkv__api_respond_text(req, 503, "index is read-only after a write error; restart mkv");
-    return;
-  }
+  if (!index_writable(req)) return;
   /* The key as an argument survives any byte (a NUL too) as base64. */
   char *b64 = mkv_malloc(mkv_base64_len(req->key.len) + 1);
   mkv_base64(req->key.data, req->key.len, b64);

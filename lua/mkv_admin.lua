@@ -360,6 +360,17 @@ local function copy_verified(rec, src, dst, path, size)
   return bad
 end
 
+-- The record's volumes split in two, in its order: those that hold a good copy or did
+-- not answer (kept: nothing is known to be wrong there), and those that answered 404.
+local function split_answered(rec, have, unknown)
+  local kept, missing = {}, {}
+  for _, v in ipairs(rec.volumes) do
+    local t = (M.contains(have, v) or M.contains(unknown, v)) and kept or missing
+    t[#t + 1] = v
+  end
+  return kept, missing
+end
+
 -- A key with fewer copies than placement wants (its record names fewer, or a volume
 -- answered 404) whose missing copies' volumes cannot take one now (down, full,
 -- read-only, draining): the repair (opts.check) copies it to the next volumes that can,
@@ -385,10 +396,7 @@ local function handoff(key, rec, have, unknown, want, path, size, opts)
     local bad = copy_verified(rec, have[1], dst, path, size)
     if bad then return move_failed(key, "handing its copy off to %s failed: %s", dst, bad) end
   end
-  local vols = {}
-  for _, v in ipairs(rec.volumes) do
-    if M.contains(have, v) or M.contains(unknown, v) then vols[#vols + 1] = v end
-  end
+  local vols = split_answered(rec, have, unknown)
   for _, v in ipairs(to) do vols[#vols + 1] = v end
   rec.volumes = vols
   local ok, werr = mkv.index_put(key, M.encode(rec), true)
@@ -405,10 +413,7 @@ end
 -- a GET bounced, a disk swapped): a good copy goes back to each that answered 404,
 -- verified. Volumes that did not answer are left alone (not "missing").
 local function restore_copies(key, rec, have, unknown, path, size, opts)
-  local missing = {}
-  for _, v in ipairs(rec.volumes) do
-    if not M.contains(have, v) and not M.contains(unknown, v) then missing[#missing + 1] = v end
-  end
+  local _, missing = split_answered(rec, have, unknown)
   for _, dst in ipairs(missing) do
     local state = mkv.volume_state(dst)
     if state ~= "up" then
