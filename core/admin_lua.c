@@ -217,11 +217,8 @@ static int l_place_writable(lua_State *L) {
   const char *key = luaL_checklstring(L, 1, &klen);
   int n = (int)luaL_checkinteger(L, 2);
   const mkv_config_t *cfg = a->cfg;
-  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
-  int ncan = 0, got = 0, rc = 0;
-  for (int i = 0; i < cfg->nplacement; i++)
-    if (mkv_health_writable(cfg->placement_volumes[i], strlen(cfg->placement_volumes[i])))
-      can[ncan++] = cfg->placement_volumes[i];
+  char **can;
+  int ncan = mkv_health_writable_volumes(cfg, NULL, 0, &can), got = 0, rc = 0;
   mkv_buf_t b;
   mkv_buf_init(&b);
   if (ncan > 0 && n > 0) rc = mkv_policy_place_among(a->policy, key, klen, can, ncan, n, &b, &got);

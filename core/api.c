@@ -82,9 +82,6 @@ void mkv_api_free(mkv_req_t *req) {
   req->data = NULL;
 }
 
-/* What a client hears when an index write failed (all 503s). Whether the write took
- * effect is not known to it: a record committed here may still be replicated, or live
- * again after a restart. */
 /* A write's first check: 0, answered 503, when the index took a write error (it stays
  * read-only until a restart). */
 static int index_writable(mkv_req_t *req) {
@@ -93,6 +90,9 @@ static int index_writable(mkv_req_t *req) {
   return 0;
 }
 
+/* What a client hears when an index write failed (all 503s). Whether the write took
+ * effect is not known to it: a record committed here may still be replicated, or live
+ * again after a restart. */
 static const char *index_error(int status) {
   switch (status) {
   case MKV_ENOTPRIMARY:
@@ -349,10 +349,9 @@ static void other_slots(api_t *a) {
 static void on_old_dropped(api_t *a) {
   MKV_FAILPOINT("replace/after_drop");
   if (a->dels_failed)
-    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "REPLACE " KEYFMT ": %d old cop%s could not be deleted "
+    MKV_LOG_RATELIMITED(MKV_LOG_WARN, "REPLACE " KEYFMT ": %d old %s could not be deleted "
                         "(no record names them: mkv gc removes them)", KEYARG(a->req),
-                        a->dels_failed, a->dels_failed == 1 ? "y" : "ies");
-  unlock(a);
+                        a->dels_failed, MKV_PLURAL(a->dels_failed, "copy", "copies"));
   api_done(a);
 }
 
@@ -474,7 +473,6 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   mkv_req_t *req = a->req;
   const mkv_config_t *cfg = req->worker->cfg;
   a->fo_done = 1;
-  a->fo_err = err;
   if (a->mark_err) {
     put_fail(a, 503, index_error(a->mark_err));
     return;
@@ -520,7 +518,6 @@ static void on_fanout_done(mkv_fanout_t *fo, int err) {
   else
     MKV_FAILPOINT("put/before_live");
   a->index_pending++;
-  a->final_started = 1;
   mkv_index_put(req->worker->port, &a->w_final, req->key.data, req->key.len, rec.data, rec.len,
                 1, on_final_written);
   mkv_buf_free(&rec);
@@ -584,11 +581,8 @@ static int choose_targets(api_t *a) {
     mkv_buf_set(&a->targets, a->placement.data, a->placement.len);
     return 0;
   }
-  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
-  int ncan = 0, got = 0, rc = 0;
-  for (int i = 0; i < cfg->nplacement; i++)
-    if (mkv_health_writable(cfg->placement_volumes[i], strlen(cfg->placement_volumes[i])))
-      can[ncan++] = cfg->placement_volumes[i];
+  char **can;
+  int ncan = mkv_health_writable_volumes(cfg, NULL, 0, &can), got = 0, rc = 0;
   if (ncan >= a->quorum &&
       (rc = mkv_policy_place_among(w->policy, req->key.data, req->key.len, can, ncan, a->nrep,
                                    &a->targets, &got)) != 0) {
@@ -616,14 +610,10 @@ static int replace_replica(mkv_fanout_t *fo, const char *failed, mkv_buf_t *vol)
   api_t *a = mkv_fanout_data(fo);
   mkv_req_t *req = a->req;
   const mkv_config_t *cfg = req->worker->cfg;
-  size_t fh = mkv_volume_host_len(failed, strlen(failed));
-  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
-  int ncan = 0, got = 0, fresh = 0, rc = -1;
-  for (int i = 0; i < cfg->nplacement; i++) {
-    char *v = cfg->placement_volumes[i];
-    size_t vl = strlen(v);
-    if ((vl != fh || memcmp(v, failed, fh) != 0) && mkv_health_writable(v, vl)) can[ncan++] = v;
-  }
+  char **can;
+  int ncan = mkv_health_writable_volumes(cfg, failed, mkv_volume_host_len(failed, strlen(failed)),
+                                         &can);
+  int got = 0, fresh = 0, rc = -1;
   mkv_buf_t answer, next;
   mkv_buf_init(&answer);
   mkv_buf_init(&next);
@@ -973,16 +963,14 @@ static void rebalance_line(void *ctx, int kind, const char *text, size_t len) {
   if (kind == MKV_ADMIN_LOG)
     MKV_LOG_RATELIMITED(MKV_LOG_WARN, "REBALANCE: %.*s", (int)len, text);
   if (kind != MKV_ADMIN_REPORT || rb->answered) return;
-  if (len > 11 && memcmp(text, "status ", 7) == 0) {
+  /* "status NNN" or "status NNN text" (lua/rebalance_key.lua) */
+  if (len >= 10 && memcmp(text, "status ", 7) == 0) {
     rb->answered = 1;
     int status = atoi(text + 7);
     if (len > 11)
       mkv__api_respond_text(rb->req, status, text + 11);
     else
       mkv__api_respond_empty(rb->req, status);
-  } else if (len == 10 && memcmp(text, "status ", 7) == 0) {
-    rb->answered = 1;
-    mkv__api_respond_empty(rb->req, atoi(text + 7));
   }
 }
 

@@ -27,7 +27,7 @@ typedef struct api_s {
 
   /* PUT */
   mkv_fanout_t *fo;
-  int fo_done, fo_err, mark_err, final_started;
+  int fo_done, mark_err;
   int index_pending, finishing, released;
   int final_done, final_status, leftovers_pending;
   mkv_index_write_t w_mark, w_final;
@@ -38,9 +38,7 @@ typedef struct api_s {
   int replacing;
   mkv_buf_t old_volumes;
   uv_timer_t grace_timer;
-  int grace_timer_live;
   unsigned char client_md5[MKV_MD5_LEN];
-  int fail_status;
 
   /* DELETE, UNLINK, RELINK waiting for a key an admin job holds (api.c lock_key) */
   uv_timer_t lock_timer;

@@ -146,10 +146,10 @@ static void on_probe_done(mkv_upreq_t *r, int err) {
     mkv_req_unref(req);
     return;
   }
-  if (err == 0 && r->status == 404) {
-    a->probe_missing++;
-    mkv_repair_note(req->key.data, req->key.len); /* a live key without one of its copies */
-  }
+  /* A live key without one of its copies: the repair's, noted once per request (a
+   * bounced read noted it already). */
+  if (err == 0 && r->status == 404 && a->probe_missing++ == 0 && a->missed.len == 0)
+    mkv_repair_note(req->key.data, req->key.len);
   probe_next(a);
 }
 

@@ -188,9 +188,14 @@ int mkv_base64_decode(const char *s, size_t slen, unsigned char *out, size_t *ou
 }
 
 char *mkv_key_path(const char *key, size_t klen, size_t *len) {
+  char *p = mkv_malloc(7 + mkv_base64_len(klen) + 1);
+  *len = mkv_key_path_to(key, klen, p);
+  return p;
+}
+
+size_t mkv_key_path_to(const char *key, size_t klen, char *p) {
   unsigned char md[MKV_MD5_LEN];
   mkv_md5(key, klen, md);
-  char *p = mkv_malloc(7 + mkv_base64_len(klen) + 1);
   static const char digits[] = "0123456789abcdef";
   p[0] = '/';
   p[1] = digits[md[0] >> 4];
@@ -200,8 +205,8 @@ char *mkv_key_path(const char *key, size_t klen, size_t *len) {
   p[5] = digits[md[1] & 15];
   p[6] = '/';
   size_t n = mkv_base64(key, klen, p + 7);
-  *len = 7 + n;
-  return p;
+  p[7 + n] = '\0';
+  return 7 + n;
 }
 
 int mkv_path_check(const char *path, size_t len) {

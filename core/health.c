@@ -182,6 +182,20 @@ int mkv_health_writable(const char *host, size_t hostlen) {
   return mkv_vol_health(v) == MKV_VOL_UP && mkv_vol_mode(v) == MKV_VOL_RW;
 }
 
+int mkv_health_writable_volumes(const mkv_config_t *cfg, const char *skip, size_t skiplen,
+                                char ***out) {
+  char **can = mkv_calloc((size_t)cfg->nplacement + 1, sizeof(char *));
+  int n = 0;
+  for (int i = 0; i < cfg->nplacement; i++) {
+    char *v = cfg->placement_volumes[i];
+    size_t vl = strlen(v);
+    if (skiplen && vl == skiplen && memcmp(v, skip, skiplen) == 0) continue;
+    if (mkv_health_writable(v, vl)) can[n++] = v;
+  }
+  *out = can;
+  return n;
+}
+
 int mkv_health_readable(const char *host, size_t hostlen) {
   return mkv_health_of(host, hostlen) != MKV_VOL_DOWN;
 }

@@ -227,6 +227,14 @@ static int l_record_encode(lua_State *L) {
   return 1;
 }
 
+/* place_of("h:p/sv03/alt") -> "h:p/sv03": an entry's place, either slot (record.h). */
+static int l_place_of(lua_State *L) {
+  size_t n;
+  const char *v = luaL_checklstring(L, 1, &n);
+  lua_pushlstring(L, v, mkv_volume_place_len(v, n));
+  return 1;
+}
+
 /* rate("100MB/s") -> bytes per second | nil, msg (the admin commands' --bandwidth). */
 static int l_rate(lua_State *L) {
   const char *s = luaL_checkstring(L, 1);
@@ -242,6 +250,7 @@ static int l_rate(lua_State *L) {
 
 static const luaL_Reg mkv_funcs[] = {
     {"rate", l_rate},
+    {"place_of", l_place_of},
     {"record_decode", l_record_decode},
     {"record_encode", l_record_encode},
     {"md5", l_md5},
@@ -261,6 +270,8 @@ int luaopen_mkv(lua_State *L) {
   if (mkv_hash_init() != 0) return luaL_error(L, "OpenSSL has no MD5 (FIPS mode?)");
   lua_createtable(L, 0, (int)MKV_ARRAY_SIZE(mkv_funcs) + 1);
   luaL_register(L, NULL, mkv_funcs);
+  lua_pushliteral(L, MKV_ALT_SLOT); /* REPLACE's second slot of a volume entry */
+  lua_setfield(L, -2, "ALT_SLOT");
   /* The policy kinds (config.h), for lua/mkv_config.lua's check of `policies`. */
   static const char *const kinds[] = {
 #define KIND_NAME(id, name) name,

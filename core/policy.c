@@ -497,20 +497,13 @@ static int known_volume(char *const *vols, int nvols, const char *s, size_t n) {
     size_t vl = strlen(vols[i]);
     if (n < vl || memcmp(s, vols[i], vl) != 0) continue;
     if (n == vl) return 1;
-    if (s[vl] != '/' || n == vl + 1) continue;
+    /* the components: hash.c's rules for a path (no empty, ".", ".."), then the bytes */
+    if (s[vl] != '/' || mkv_path_check(s + vl, n - vl) == MKV_EKEYPATH) continue;
     int ok = 1;
-    size_t comp = vl + 1; /* where the current component starts */
-    for (size_t j = vl + 1; j <= n && ok; j++) {
-      char c = j < n ? s[j] : '/';
-      if (c == '/') {
-        size_t len = j - comp;
-        ok = len > 0 && !(len == 1 && s[comp] == '.') &&
-             !(len == 2 && s[comp] == '.' && s[comp + 1] == '.');
-        comp = j + 1;
-      } else {
-        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-             c == '-' || c == '_' || c == '.';
-      }
+    for (size_t j = vl + 1; j < n && ok; j++) {
+      char c = s[j];
+      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.' || c == '/';
     }
     if (ok) return 1;
   }
@@ -655,9 +648,7 @@ static void default_place(const mkv_config_t *cfg, const char *key, size_t klen,
     if (r) mkv_buf_addc(out, ',');
     mkv_buf_adds(out, vols[best]);
     if (cfg->subvolumes > 1) {
-      const unsigned char *s = md[best] + 12;
-      uint32_t u = (uint32_t)s[0] << 24 | (uint32_t)s[1] << 16 | (uint32_t)s[2] << 8 | s[3];
-      mkv_buf_addf(out, "/sv%02X", (unsigned)(u % (uint32_t)cfg->subvolumes));
+      mkv_buf_addf(out, "/sv%02X", (unsigned)(mkv_score_u32(md[best]) % (uint32_t)cfg->subvolumes));
     }
   }
   if (md != small) free(md);
@@ -710,14 +701,7 @@ int mkv_policy_path(mkv_policy_t *p, const char *key, size_t klen, mkv_buf_t *pa
   if (p->builtin_default) { /* policies/default.lua's path(): /<md5 hex 0-1>/<2-3>/<base64> */
     mkv_buf_reset(path);
     mkv_buf_reserve(path, 7 + mkv_base64_len(klen) + 1);
-    unsigned char md[MKV_MD5_LEN];
-    char hex[MKV_MD5_HEX_LEN + 1];
-    mkv_md5(key, klen, md);
-    mkv_hex(md, 2, hex);
-    char head[8] = {'/', hex[0], hex[1], '/', hex[2], hex[3], '/', 0};
-    mkv_buf_add(path, head, 7);
-    path->len += mkv_base64(key, klen, path->data + path->len);
-    path->data[path->len] = '\0';
+    path->len = mkv_key_path_to(key, klen, path->data);
     return 0;
   }
   const char *src = p->sources[MKV_POLICY_PLACEMENT];

@@ -89,7 +89,7 @@ size_t mkv_volume_host_len(const char *item, size_t ilen) {
 }
 
 /* An entry without its second slot's suffix. */
-static size_t place_len(const char *item, size_t ilen) {
+size_t mkv_volume_place_len(const char *item, size_t ilen) {
   size_t sl = sizeof(MKV_ALT_SLOT) - 1;
   if (ilen > sl && memcmp(item + ilen - sl, MKV_ALT_SLOT, sl) == 0) return ilen - sl;
   return ilen;
@@ -104,8 +104,8 @@ int mkv_volumes_same_places(const char *a, size_t al, const char *b, size_t bl) 
   for (;;) {
     int ha = mkv_volumes_next(&ia, &x, &xl), hb = mkv_volumes_next(&ib, &y, &yl);
     if (!ha || !hb) return ha == hb;
-    xl = place_len(x, xl);
-    yl = place_len(y, yl);
+    xl = mkv_volume_place_len(x, xl);
+    yl = mkv_volume_place_len(y, yl);
     if (xl != yl || memcmp(x, y, xl) != 0) return 0;
   }
 }

@@ -42,20 +42,12 @@ function M.url(vol, path)
   return "http://" .. vol .. path
 end
 
-function M.same_list(a, b)
-  if #a ~= #b then return false end
-  for i = 1, #a do if a[i] ~= b[i] then return false end end
-  return true
-end
-
 -- Do two volume lists name the same places in the same order, either slot of an entry
 -- being its place ("h:p/sv03" and "h:p/sv03/alt": REPLACE writes a live key's new copies
--- in the other slot, record.h)? What "where placement wants it" means.
-local ALT = "/alt"
-local function place_of(v)
-  if #v > #ALT and v:sub(-#ALT) == ALT then return v:sub(1, -#ALT - 1) end
-  return v
-end
+-- in the other slot, record.h)? What "where placement wants it" means; record.c's rule
+-- (mkv.place_of), the one the API's Key-Balance uses.
+local ALT = mkv.ALT_SLOT
+local place_of = mkv.place_of
 function M.same_places(a, b)
   if #a ~= #b then return false end
   for i = 1, #a do if place_of(a[i]) ~= place_of(b[i]) then return false end end
@@ -68,6 +60,13 @@ function M.same_set(a, b)
   for _, v in ipairs(a) do s[v] = true end
   for _, v in ipairs(b) do if not s[v] then return false end end
   return true
+end
+
+-- Does the list hold x's place, in either slot?
+function M.contains_place(list, x)
+  local px = place_of(x)
+  for _, v in ipairs(list) do if place_of(v) == px then return true end end
+  return false
 end
 
 function M.contains(list, x)
@@ -385,7 +384,10 @@ local function handoff(key, rec, have, unknown, want, path, size, opts)
   if not alt then return move_failed(key, "placement failed: %s", tostring(perr)) end
   local to = {}
   for _, v in ipairs(alt) do
-    if #to < need and not M.contains(have, v) and not M.contains(unknown, v) then to[#to + 1] = v end
+    -- a volume that holds the key in either slot already is no new place
+    if #to < need and not M.contains_place(have, v) and not M.contains_place(unknown, v) then
+      to[#to + 1] = v
+    end
   end
   if #to == 0 then return "waiting" end
   if opts.dry then

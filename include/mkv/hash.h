@@ -50,6 +50,9 @@ int mkv_base64_decode(const char *s, size_t slen, unsigned char *out, size_t *ou
 /* The Go original's path: "/<hex md5[0]>/<hex md5[1]>/<base64 std(key)>".
  * Returns owned (NUL-terminated); *len gets its length. */
 char *mkv_key_path(const char *key, size_t klen, size_t *len);
+/* The same written to out (7 + mkv_base64_len(klen) + 1 bytes, NUL-terminated), with no
+ * allocation: the length. */
+size_t mkv_key_path_to(const char *key, size_t klen, char *out);
 
 /* Can nginx store a file at this path? 0; MKV_EKEYLONG when a component is over 255
  * bytes; MKV_EKEYPATH when the path does not start with '/', ends with '/', holds "//"

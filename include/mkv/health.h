@@ -74,6 +74,11 @@ mkv_vol_health_t mkv_vol_health(const mkv_vol_t *v);
 mkv_vol_mode_t mkv_vol_mode(const mkv_vol_t *v);
 /* May a new copy go there now: up, and neither read_only nor draining. */
 int mkv_health_writable(const char *host, size_t hostlen);
+/* The placement volumes (cfg->placement_volumes, in order) that may take a new copy now,
+ * but any on host `skip` (skiplen 0: none): what placement is asked again among for a
+ * handoff. Returns how many; *out (owned, free it) borrows the config's strings. */
+int mkv_health_writable_volumes(const mkv_config_t *cfg, const char *skip, size_t skiplen,
+                                char ***out);
 /* Is it believed able to serve a read: not down (a full volume serves reads). */
 int mkv_health_readable(const char *host, size_t hostlen);
 /* Bumped whenever some volume's health or mode changes: callers that cache a list of

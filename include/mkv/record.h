@@ -64,6 +64,8 @@ int mkv_volumes_contains(const char *list, size_t len, const char *item, size_t 
  * and the next REPLACE goes back to the first. Placement, balance and the repair treat
  * the two slots of an entry as the same place. */
 #define MKV_ALT_SLOT "/alt"
+/* The length of an entry's place: the entry without its MKV_ALT_SLOT, if it has one. */
+size_t mkv_volume_place_len(const char *item, size_t ilen);
 /* Do two volume lists name the same places, in the same order, either slot of an entry
  * being its place? */
 int mkv_volumes_same_places(const char *a, size_t al, const char *b, size_t bl);
