@@ -7,6 +7,7 @@
 #include "mkv/admin_client.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,8 +22,10 @@
 
 #include "mkv/admin.h"
 #include "mkv/admin_proto.h"
+#include "mkv/httpc.h"
 #include "mkv/index.h"
 #include "mkv/log.h"
+#include "mkv/text.h"
 
 typedef struct admin_out_s {
   int tty;
@@ -32,66 +35,17 @@ typedef struct admin_out_s {
   int code;
 } admin_out_t;
 
-static void fmt_bytes(char *out, size_t n, double b) {
-  const char *u[] = {"B", "KB", "MB", "GB", "TB"};
-  int i = 0;
-  while (b >= 1000 && i < 4) b /= 1000, i++;
-  snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
-}
-
 /* One progress line. A value below 0 is one the script does not keep (an operator's
  * script that never counts failures, say: admin.c): left out, not shown as 0; a script
  * that keeps none gets no progress line. */
 static void show_progress(admin_out_t *o, const char *text, size_t len) {
   mkv_admin_progress_t p;
   if (mkv_admin_progress_parse(text, len, &p) != 0) return;
-  double secs = p.elapsed_ms / 1000 > 0 ? p.elapsed_ms / 1000 : 1;
-  char b[32], rate[32], total[32];
   mkv_buf_t line;
   mkv_buf_init(&line);
-  mkv_buf_addf(&line, "%s%s%s%s:", o->script, p.phase[0] ? " (" : "", p.phase,
+  mkv_buf_addf(&line, "%s%s%s%s: ", o->script, p.phase[0] ? " (" : "", p.phase,
                p.phase[0] ? ")" : "");
-  const char *sep = " ";
-  if (p.done >= 0) {
-    mkv_buf_addf(&line, "%s%.0f", sep, p.done);
-    if (p.total > 0) mkv_buf_addf(&line, "/%.0f", p.total);
-    mkv_buf_adds(&line, " done");
-    sep = ", ";
-  }
-  if (p.examined >= 0) {
-    mkv_buf_addf(&line, "%s%.0f examined (%.0f/s)", sep, p.examined, p.examined / secs);
-    sep = ", ";
-  }
-  if (p.changed >= 0) {
-    mkv_buf_addf(&line, "%s%.0f changed", sep, p.changed);
-    sep = ", ";
-  }
-  if (p.failed >= 0) {
-    mkv_buf_addf(&line, "%s%.0f failed", sep, p.failed);
-    sep = ", ";
-  }
-  if (p.bytes_total > 0) {
-    /* A phase that knows its bytes (verify --deep): "12.0 MB of 30.0 MB", at the rate
-     * since the phase began (what came before, a walk of the volumes, moved none), and
-     * the ETA from the bytes left -- a key count says little when sizes vary. */
-    double psecs = (p.phase_ms > 1 ? p.phase_ms : 1) / 1000;
-    fmt_bytes(b, sizeof(b), p.bytes_phase);
-    fmt_bytes(total, sizeof(total), p.bytes_total);
-    fmt_bytes(rate, sizeof(rate), p.bytes_phase / psecs);
-    mkv_buf_addf(&line, "%s%s of %s (%s/s)", sep, b, total, rate);
-    if (p.bytes_phase > 0 && p.bytes_phase < p.bytes_total && p.phase_ms >= 200)
-      mkv_buf_addf(&line, ", ETA %.0f s", psecs * (p.bytes_total - p.bytes_phase) / p.bytes_phase);
-  } else {
-    if (p.bytes >= 0) {
-      fmt_bytes(b, sizeof(b), p.bytes);
-      fmt_bytes(rate, sizeof(rate), p.bytes / secs);
-      mkv_buf_addf(&line, "%s%s (%s/s)", sep, b, rate);
-      sep = ", ";
-    }
-    if (p.total > 0 && p.done > 0 && p.done < p.total)
-      mkv_buf_addf(&line, "%sETA %.0f s", sep, secs * (p.total - p.done) / p.done);
-  }
-  if (strcmp(sep, " ") == 0) {
+  if (!mkv_admin_progress_text(&line, &p)) {
     /* nothing the script keeps: no line at all */
   } else if (o->tty) {
     fprintf(stderr, "\r\033[K%s", line.data);
@@ -193,26 +147,12 @@ static int run_offline(const mkv_config_t *cfg, mkv_index_t *index, mkv_admin_op
 
 /* Connects to an admin listener at "host:port": a connected fd, or -1. */
 static int connect_addr(const char *line) {
-  char host[256];
-  const char *colon = strrchr(line, ':');
-  if (colon == NULL || colon == line || (size_t)(colon - line) >= sizeof(host)) return -1;
-  size_t hl = (size_t)(colon - line);
-  memcpy(host, line, hl);
-  host[hl] = '\0';
-  if (host[0] == '[') {
-    memmove(host, host + 1, hl - 2);
-    host[hl - 2] = '\0';
-  }
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_socktype = SOCK_STREAM;
-  if (getaddrinfo(host, colon + 1, &hints, &res) != 0) return -1;
-  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
+  char host[256], port[16], *err = NULL;
+  if (mkv_hostport_split(line, host, sizeof(host), port, sizeof(port)) != 0) return -1;
+  int fd = mkv_httpc_connect(host, port, mkv_now_ms() + 10000, &err);
+  free(err);
+  /* the protocol reads and writes blocking (with SO_RCVTIMEO where it must not hang) */
+  if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return fd;
 }
 

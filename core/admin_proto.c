@@ -88,3 +88,57 @@ int mkv_admin_progress_parse(const char *text, size_t len, mkv_admin_progress_t 
     return -1;
   return 0;
 }
+
+void mkv_admin_fmt_bytes(char *out, size_t n, double b) {
+  static const char *const u[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+  int i = 0;
+  while (b >= 1000 && i < 5) b /= 1000, i++;
+  snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+int mkv_admin_progress_text(mkv_buf_t *out, const mkv_admin_progress_t *p) {
+  double secs = p->elapsed_ms / 1000 > 0 ? p->elapsed_ms / 1000 : 1;
+  char b[32], rate[32], total[32];
+  const char *sep = "";
+  if (p->done >= 0) {
+    mkv_buf_addf(out, "%.0f", p->done);
+    if (p->total > 0) mkv_buf_addf(out, "/%.0f", p->total);
+    mkv_buf_adds(out, " done");
+    sep = ", ";
+  }
+  if (p->examined >= 0) {
+    mkv_buf_addf(out, "%s%.0f examined (%.0f/s)", sep, p->examined, p->examined / secs);
+    sep = ", ";
+  }
+  if (p->changed >= 0) {
+    mkv_buf_addf(out, "%s%.0f changed", sep, p->changed);
+    sep = ", ";
+  }
+  if (p->failed >= 0) {
+    mkv_buf_addf(out, "%s%.0f failed", sep, p->failed);
+    sep = ", ";
+  }
+  if (p->bytes_total > 0) {
+    /* A phase that knows its bytes (verify --deep): "12.0 MB of 30.0 MB", at the rate
+     * since the phase began (what came before, a walk of the volumes, moved none), and
+     * the ETA from the bytes left -- a key count says little when sizes vary. */
+    double psecs = (p->phase_ms > 1 ? p->phase_ms : 1) / 1000;
+    mkv_admin_fmt_bytes(b, sizeof(b), p->bytes_phase);
+    mkv_admin_fmt_bytes(total, sizeof(total), p->bytes_total);
+    mkv_admin_fmt_bytes(rate, sizeof(rate), p->bytes_phase / psecs);
+    mkv_buf_addf(out, "%s%s of %s (%s/s)", sep, b, total, rate);
+    sep = ", ";
+    if (p->bytes_phase > 0 && p->bytes_phase < p->bytes_total && p->phase_ms >= 200)
+      mkv_buf_addf(out, ", ETA %.0f s", psecs * (p->bytes_total - p->bytes_phase) / p->bytes_phase);
+  } else {
+    if (p->bytes >= 0) {
+      mkv_admin_fmt_bytes(b, sizeof(b), p->bytes);
+      mkv_admin_fmt_bytes(rate, sizeof(rate), p->bytes / secs);
+      mkv_buf_addf(out, "%s%s (%s/s)", sep, b, rate);
+      sep = ", ";
+    }
+    if (p->total > 0 && p->done > 0 && p->done < p->total)
+      mkv_buf_addf(out, "%sETA %.0f s", sep, secs * (p->total - p->done) / p->done);
+  }
+  return sep[0] != '\0';
+}

@@ -232,8 +232,13 @@ typedef struct health_doc_s {
   int n, down, full, writable;
 } health_doc_t;
 
+/* Counts the volume; with d->b, adds it to the /health document too. */
 static void health_volume(const mkv_vol_info_t *vi, void *arg) {
   health_doc_t *d = arg;
+  if (!vi->up) d->down++;
+  if (strcmp(vi->state, "full") == 0) d->full++;
+  if (strcmp(vi->state, "up") == 0) d->writable++;
+  if (d->b == NULL) return;
   char since[40];
   time_t secs = (time_t)(vi->since_ms / 1000);
   struct tm tm;
@@ -249,9 +254,6 @@ static void health_volume(const mkv_vol_info_t *vi, void *arg) {
     mkv_json_string(d->b, vi->reason, strlen(vi->reason));
   }
   mkv_buf_addc(d->b, '}');
-  if (!vi->up) d->down++;
-  if (strcmp(vi->state, "full") == 0) d->full++;
-  if (strcmp(vi->state, "up") == 0) d->writable++;
 }
 
 static const char *health_status(const char *failure, const health_doc_t *d, int quorum) {
@@ -262,11 +264,8 @@ static const char *health_status(const char *failure, const health_doc_t *d, int
 
 const char *mkv_admin_health_status(const mkv_config_t *cfg, mkv_index_t *index,
                                     int *writable, int *quorum) {
-  mkv_buf_t scratch;
-  mkv_buf_init(&scratch);
-  health_doc_t d = {&scratch, 0, 0, 0, 0};
+  health_doc_t d = {NULL, 0, 0, 0, 0};
   mkv_health_foreach(health_volume, &d);
-  mkv_buf_free(&scratch);
   *writable = d.writable;
   *quorum = mkv_write_quorum(cfg, cfg->replicas);
   return health_status(mkv_index_failure(index), &d, *quorum);
@@ -341,13 +340,10 @@ static void metrics_extra(mkv_buf_t *out, void *arg) {
                     "mkv_index_writable %d\n", mkv_index_failure(w->index) ? 0 : 1);
   mkv_buf_adds(out, "# HELP mkv_leveldb_files LevelDB table files, by level.\n"
                     "# TYPE mkv_leveldb_files gauge\n");
-  for (int level = 0; level < 7; level++) {
-    char name[64];
-    snprintf(name, sizeof(name), "leveldb.num-files-at-level%d", level);
-    char *val = mkv_index_property(w->index, name);
-    if (val) mkv_buf_addf(out, "mkv_leveldb_files{level=\"%d\"} %s\n", level, val);
-    free(val);
-  }
+  int files[MKV_INDEX_LEVELS];
+  mkv_index_level_files(w->index, files);
+  for (int level = 0; level < MKV_INDEX_LEVELS; level++)
+    if (files[level] >= 0) mkv_buf_addf(out, "mkv_leveldb_files{level=\"%d\"} %d\n", level, files[level]);
   char *mem = mkv_index_property(w->index, "leveldb.approximate-memory-usage");
   if (mem) {
     mkv_buf_addf(out, "# HELP mkv_leveldb_memory_bytes LevelDB's memtables and block cache in use.\n"
@@ -436,6 +432,15 @@ static void on_flush(mkv_req_t *req) {
   (void)req;
 }
 
+/* verify's --repair (written as mkv_admin.lua's options parser takes it: -repair,
+ * --repair, --repair=VALUE), which writes. An option's value ("--prefix repair/") is no
+ * option. */
+static int is_repair_option(const char *a) {
+  if (a[0] != '-') return 0;
+  a += a[1] == '-' ? 2 : 1;
+  return strcspn(a, "=") == 6 && memcmp(a, "repair", 6) == 0;
+}
+
 /* A standby runs the jobs that only read (backup, verify without --repair); the others
  * write the index under key locks that only the primary's writes respect: they go to
  * the primary, whose admin address the answer names (421, X-Mkv-Primary-Admin) for the
@@ -448,7 +453,7 @@ static int standby_may_run(mkv_req_t *req, job_t *j) {
     ok = j->source.len == 0 &&
          (strcmp(r.script, "backup") == 0 || strcmp(r.script, "verify") == 0);
     for (int i = 0; ok && i < r.argc; i++)
-      if (strstr(r.argv[i], "repair")) ok = 0;
+      if (is_repair_option(r.argv[i])) ok = 0;
     mkv_admin_request_free(&r);
   }
   free(err);

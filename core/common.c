@@ -3,10 +3,12 @@
  * Everything here is thread-safe and keeps no state. */
 #include "mkv/common.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -162,4 +164,12 @@ const char *mkv_errname(int err) {
   for (size_t i = 0; i < MKV_ARRAY_SIZE(mkv_errors); i++)
     if (mkv_errors[i].code == err) return mkv_errors[i].name;
   return uv_err_name(err);
+}
+
+int mkv_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
 }

@@ -21,7 +21,7 @@ typedef struct mkv_forward_s {
   mkv_req_t *req;
   char to[256];
   mkv_upreq_t up;
-  int started, finished, client_gone;
+  int finished, client_gone;
   mkv_buf_t headers;      /* the request's header lines */
   mkv_buf_t resp_headers; /* the answer's */
   mkv_buf_t body;         /* a small answer's body */
@@ -275,7 +275,6 @@ int mkv_forward_start(mkv_req_t *req, const char *to, const char *self) {
     forward_free(f);
     return -1;
   }
-  f->started = 1;
   req->data = f;
   req->handler = &forward_handler;
   if (req->expect_continue) mkv_req_continue(req);

@@ -91,8 +91,18 @@ void mkv__ha_save_state(int durable) {
   }
   int ok = write(fd, text, (size_t)n) == n && (!durable || fsync(fd) == 0);
   close(fd);
-  if (!ok || rename(tmp, ha.state_path) != 0)
+  if (!ok || rename(tmp, ha.state_path) != 0) {
     MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "ha: cannot write %s: %s", ha.state_path, strerror(errno));
+    return;
+  }
+  /* durable: the rename itself too (a power loss must not bring back an older file) */
+  char dir[4200];
+  snprintf(dir, sizeof(dir), "%s", ha.state_path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = '\0';
+  if (durable && mkv_fsync_dir(slash ? dir : ".") != 0)
+    MKV_LOG_RATELIMITED(MKV_LOG_ERROR, "ha: cannot sync the directory of %s: %s", ha.state_path,
+                        strerror(errno));
 }
 
 static void load_state(void) {
@@ -112,14 +122,15 @@ static void load_state(void) {
 
 /* ---- the write gate and the index hook ---- */
 
-int mkv__ha_gate(void) {
+/* May a primary acknowledge now? 0, or the status its writes fail with. */
+static int gate(void) {
   if (atomic_load(&ha.role) != MKV_HA_PRIMARY) return MKV_ENOTPRIMARY;
   return mkv_now_ms() < atomic_load(&ha.lease_deadline) ? 0 : MKV_ENOTPRIMARY;
 }
 
 static int hook_admit(void *arg) {
   (void)arg;
-  int rc = mkv__ha_gate();
+  int rc = gate();
   if (rc == 0 && ha.c.strict) {
     pthread_mutex_lock(&ha.mu);
     if (ha.sync_conn == NULL) rc = MKV_ENOSYNC;
@@ -133,11 +144,11 @@ void mkv__ha_settle(void) {
   while ((p = ha.pending_head) != NULL) {
     int st;
     if (ha.sync_conn && ha.sync_conn->acked >= p->seq)
-      st = mkv__ha_gate();
+      st = gate();
     else if (ha.sync_conn == NULL && ha.c.strict)
       st = MKV_ENOSYNC;
     else if (ha.sync_conn == NULL && ha.alone)
-      st = mkv__ha_gate();
+      st = gate();
     else
       break;
     ha.pending_head = p->next;
@@ -206,7 +217,6 @@ static int hook_committed(void *arg, mkv_buf_t *ops, int sync, mkv_index_write_t
   uint64_t seq = ++ha.seq;
   ha.seq_epoch = ha.epoch;
   mkv__ha_log_append(ha.epoch, seq, sync, ops);
-  ha.batches_shipped++;
   mkv__repl_wake_all();
   ha_pending_t *p = mkv_calloc(1, sizeof(*p));
   p->seq = seq;

@@ -83,7 +83,7 @@ typedef struct ha_s {
   uint64_t primary_seq; /* the primary's last batch, as its pings say */
 
   /* Counters for /metrics. */
-  unsigned long long batches_shipped, snapshots_sent, resumes, failovers, sync_drops;
+  unsigned long long snapshots_sent, failovers, sync_drops;
   char last_error[256];
 } ha_t;
 
@@ -95,8 +95,6 @@ void mkv__ha_wait(int ms);
 void mkv__ha_set_error(const char *fmt, ...) MKV_PRINTF(1, 2);
 /* Persists the position and flags (<db>/mkv.ha); fsync when `durable`. Under mu. */
 void mkv__ha_save_state(int durable);
-/* May a primary acknowledge now? 0, or the status its writes fail with. */
-int mkv__ha_gate(void);
 /* Completes the pending writes that may be (the sync standby confirmed them, or the
  * record says this node is alone). Under mu. */
 void mkv__ha_settle(void);

@@ -59,7 +59,7 @@ static int wait_fd(int fd, short events, uint64_t deadline) {
   }
 }
 
-static int connect_to(const char *host, const char *port, uint64_t deadline, char **err) {
+int mkv_httpc_connect(const char *host, const char *port, uint64_t deadline, char **err) {
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
@@ -129,7 +129,7 @@ int mkv_httpc_request(const char *base, const char *method, const char *path, co
     return -1;
   }
   uint64_t deadline = mkv_now_ms() + (uint64_t)timeout_ms;
-  int fd = connect_to(host, port, deadline, err);
+  int fd = mkv_httpc_connect(host, port, deadline, err);
   int rc = -1;
   mkv_buf_t req;
   mkv_buf_init(&req);

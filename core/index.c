@@ -271,6 +271,16 @@ char *mkv_index_property(mkv_index_t *idx, const char *name) {
   return out;
 }
 
+void mkv_index_level_files(mkv_index_t *idx, int files[MKV_INDEX_LEVELS]) {
+  for (int level = 0; level < MKV_INDEX_LEVELS; level++) {
+    char name[64];
+    snprintf(name, sizeof(name), "leveldb.num-files-at-level%d", level);
+    char *val = mkv_index_property(idx, name);
+    files[level] = val ? atoi(val) : -1;
+    free(val);
+  }
+}
+
 mkv_index_iter_t *mkv_index_iter_new(mkv_index_t *idx) {
   mkv_index_iter_t *it = mkv_malloc(sizeof(*it));
   it->it = leveldb_create_iterator(idx->db, idx->scan_ropts);
@@ -324,14 +334,6 @@ static int absent_or_empty(const char *dir) {
     empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
   closedir(d);
   return empty;
-}
-
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
 }
 
 int mkv_index_backup(mkv_index_t *idx, const char *dir, const mkv_config_t *cfg,
@@ -388,14 +390,14 @@ int mkv_index_backup(mkv_index_t *idx, const char *dir, const mkv_config_t *cfg,
     *err = mkv_sprintf("backup to %s stopped: %s (the partial copy %s is not a backup: remove it)",
                        dir, lerr, tmp);
     rc = -1;
-  } else if (fsync_dir(tmp) != 0 || rename(tmp, dir) != 0) {
+  } else if (mkv_fsync_dir(tmp) != 0 || rename(tmp, dir) != 0) {
     *err = mkv_sprintf("cannot move %s to %s: %s", tmp, dir, strerror(errno));
     rc = -1;
   } else {
     char *parent = mkv_strdup(dir);
     char *slash = strrchr(parent, '/');
     if (slash) *slash = '\0';
-    fsync_dir(slash && slash != parent ? parent : slash ? "/" : ".");
+    mkv_fsync_dir(slash && slash != parent ? parent : slash ? "/" : ".");
     free(parent);
   }
   free(lerr); /* mkv_strdup or LevelDB (leveldb_free is free): either way malloc'd */

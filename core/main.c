@@ -226,63 +226,6 @@ static int bind_listener(const mkv_config_t *cfg, char **err) {
   return fd;
 }
 
-/* The admin listener: "host:port" (port 0: any free one). Returns the fd and the address
- * it got in `bound` ("127.0.0.1:43211"). */
-static int bind_admin(const char *what, const char *spec, char *bound, size_t boundlen,
-                      char **err) {
-  char host[256];
-  const char *colon = strrchr(spec, ':');
-  size_t hl = colon ? (size_t)(colon - spec) : 0;
-  if (colon == NULL || hl == 0 || hl >= sizeof(host)) {
-    *err = mkv_sprintf("%s %s is not host:port", what, spec);
-    return -1;
-  }
-  memcpy(host, spec, hl);
-  host[hl] = '\0';
-  if (host[0] == '[' && host[hl - 1] == ']') {
-    memmove(host, host + 1, hl - 2);
-    host[hl - 2] = '\0';
-  }
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  int rc = getaddrinfo(host, colon + 1, &hints, &res);
-  if (rc != 0) {
-    *err = mkv_sprintf("%s %s: %s", what, spec, gai_strerror(rc));
-    return -1;
-  }
-  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
-  int one = 1;
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-    *err = mkv_sprintf("cannot listen on the %s address %s: %s",
-                       strcmp(what, "admin_listen") == 0 ? "admin" : "status", spec,
-                       strerror(errno));
-    if (fd >= 0) close(fd);
-    freeaddrinfo(res);
-    return -1;
-  }
-  freeaddrinfo(res);
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof(ss);
-  getsockname(fd, (struct sockaddr *)&ss, &sl);
-  char ip[INET6_ADDRSTRLEN];
-  int port;
-  if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
-    port = ntohs(a6->sin6_port);
-    snprintf(bound, boundlen, "[%s]:%d", ip, port);
-  } else {
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
-    port = ntohs(a4->sin_port);
-    snprintf(bound, boundlen, "%s:%d", ip, port);
-  }
-  return fd;
-}
-
 /* ---- server ---- */
 
 static mkv_worker_t *workers;
@@ -468,7 +411,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     goto cleanup_index;
   }
   char admin_addr[300];
-  int afd = bind_admin("admin_listen", cfg->admin_listen, admin_addr, sizeof(admin_addr), &err);
+  int afd = mkv_listen_hostport("admin_listen", cfg->admin_listen, 64, admin_addr, sizeof(admin_addr), &err);
   if (afd < 0) {
     mkv_print_error(err);
     close(lfd);
@@ -478,8 +421,8 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
   char status_addr[300] = "";
   int sfd = -1;
   if (cfg->status_listen[0] &&
-      (sfd = bind_admin("status_listen", cfg->status_listen, status_addr, sizeof(status_addr),
-                        &err)) < 0) {
+      (sfd = mkv_listen_hostport("status_listen", cfg->status_listen, 64, status_addr,
+                                 sizeof(status_addr), &err)) < 0) {
     mkv_print_error(err);
     close(lfd);
     close(afd);
@@ -572,8 +515,7 @@ static int run_server(const mkv_config_t *cfg, const args_t *args) {
     free(pols);
     mkv_info("admin listener on %s", admin_addr);
     if (status_started) {
-      int loopback = strncmp(status_addr, "127.", 4) == 0 || strcmp(status_addr, "[::1]") == 0 ||
-                     strncmp(status_addr, "[::1]:", 6) == 0;
+      int loopback = strncmp(status_addr, "127.", 4) == 0 || strncmp(status_addr, "[::1]:", 6) == 0;
       if (cfg->status_auth.nwrite)
         mkv_info("status listener (read-only) on %s, Bearer token required", status_addr);
       else if (loopback)

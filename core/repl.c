@@ -31,7 +31,10 @@
 
 #include <openssl/crypto.h>
 
+#include "mkv/httpc.h"
 #include "mkv/log.h"
+#include "mkv/server.h"
+#include "mkv/text.h"
 
 #define ha mkv__ha
 
@@ -195,30 +198,9 @@ static void tune(int fd) {
 /* ---- the listener (every node; only a primary serves) ---- */
 
 int mkv__repl_listen(char **err) {
-  const char *addr = ha.c.replication;
-  const char *colon = strrchr(addr, ':');
-  char *host = mkv_memdup(addr, (size_t)(colon - addr));
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  int grc = getaddrinfo(strcmp(host, "*") == 0 ? NULL : host, colon + 1, &hints, &res);
-  free(host);
-  if (grc != 0) {
-    *err = mkv_sprintf("ha.replication %s: %s", addr, gai_strerror(grc));
-    return -1;
-  }
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 16) != 0) {
-    *err = mkv_sprintf("cannot listen on ha.replication %s: %s", addr, strerror(errno));
-    if (fd >= 0) close(fd);
-    freeaddrinfo(res);
-    return -1;
-  }
-  freeaddrinfo(res);
+  char bound[300];
+  int fd = mkv_listen_hostport("ha.replication", ha.c.replication, 16, bound, sizeof(bound), err);
+  if (fd < 0) return -1;
   ha.listen_fd = fd;
   return 0;
 }
@@ -384,7 +366,6 @@ static void *conn_main(void *arg) {
     c->next_seq = (uint64_t)their_seq + 1;
     c->acked = (uint64_t)their_seq;
     c->live = 1;
-    ha.resumes++;
   } else {
     /* The writer may have committed one batch past snap_seq (it waits on mu to log it):
      * the snapshot then holds it too, and applying it again on top changes nothing
@@ -534,33 +515,10 @@ void *mkv__repl_listen_main(void *arg) {
 /* ---- the standby's stream ---- */
 
 static int connect_to(const char *addr) {
-  const char *colon = strrchr(addr, ':');
-  if (colon == NULL) return -1;
-  char *host = mkv_memdup(addr, (size_t)(colon - addr));
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  int grc = getaddrinfo(host, colon + 1, &hints, &res);
-  free(host);
-  if (grc != 0) return -1;
-  int fd = -1;
-  for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) continue;
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      int soerr = errno == EINPROGRESS ? 0 : errno;
-      socklen_t sl = sizeof(soerr);
-      if (soerr == 0 && (wait_fd(fd, POLLOUT, 1000) <= 0 ||
-                         getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0))
-        soerr = soerr ? soerr : ETIMEDOUT;
-      if (soerr) {
-        close(fd);
-        fd = -1;
-      }
-    }
-  }
-  freeaddrinfo(res);
+  char host[256], port[16], *err = NULL;
+  if (mkv_hostport_split(addr, host, sizeof(host), port, sizeof(port)) != 0) return -1;
+  int fd = mkv_httpc_connect(host, port, mkv_now_ms() + 1000, &err);
+  free(err); /* the caller logs the address; it retries */
   if (fd >= 0) tune(fd);
   return fd;
 }

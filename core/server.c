@@ -9,8 +9,11 @@
  * buffer is one per worker, since parsing consumes it before the next read. */
 #include "mkv/server.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -636,4 +639,46 @@ void mkv_server_free(mkv_server_t *s) {
 
 int mkv_server_connections(mkv_server_t *s) {
   return s->nconns;
+}
+
+int mkv_listen_hostport(const char *what, const char *spec, int backlog, char *bound,
+                        size_t boundlen, char **err) {
+  char host[256], port[16];
+  if (mkv_hostport_split(spec, host, sizeof(host), port, sizeof(port)) != 0) {
+    *err = mkv_sprintf("%s %s is not host:port", what, spec);
+    return -1;
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0) {
+    *err = mkv_sprintf("%s %s: %s", what, spec, gai_strerror(rc));
+    return -1;
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+    *err = mkv_sprintf("cannot listen on %s %s: %s", what, spec, strerror(errno));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    return -1;
+  }
+  freeaddrinfo(res);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  getsockname(fd, (struct sockaddr *)&ss, &sl);
+  char ip[INET6_ADDRSTRLEN];
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
+    snprintf(bound, boundlen, "[%s]:%d", ip, ntohs(a6->sin6_port));
+  } else {
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
+    snprintf(bound, boundlen, "%s:%d", ip, ntohs(a4->sin_port));
+  }
+  return fd;
 }

@@ -52,6 +52,7 @@ static struct {
   sample_t ring[RATE_SLOTS];
   int n, next;
   int64_t started_wall_ms;
+  double index_bytes; /* the index directory's files, at the last sample; -1 unknown */
   const char *version;
 } st;
 
@@ -59,8 +60,26 @@ void mkv_status_set_version(const char *version) {
   st.version = version;
 }
 
+static double dir_bytes(const char *path) {
+  double total = 0;
+  DIR *d = opendir(path);
+  if (d == NULL) return -1;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char *p = mkv_sprintf("%s/%s", path, e->d_name);
+    struct stat sb;
+    if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) total += (double)sb.st_size;
+    free(p);
+  }
+  closedir(d);
+  return total;
+}
+
 static void take_sample(uv_timer_t *t) {
-  (void)t;
+  /* The index's size on disk too: a walk of its directory (LevelDB's table files), on
+   * this timer rather than per page view. */
+  mkv_worker_t *w = t->data;
+  st.index_bytes = dir_bytes(w->cfg->db);
   sample_t *s = &st.ring[st.next];
   s->ms = mkv_now_ms();
   mkv_metrics_totals(s->c);
@@ -71,6 +90,7 @@ static void take_sample(uv_timer_t *t) {
 void mkv_status_thread_start(mkv_worker_t *w) {
   st.started_wall_ms = (int64_t)time(NULL) * 1000;
   uv_timer_init(&w->loop, &st.timer);
+  st.timer.data = w;
   uv_timer_start(&st.timer, take_sample, 0, RATE_STEP_MS);
   st.started = 1;
 }
@@ -110,14 +130,6 @@ static void span(char *out, size_t n, double secs) {
   else if (s >= 3600) snprintf(out, n, "%lldh %lldm", s / 3600, s % 3600 / 60);
   else if (s >= 60) snprintf(out, n, "%lldm %llds", s / 60, s % 60);
   else snprintf(out, n, "%llds", s);
-}
-
-static void bytes(char *out, size_t n, double b) {
-  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int u = 0;
-  while (b >= 1024 && u < 5) b /= 1024, u++;
-  if (u == 0) snprintf(out, n, "%.0f B", b);
-  else snprintf(out, n, "%.1f %s", b, units[u]);
 }
 
 static const char css[] =
@@ -197,28 +209,12 @@ static void page_requests(mkv_buf_t *b) {
   mkv_buf_adds(b, "</table>\n");
 }
 
-static double dir_bytes(const char *path) {
-  double total = 0;
-  DIR *d = opendir(path);
-  if (d == NULL) return -1;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    char *p = mkv_sprintf("%s/%s", path, e->d_name);
-    struct stat sb;
-    if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) total += (double)sb.st_size;
-    free(p);
-  }
-  closedir(d);
-  return total;
-}
-
 static void page_index(mkv_buf_t *b, const mkv_config_t *cfg, mkv_index_t *index) {
   mkv_index_stats_t s;
   mkv_index_stats(index, &s);
   const char *failure = mkv_index_failure(index);
   char size[32] = "?";
-  double db = dir_bytes(cfg->db);
-  if (db >= 0) bytes(size, sizeof(size), db);
+  if (st.index_bytes >= 0) mkv_admin_fmt_bytes(size, sizeof(size), st.index_bytes);
   mkv_buf_adds(b, "<h2>Index</h2>\n<table id=\"index\"><tr><th>Directory</th><td>");
   esc(b, cfg->db);
   mkv_buf_addf(b, "</td></tr><tr><th>Size on disk</th><td>%s</td></tr>"
@@ -233,13 +229,11 @@ static void page_index(mkv_buf_t *b, const mkv_config_t *cfg, mkv_index_t *index
     mkv_buf_addf(b, ", %.2f ms each on average (%.1f s in all)",
                  (double)s.sync_ns / 1e6 / (double)s.syncs, (double)s.sync_ns / 1e9);
   mkv_buf_adds(b, "</td></tr><tr><th>LevelDB files by level</th><td>");
-  for (int level = 0; level < 7; level++) {
-    char name[64];
-    snprintf(name, sizeof(name), "leveldb.num-files-at-level%d", level);
-    char *val = mkv_index_property(index, name);
-    mkv_buf_addf(b, "%sL%d: %s", level ? ", " : "", level, val ? val : "?");
-    free(val);
-  }
+  int files[MKV_INDEX_LEVELS];
+  mkv_index_level_files(index, files);
+  for (int level = 0; level < MKV_INDEX_LEVELS; level++)
+    mkv_buf_addf(b, files[level] >= 0 ? "%sL%d: %d" : "%sL%d: ?", level ? ", " : "", level,
+                 files[level]);
   mkv_buf_adds(b, "</td></tr></table>\n");
 }
 
@@ -315,8 +309,7 @@ static void page_jobs(mkv_buf_t *b, int64_t now_ms) {
   mkv_repair_stats_t rs;
   mkv_repair_stats(&rs);
   mkv_buf_adds(b, "<h2>Admin jobs</h2>\n<table id=\"jobs\"><tr><th>Job</th><th>Running for</th>"
-                  "<th>Phase</th><th>Done</th><th>Examined</th><th>Changed</th>"
-                  "<th>Failed</th><th>Bytes</th></tr>\n");
+                  "<th>Phase</th><th>Progress</th></tr>\n");
   int any = 0;
   for (int i = 0; i < 2; i++) {
     const mkv_admin_job_info_t *j = &jobs[i];
@@ -326,39 +319,19 @@ static void page_jobs(mkv_buf_t *b, int64_t now_ms) {
     span(dur, sizeof(dur), (double)(now_ms - j->started_ms) / 1000);
     mkv_buf_adds(b, "<tr class=\"job\"><td>");
     esc(b, j->script);
-    mkv_buf_addf(b, "</td><td>%s</td>", dur);
-    if (j->has_progress) {
-      const mkv_admin_progress_t *p = &j->progress;
-      mkv_buf_adds(b, "<td>");
-      esc(b, p->phase[0] ? p->phase : "-");
-      mkv_buf_addf(b, "</td><td class=\"n\">%.0f", p->done);
-      if (p->total > 0) mkv_buf_addf(b, " of %.0f (%.0f%%)", p->total, 100 * p->done / p->total);
-      mkv_buf_addf(b, "</td><td class=\"n\">%.0f</td><td class=\"n\">%.0f</td>"
-                      "<td class=\"n\">%.0f</td><td class=\"n\">",
-                   p->examined, p->changed, p->failed);
-      char moved[32], total[32];
-      if (p->bytes_total > 0) {
-        /* the phase's own bytes against its total; the rate since the total was set */
-        bytes(moved, sizeof(moved), p->bytes_phase);
-        bytes(total, sizeof(total), p->bytes_total);
-        mkv_buf_addf(b, "%s of %s", moved, total);
-        double rate = p->phase_ms > 0 ? p->bytes_phase / (p->phase_ms / 1000) : 0;
-        if (rate > 0 && p->bytes_phase < p->bytes_total) {
-          char eta[32];
-          span(eta, sizeof(eta), (p->bytes_total - p->bytes_phase) / rate);
-          mkv_buf_addf(b, ", ETA %s", eta);
-        }
-      } else {
-        bytes(moved, sizeof(moved), p->bytes);
-        mkv_buf_adds(b, moved);
-      }
-      mkv_buf_adds(b, "</td></tr>\n");
-    } else {
-      mkv_buf_adds(b, "<td colspan=\"6\" class=\"muted\">starting</td></tr>\n");
-    }
+    mkv_buf_addf(b, "</td><td>%s</td><td>", dur);
+    esc(b, j->has_progress && j->progress.phase[0] ? j->progress.phase : "-");
+    mkv_buf_adds(b, "</td><td>");
+    /* the command's own words for it (admin_proto.h) */
+    mkv_buf_t text;
+    mkv_buf_init(&text);
+    if (j->has_progress && mkv_admin_progress_text(&text, &j->progress)) esc(b, text.data);
+    else mkv_buf_adds(b, "<span class=\"muted\">starting</span>");
+    mkv_buf_free(&text);
+    mkv_buf_adds(b, "</td></tr>\n");
   }
   if (!any)
-    mkv_buf_adds(b, "<tr><td colspan=\"8\" class=\"muted\">none running</td></tr>\n");
+    mkv_buf_adds(b, "<tr><td colspan=\"4\" class=\"muted\">none running</td></tr>\n");
   mkv_buf_addf(b, "</table>\n<p>Keys waiting for the background repair: "
                   "<span id=\"underreplicated\">%llu</span>; repaired since the start: %llu; "
                   "given up: %llu.</p>\n",

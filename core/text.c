@@ -249,3 +249,18 @@ int mkv_parse_rate(const char *s, double *out) {
   *out = v * mult;
   return 0;
 }
+
+int mkv_hostport_split(const char *spec, char *host, size_t hostcap, char *port,
+                       size_t portcap) {
+  const char *colon = strrchr(spec, ':');
+  if (colon == NULL || colon == spec) return -1;
+  const char *h = spec;
+  size_t hl = (size_t)(colon - spec);
+  if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+  size_t pl = strlen(colon + 1);
+  if (hl == 0 || hl >= hostcap || pl == 0 || pl >= portcap) return -1;
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  memcpy(port, colon + 1, pl + 1);
+  return 0;
+}

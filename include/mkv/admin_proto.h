@@ -20,7 +20,8 @@
  *             400 without a job number.
  *
  * The progress line's text is "done total bytes elapsed_ms examined changed failed
- * bytes_total bytes_phase phase_ms [phase]" (numbers), formatted and parsed only here;
+ * bytes_total bytes_phase phase_ms [phase]" (numbers), formatted, parsed and put in
+ * words only here;
  * a count below 0 is one the script does not keep (not shown). A mixed pair (an older
  * server) loses only the phase's name.
  *
@@ -71,5 +72,13 @@ typedef struct mkv_admin_progress_s {
 void mkv_admin_progress_format(char *out, size_t n, const mkv_admin_progress_t *p);
 /* Parses it (text need not be NUL-terminated). 0, or -1 when it is not a progress line. */
 int mkv_admin_progress_parse(const char *text, size_t len, mkv_admin_progress_t *p);
+
+/* Its text for people, as the command shows it and the status page does: "34/120 done,
+ * 34 examined (12/s), 0 changed, 0 failed, 523.6 KB of 1.2 MB (525.7 KB/s), ETA 1 s".
+ * A value below 0 is one the script does not keep (admin.c): left out, not shown as 0.
+ * Appends to out; returns 0 when the script keeps nothing (then nothing is shown). */
+int mkv_admin_progress_text(mkv_buf_t *out, const mkv_admin_progress_t *p);
+/* Bytes for people, in powers of 1000: "523.6 KB". */
+void mkv_admin_fmt_bytes(char *out, size_t n, double b);
 
 #endif

@@ -64,6 +64,9 @@ void mkv_buf_addf(mkv_buf_t *b, const char *fmt, ...) MKV_PRINTF(2, 3);
 void mkv_buf_set(mkv_buf_t *b, const void *p, size_t n);
 
 /* Monotonic clock in milliseconds and nanoseconds (CLOCK_MONOTONIC). */
+/* fsyncs a directory, so a rename or a new file in it survives a power loss. 0 or -1. */
+int mkv_fsync_dir(const char *dir);
+
 uint64_t mkv_now_ms(void);
 uint64_t mkv_now_ns(void);
 

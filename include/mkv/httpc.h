@@ -6,6 +6,7 @@
 #define MKV_HTTPC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "mkv/common.h"
 
@@ -14,6 +15,10 @@
 /* Splits "http://host:port" (a trailing '/' allowed) into host and port (owned).
  * 0, or -1 when it is not of that form. */
 int mkv_httpc_parse_base(const char *base, char **host, char **port);
+
+/* A non-blocking TCP connection to host:port (each address getaddrinfo gives, in turn),
+ * made by the deadline (mkv_now_ms's clock): the fd, or -1 with *err (owned). */
+int mkv_httpc_connect(const char *host, const char *port, uint64_t deadline, char **err);
 
 /* Sends `method path` with body (may be NULL) as application/json to base
  * ("http://host:port") and reads the response within timeout_ms. 0 with *status and

@@ -62,6 +62,9 @@ typedef struct mkv_index_stats_s {
 void mkv_index_stats(mkv_index_t *idx, mkv_index_stats_t *st);
 /* LevelDB's own statistics text ("leveldb.stats"); returns owned, or NULL. */
 char *mkv_index_property(mkv_index_t *idx, const char *name);
+/* LevelDB's table files at each level (/metrics, the status page); -1 when unknown. */
+#define MKV_INDEX_LEVELS 7
+void mkv_index_level_files(mkv_index_t *idx, int files[MKV_INDEX_LEVELS]);
 
 /* ---- iteration (one thread per iterator; fill_cache off) ---- */
 

@@ -126,4 +126,10 @@ void mkv_req_resume_body(mkv_req_t *req);
  * finished, so the client sees a truncated body rather than a short one. */
 void mkv_req_abort(mkv_req_t *req);
 
+/* A listening socket on "host:port" or "[v6]:port" (port 0: any free one), blocking
+ * setup before a loop adopts it. Returns the fd and the address it got in `bound`
+ * ("127.0.0.1:43211"), or -1 with *err (owned) naming `what` (the config field). */
+int mkv_listen_hostport(const char *what, const char *spec, int backlog, char *bound,
+                        size_t boundlen, char **err);
+
 #endif

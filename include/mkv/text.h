@@ -39,6 +39,11 @@ int mkv_parse_duration(const char *s, double *ms);
  * everything else %XX. The result never holds CR, LF, NUL or space. */
 void mkv_pct_encode_path(mkv_buf_t *out, const char *s, size_t n);
 
+/* Splits "host:port", "[v6]:port" (brackets dropped) into NUL-terminated host and port,
+ * as getaddrinfo takes them. 0, or -1 when there is no ':', no host, or it does not fit. */
+int mkv_hostport_split(const char *spec, char *host, size_t hostcap, char *port,
+                       size_t portcap);
+
 /* Parses a decimal int64 with an optional sign, as Go's strconv.Atoi does on 64-bit
  * ("+5" and "-5" yes, spaces no). Returns 0 or -1 (also on overflow). */
 int mkv_parse_int(const char *s, size_t n, long long *out);

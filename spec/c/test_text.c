@@ -364,7 +364,25 @@ TEST(parse_int_length_delimited) {
   ASSERT_EQ(mkv_parse_int("-7", 1, &v), -1);
 }
 
-TEST_MAIN(T(pct_decode_plain_and_plus), T(pct_decode_escapes), T(pct_decode_malformed),
+TEST(hostport_split) {
+  char h[64], p[8];
+  ASSERT_EQ(mkv_hostport_split("10.0.0.1:3001", h, sizeof(h), p, sizeof(p)), 0);
+  ASSERT_STREQ(h, "10.0.0.1");
+  ASSERT_STREQ(p, "3001");
+  /* IPv6: brackets dropped, as getaddrinfo wants the address alone */
+  ASSERT_EQ(mkv_hostport_split("[::1]:7000", h, sizeof(h), p, sizeof(p)), 0);
+  ASSERT_STREQ(h, "::1");
+  ASSERT_STREQ(p, "7000");
+  ASSERT_EQ(mkv_hostport_split("idx-a.example:7000", h, sizeof(h), p, sizeof(p)), 0);
+  ASSERT_STREQ(h, "idx-a.example");
+  ASSERT_EQ(mkv_hostport_split("nocolon", h, sizeof(h), p, sizeof(p)), -1);
+  ASSERT_EQ(mkv_hostport_split(":3000", h, sizeof(h), p, sizeof(p)), -1);
+  ASSERT_EQ(mkv_hostport_split("[]:3000", h, sizeof(h), p, sizeof(p)), -1);
+  ASSERT_EQ(mkv_hostport_split("host:", h, sizeof(h), p, sizeof(p)), -1);
+  ASSERT_EQ(mkv_hostport_split("h:123456789", h, sizeof(h), p, sizeof(p)), -1);
+}
+
+TEST_MAIN(T(hostport_split), T(pct_decode_plain_and_plus), T(pct_decode_escapes), T(pct_decode_malformed),
           T(pct_decode_is_length_delimited), T(query_unescape), T(query_get),
           T(query_get_malformed), T(query_get_length_delimited), T(json_ascii), T(json_utf8),
           T(json_invalid_utf8), T(duration_valid), T(duration_invalid),

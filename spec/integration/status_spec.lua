@@ -227,7 +227,7 @@ describe("status listener", function()
     local busy = H.cluster({ n = 1, replicas = 1 })
     local code2, out2 = run("return { status_listen = " .. busy.mkv.port .. " }")
     assert.equal(1, code2, out2)
-    assert.truthy(out2:find("status address 127.0.0.1:" .. busy.mkv.port, 1, true), out2)
+    assert.truthy(out2:find("cannot listen on status_listen 127.0.0.1:" .. busy.mkv.port, 1, true), out2)
     busy.mkv:stop()
 
     local sport, sport2 = H.free_port(), H.free_port()
