@@ -74,7 +74,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     end, 5, "the write in ?writing")
     assert.same({}, listed(c, "/wr/", "unlinked"))
     assert.same({}, listed(c, "/wr/", "list"))
-    -- the key's lock is held: RELINK, REBALANCE and DELETE wait their turn
+    -- the key's lock is held by the write: RELINK, REBALANCE and REPLACE are refused
     assert.equal(409, (req(c, "RELINK", "/wr/slow")))
     assert.equal(409, (req(c, "REBALANCE", "/wr/slow")))
     assert.equal(409, (req(c, "REPLACE", "/wr/slow", { body = "x" })))
@@ -197,7 +197,11 @@ done
       n = n + 1
     end
     H.write_file(dir .. "/stop", "")
-    for r = 1, 3 do readers[r]:stop(20) end
+    -- each reader sees the stop file after its current read and exits by itself
+    for r = 1, 3 do
+      H.eventually(function() return not readers[r]:alive() end, 20, "reader " .. r .. " to stop")
+      if readers[r]:alive() then readers[r]:stop(20) end
+    end
     local reads, bad = 0, {}
     for f in H.sh("ls " .. H.shq(dir)):gmatch("r%d+%-%d+") do
       local got = H.read_file(dir .. "/" .. f) or ""
