@@ -33,12 +33,6 @@ local function lua_scripts(section)
   return out
 end
 
-local function lines_of(s)
-  local out = {}
-  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
-
 -- The command's summary, "NAME: examined N, changed N, failed N, skipped N; ...": the
 -- last such line of its output.
 local function summary(out)
@@ -85,8 +79,7 @@ return {
 
   -- The files on a volume's disk, but the probe's.
   local function files_on(v)
-    local out = H.sh("find " .. H.shq(v.root) .. " -type f ! -name mkv-probe")
-    return lines_of(out)
+    return H.volume_files(v)
   end
 
   setup(function()
