@@ -340,6 +340,13 @@ function H.cluster(opts)
     self.mkv = H.start_mkv({ flags = f, config = opts.config, port = self.mkv.port })
     self.url = self.mkv.url
   end
+  -- An mkv command against this cluster: H.run_mkv with its flags, then args.
+  function c:run(args, timeout)
+    local argv = {}
+    for _, x in ipairs(self.flags) do argv[#argv + 1] = x end
+    for _, x in ipairs(args) do argv[#argv + 1] = x end
+    return H.run_mkv(argv, timeout)
+  end
   return c
 end
 
