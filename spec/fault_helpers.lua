@@ -29,6 +29,11 @@ local F = {}
 F.soak = os.getenv("MKV_FAULT_SOAK") ~= nil and os.getenv("MKV_FAULT_SOAK") ~= "" and
   os.getenv("MKV_FAULT_SOAK") ~= "0"
 
+-- A number from the environment (MKV_FAULT_SEEDS=40 ...), or default.
+function F.num_env(name, default)
+  return tonumber(os.getenv(name) or "") or default
+end
+
 -- ---- seeds ------------------------------------------------------------------------------
 
 -- The test's seed: MKV_FAULT_SEED when set (replay), else a fresh one. Printed, so a

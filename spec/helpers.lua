@@ -41,6 +41,19 @@ function H.sh(cmd)
   return out, code
 end
 
+-- Every file under a volume's root but the prober's write probe (which lands whenever
+-- the prober's turn comes), sorted (byte order), as find prints them.
+-- opts.relative: "./a/b", from the root; opts.dirs: directories too (every entry).
+function H.volume_files(v, opts)
+  opts = opts or {}
+  local what = opts.dirs and " -mindepth 1" or " -type f"
+  local cmd = opts.relative and ("cd " .. H.shq(v.root) .. " && find ." .. what)
+    or ("find " .. H.shq(v.root) .. what)
+  local out = {}
+  for line in H.sh(cmd .. " ! -name mkv-probe | LC_ALL=C sort"):gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
 function H.read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -182,6 +195,11 @@ function H.start_volume(opts)
   return p
 end
 
+-- A stopped volume started again as it was: the same port, root, state and index.
+function H.restart_volume(v)
+  return H.start_volume({ port = v.port, root = v.root, state = v.state, index = v.index })
+end
+
 -- An nginx of a test's own (not a volume), in the foreground on 127.0.0.1:<port>:
 -- opts.http (lines of the http block), opts.server (lines of its one server block),
 -- opts.workers (worker_processes, default 1), opts.port. -> the process, with .port,
@@ -321,6 +339,13 @@ function H.cluster(opts)
     for _, x in ipairs(more or {}) do f[#f + 1] = x end
     self.mkv = H.start_mkv({ flags = f, config = opts.config, port = self.mkv.port })
     self.url = self.mkv.url
+  end
+  -- An mkv command against this cluster: H.run_mkv with its flags, then args.
+  function c:run(args, timeout)
+    local argv = {}
+    for _, x in ipairs(self.flags) do argv[#argv + 1] = x end
+    for _, x in ipairs(args) do argv[#argv + 1] = x end
+    return H.run_mkv(argv, timeout)
   end
   return c
 end

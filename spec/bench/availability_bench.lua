@@ -65,7 +65,7 @@ local function stop_volume(i)
 end
 
 local function start_volume(i)
-  vols[i] = H.start_volume({ port = vols[i].port, root = vols[i].root, state = vols[i].state })
+  vols[i] = H.restart_volume(vols[i])
   H.eventually(function() return state_of(addrs[i]) == "up" end, 10, "volume up")
 end
 

@@ -12,16 +12,12 @@ local H = require "helpers"
 local A = require "api_support"
 local F = require "fault_helpers"
 
-local function num_env(name, default)
-  return tonumber(os.getenv(name) or "") or default
-end
-
 describe("kill -9 at random moments under load", function()
   teardown(H.cleanup)
 
   it("loses no acknowledged write and leaves no live key without its copies", function()
     local base = F.seed("random kill")
-    local nseeds = num_env("MKV_FAULT_SEEDS", F.soak and 100 or 10)
+    local nseeds = F.num_env("MKV_FAULT_SEEDS", F.soak and 100 or 10)
     local c = F.cluster({ n = 3, replicas = 2 })
     local ledger = F.ledger(c.logdir .. "/ledger")
     local unknown, killed_in_flight = 0, 0
@@ -243,7 +239,7 @@ describe("every small op sequence x a crash at every step (CrashMonkey)", functi
       -- meets 404s: no step to crash at)
       local writing = {}
       for _, seq in ipairs(all) do if has_put(seq) then writing[#writing + 1] = seq end end
-      local n = num_env("MKV_FAULT_SEQS", 3)
+      local n = F.num_env("MKV_FAULT_SEQS", 3)
       for _ = 1, n do pick[#pick + 1] = writing[rng.int(1, #writing)] end
     end
     local with_put = 0

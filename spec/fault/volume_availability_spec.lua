@@ -13,20 +13,7 @@
 local H = require "helpers"
 local A = require "api_support"
 local F = require "fault_helpers"
-
-local function num_env(name, default)
-  return tonumber(os.getenv(name) or "") or default
-end
-
--- The volumes holding a copy of key (indexes into c.volumes).
-local function holders(c, key)
-  return A.holders(c.volumes, key)
-end
-
-local function restart_volume(c, i)
-  local v = c.volumes[i]
-  c.volumes[i] = H.start_volume({ port = v.port, root = v.root, state = v.state })
-end
+local O = require "ops_helpers"
 
 -- Waits until the repair has settled every key: a scan done since the last start, and
 -- no key left in its set.
@@ -34,8 +21,8 @@ local function repaired(c, timeout)
   H.eventually(function()
     local m, why = c:metrics()
     if not m then return false, why end
-    local left = require("ops_helpers").get(m, "mkv_keys_underreplicated")
-    local scans = require("ops_helpers").get(m, "mkv_repair_scans_total")
+    local left = O.get(m, "mkv_keys_underreplicated")
+    local scans = O.get(m, "mkv_repair_scans_total")
     return left == 0 and scans >= 1, string.format("%s keys left, %s scans", tostring(left), tostring(scans))
   end, timeout * H.slow, "the repair of every key")
 end
@@ -49,7 +36,7 @@ describe("writes through failed volumes (4 volumes, 3 replicas, write quorum a m
     c:start()
     local dead = 2
     c.volumes[dead]:stop()
-    local N = num_env("MKV_AVAIL_PUTS", 1000)
+    local N = F.num_env("MKV_AVAIL_PUTS", 1000)
     local conns = {}
     for j = 1, 8 do conns[j] = A.connect(c.port) end
     local keys, ok, three = {}, 0, 0
@@ -77,7 +64,7 @@ describe("writes through failed volumes (4 volumes, 3 replicas, write quorum a m
     for _, cc in ipairs(conns) do cc:close() end
     local on_dead, short = 0, {}
     for _, key in ipairs(keys) do
-      local h = holders(c, key)
+      local h = A.holders(c.volumes, key)
       if #h == 3 then three = three + 1 else short[#short + 1] = key end
       for _, x in ipairs(h) do if x == dead then on_dead = on_dead + 1 end end
     end
@@ -91,13 +78,20 @@ describe("writes through failed volumes (4 volumes, 3 replicas, write quorum a m
     assert.is_true(#short <= math.floor(N / 100), #short .. " keys with fewer than 3 copies")
     -- the repair's set: every key not where placement wants it (the handed-off ones too)
     local m = assert(c:metrics())
-    assert.is_true(require("ops_helpers").get(m, "mkv_keys_underreplicated") >= #short)
+    local under = O.get(m, "mkv_keys_underreplicated")
+    assert.is_true(under >= #short)
+    -- with volume 2 down, about 3 keys in 4 have a copy handed off to the volume next in
+    -- placement's order, and each such PUT notes its key for the repair (which is off
+    -- here: -repair-interval 0), so the gauge counts them however few keys are short
+    if N >= 20 then
+      assert.is_true(under > 0, "no handed-off key counted in mkv_keys_underreplicated")
+    end
     if #short > 0 then
       local rc, out = c:run({ "run", "repair" }, 300)
       assert.equal(0, rc, out)
     end
     for _, key in ipairs(keys) do
-      local h = holders(c, key)
+      local h = A.holders(c.volumes, key)
       assert.equal(3, #h, key)
       for _, x in ipairs(h) do assert.not_equal(dead, x, key) end
     end
@@ -109,7 +103,7 @@ describe("writes through failed volumes (4 volumes, 3 replicas, write quorum a m
   it("kill -9 of mkv under load with a volume down, then the volume back: nothing lost, "
      .. "every key repaired, verify --deep clean", function()
     local base = F.seed("volume down + kill")
-    local nseeds = num_env("MKV_FAULT_SEEDS", F.soak and 40 or 6)
+    local nseeds = F.num_env("MKV_FAULT_SEEDS", F.soak and 40 or 6)
     local c = F.cluster({ n = 4, replicas = 3, flags = { "-repair-interval", "200ms" },
       config = 'return { limits = { probe_interval = "200ms", probe_backoff = "1s" } }' })
     local ledger = F.ledger(c.logdir .. "/ledger")
@@ -130,7 +124,7 @@ describe("writes through failed volumes (4 volumes, 3 replicas, write quorum a m
       c:start()
       -- Reads with the volume still down: every acknowledged write is there.
       F.assert_verified(c, ledger, seed, { skip_v2 = true })
-      restart_volume(c, down)
+      c.volumes[down] = H.restart_volume(c.volumes[down])
     end
     -- Every volume back: the repair (its scan after the last start finds the handoff
     -- copies and the keys with 2 of 3) settles every key; then the whole verifier.

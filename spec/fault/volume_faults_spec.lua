@@ -312,7 +312,7 @@ describe("volume faults in a private network namespace (n=3, replicas=3)", funct
     end)
     if vols[3] ~= old then vols[3]:stop() end
     NS.umount(fullfs)
-    vols[3] = H.start_volume({ port = old.port, root = old.root, state = old.state })
+    vols[3] = H.restart_volume(old)
     if not ok then error(err, 0) end
     verified("full")
   end)

@@ -188,9 +188,12 @@ end
 local function disk_tree(c)
   local out = {}
   for _, v in ipairs(c.volumes) do
-    local res = H.sh("cd " .. H.shq(v.root) .. " && find . -type f ! -name mkv-probe | LC_ALL=C sort | " ..
-      "while IFS= read -r f; do printf '%s %s ' \"$f\" \"$(stat -c %s \"$f\")\"; md5sum < \"$f\"; done")
-    out[#out + 1] = "== " .. v.addr .. "\n" .. res
+    local res = {}
+    for _, f in ipairs(H.volume_files(v, { relative = true })) do
+      local data = H.read_file(v.root .. "/" .. f) or ""
+      res[#res + 1] = string.format("%s %d %s  -\n", f, #data, H.md5_hex(data))
+    end
+    out[#out + 1] = "== " .. v.addr .. "\n" .. table.concat(res)
   end
   return table.concat(out, "\n")
 end
@@ -484,7 +487,7 @@ describe("mkv rebuild", function()
     assert.truthy(r.summary.failed >= 1, r.all)
     assert.equal(#all, r.summary.examined, r.all) -- replicas 2 of 3: every key has a copy elsewhere
     -- the volume comes back: each key's Key-Volumes is its copies outside the dead volume
-    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    local v = H.restart_volume(down)
     c.volumes[3], c.by_addr[v.addr] = v, v
     assert.equal(before_list, listing(c))
     check_keys(c, all, function(k, info, problems)

@@ -442,12 +442,13 @@ describe("DELETE and UNLINK", function()
   it("DELETE, UNLINK and RELINK wait for a key an admin job holds; 409 only past 5 s", function()
     local dir = H.tmpdir("hold")
     local function hold(key, secs)
-      local script = dir .. "/hold" .. secs .. ".lua"
+      secs = secs * H.slow
+      local script = string.format("%s/hold%g.lua", dir, secs)
       H.write_file(script, string.format([[
 local mkv = require "mkv"
 assert(mkv.lock(%q), "the lock")
 mkv.report("holding")
-mkv.sleep(%s)
+mkv.sleep(%g)
 mkv.unlock(%q)
 ]], key, secs, key))
       local argv = { H.mkv_bin }
@@ -462,15 +463,22 @@ mkv.unlock(%q)
     for _, m in ipairs({ "UNLINK", "RELINK", "DELETE" }) do
       local p = hold("/held/a", 0.6)
       assert.equal(409, (put(c, "/held/a", "a PUT does not wait")), m)
+      local t0 = H.now()
       local st = H.http(m, c.url .. "/held/a")
+      local waited = H.now() - t0
       assert.equal(204, st, m .. " while an admin job held the key")
+      -- it waited for the job (which held the key 0.6 s after it said so), not a free key
+      assert.truthy(waited >= 0.2, string.format("%s answered after %.2f s", m, waited))
       H.eventually(function() return not p:alive() end, 20, "the job to end")
     end
     assert.equal(404, (H.http("GET", c.url .. "/held/a")))
     -- held past the bound: 409, and the key as it was
     assert.equal(201, (put(c, "/held/b", "still here")))
     local p = hold("/held/b", 8)
+    local t0 = H.now()
     assert.equal(409, (H.http("DELETE", c.url .. "/held/b")))
+    -- only after waiting out the bound
+    assert.truthy(H.now() - t0 >= 4.5, string.format("409 after %.2f s", H.now() - t0))
     H.eventually(function() return not p:alive() end, 30, "the job to end")
     assert.same({ 200, "still here" }, { get_value(c, "/held/b") })
   end)

@@ -68,7 +68,7 @@ local function lua_str(s) return string.format("%q", s) end
 local function files(vols)
   local out = {}
   for _, v in ipairs(vols) do
-    for line in H.sh("find " .. H.shq(v.root) .. " -type f ! -name mkv-probe"):gmatch("[^\n]+") do out[#out + 1] = line end
+    for _, f in ipairs(H.volume_files(v)) do out[#out + 1] = f end
   end
   table.sort(out)
   return out

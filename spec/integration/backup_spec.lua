@@ -6,13 +6,6 @@
 -- leaves no directory that looks like one.
 local H = require "helpers"
 
-local function append(list, more)
-  local out = {}
-  for _, x in ipairs(list) do out[#out + 1] = x end
-  for _, x in ipairs(more) do out[#out + 1] = x end
-  return out
-end
-
 local function exists(path)
   local _, code = H.sh("test -e " .. H.shq(path))
   return code == 0
@@ -53,7 +46,7 @@ describe("mkv backup", function()
       return st == 302
     end, 10 * H.slow, "the writer at work")
     local out = dir .. "/online"
-    local code, text = H.run_mkv(append(c.flags, { "backup", out }), 120)
+    local code, text = c:run({ "backup", out }, 120)
     assert.equal(0, code, text)
     assert.truthy(text:find("backup " .. out .. ": ", 1, true), text)
     H.eventually(function()
@@ -104,7 +97,7 @@ describe("mkv backup", function()
   it("offline (no server holds the index): the same copy, exactly the index", function()
     c.mkv:stop()
     local out = dir .. "/offline"
-    local code, text = H.run_mkv(append(c.flags, { "backup", out }), 120)
+    local code, text = c:run({ "backup", out }, 120)
     assert.equal(0, code, text)
     local got, n = H.go_dump(tool, out)
     local now, m = H.go_dump(tool, c.db)
@@ -116,16 +109,16 @@ describe("mkv backup", function()
   it("refuses a directory that is not empty, a partial copy left behind, and no DIR", function()
     local full = dir .. "/full"
     H.sh("mkdir -p " .. H.shq(full) .. " && touch " .. H.shq(full .. "/x"))
-    local code, text = H.run_mkv(append(c.flags, { "backup", full }), 30)
+    local code, text = c:run({ "backup", full }, 30)
     assert.not_equal(0, code)
     assert.truthy(text:find("exists and is not empty", 1, true), text)
     local part = dir .. "/again"
     H.sh("mkdir -p " .. H.shq(part .. ".partial") .. " && touch " .. H.shq(part .. ".partial/x"))
-    code, text = H.run_mkv(append(c.flags, { "backup", part }), 30)
+    code, text = c:run({ "backup", part }, 30)
     assert.not_equal(0, code)
     assert.truthy(text:find("did not finish", 1, true), text)
     assert.is_false(exists(part))
-    code, text = H.run_mkv(append(c.flags, { "backup" }), 30)
+    code, text = c:run({ "backup" }, 30)
     assert.equal(2, code, text)
     assert.truthy(text:find("usage: mkv backup DIR", 1, true), text)
   end)

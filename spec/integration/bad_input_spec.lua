@@ -115,9 +115,9 @@ describe("bad input and abuse (n=3, replicas=2)", function()
   local function volume_tree()
     local parts = {}
     for i, v in ipairs(c.volumes) do
-      -- mkv-probe: the prober's write probe, which lands whenever the prober's turn comes.
-      local out = H.sh("cd " .. H.shq(v.root) .. " && find . -mindepth 1 ! -name mkv-probe | LC_ALL=C sort")
-      parts[#parts + 1] = "[volume " .. i .. "]\n" .. out
+      local out = {}
+      for _, f in ipairs(H.volume_files(v, { relative = true, dirs = true })) do out[#out + 1] = f .. "\n" end
+      parts[#parts + 1] = "[volume " .. i .. "]\n" .. table.concat(out)
     end
     return table.concat(parts, "\n")
   end

@@ -101,7 +101,8 @@ describe("standby index: two nodes, one etcd", function()
       local key = "/fo/" .. i
       assert(conn:send(A.request("PUT", key, nil, "before " .. i)))
       local r = assert(conn:response(10))
-      if r.status == 201 then acked[key] = "before " .. i end
+      assert.equal(201, r.status, key)
+      acked[key] = "before " .. i
     end
     conn:close()
     c.nodes[p].proc:kill9()

@@ -29,11 +29,7 @@ local function put_raw(c, key, value)
 local mkv = require "mkv"
 assert(mkv.index_put(%q, %q, true))
 ]], key, value))
-  local args = {}
-  for _, f in ipairs(c.flags) do args[#args + 1] = f end
-  args[#args + 1] = "run"
-  args[#args + 1] = script
-  local code, out = H.run_mkv(args, 30)
+  local code, out = c:run({ "run", script }, 30)
   assert.equal(0, code, out)
 end
 
@@ -74,7 +70,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     end, 5, "the write in ?writing")
     assert.same({}, listed(c, "/wr/", "unlinked"))
     assert.same({}, listed(c, "/wr/", "list"))
-    -- the key's lock is held: RELINK, REBALANCE and DELETE wait their turn
+    -- the key's lock is held by the write: RELINK, REBALANCE and REPLACE are refused
     assert.equal(409, (req(c, "RELINK", "/wr/slow")))
     assert.equal(409, (req(c, "REBALANCE", "/wr/slow")))
     assert.equal(409, (req(c, "REPLACE", "/wr/slow", { body = "x" })))
@@ -101,10 +97,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.same({ "/wk/cut" }, listed(c, "/wk/", "writing"))
     assert.same({}, listed(c, "/wk/", "unlinked"))
     assert.equal(404, (req(c, "GET", "/wk/cut")))
-    local args = {}
-    for _, f in ipairs(c.flags) do args[#args + 1] = f end
-    args[#args + 1] = "gc"
-    local code, out = H.run_mkv(args, 60)
+    local code, out = c:run({ "gc" }, 60)
     assert.equal(0, code, out)
     assert.same({}, listed(c, "/wk/", "writing"))
     assert.equal(201, (req(c, "PUT", "/wk/cut", { body = "whole" })))
@@ -116,10 +109,7 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.equal(404, (req(c, "RELINK", "/fk/init")))
     assert.same({ "/fk/init" }, listed(c, "/fk/", "writing"))
     assert.same({}, listed(c, "/fk/", "unlinked"))
-    local args = {}
-    for _, f in ipairs(c.flags) do args[#args + 1] = f end
-    args[#args + 1] = "gc"
-    local code, out = H.run_mkv(args, 60)
+    local code, out = c:run({ "gc" }, 60)
     assert.equal(0, code, out)
     assert.same({}, listed(c, "/fk/", "writing"))
   end)
@@ -165,12 +155,8 @@ describe("RELINK, ?writing, REBALANCE and unknown methods", function()
     assert.equal(201, (req(c, "REPLACE", "/rp/a", { body = "third" })))
     local _, h3 = req(c, "HEAD", "/rp/a")
     assert.equal(h1["key-volumes"], h3["key-volumes"])
-    local args = {}
-    for _, f in ipairs(c.flags) do args[#args + 1] = f end
-    args[#args + 1] = "verify"
-    args[#args + 1] = "--deep"
     H.sleep(2.5)
-    local code, out = H.run_mkv(args, 60)
+    local code, out = c:run({ "verify", "--deep" }, 60)
     assert.equal(0, code, out)
   end)
 
@@ -197,7 +183,11 @@ done
       n = n + 1
     end
     H.write_file(dir .. "/stop", "")
-    for r = 1, 3 do readers[r]:stop(20) end
+    -- each reader sees the stop file after its current read and exits by itself
+    for r = 1, 3 do
+      H.eventually(function() return not readers[r]:alive() end, 20, "reader " .. r .. " to stop")
+      if readers[r]:alive() then readers[r]:stop(20) end
+    end
     local reads, bad = 0, {}
     for f in H.sh("ls " .. H.shq(dir)):gmatch("r%d+%-%d+") do
       local got = H.read_file(dir .. "/" .. f) or ""
@@ -245,10 +235,7 @@ done
     put_raw(c, "/fk/handover", "INIT" .. c.addrs[1])
     put_raw(c, "/fk/handover-hash", "INITHASH" .. string.rep("a", 32) .. c.addrs[2])
     c.mkv:stop()
-    local args = {}
-    for _, f in ipairs(c.flags) do args[#args + 1] = f end
-    args[#args + 1] = "index-flush"
-    local code, out = H.run_mkv(args, 30)
+    local code, out = c:run({ "index-flush" }, 30)
     assert.equal(0, code, out)
     assert.truthy(out:find("2 records of comma.ai's fork", 1, true), out)
     local recs = H.go_dump(H.go_tool(H.tmpdir("go")), c.db)

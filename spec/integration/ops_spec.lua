@@ -227,8 +227,8 @@ describe("operations", function()
       end, 5, "failing")
 
       -- Same ports and roots: the volumes are back.
-      H.start_volume({ port = va.port, root = va.root, state = va.state })
-      H.start_volume({ port = vb.port, root = vb.root, state = vb.state })
+      H.restart_volume(va)
+      H.restart_volume(vb)
       H.eventually(function()
         local s2, d = health()
         return s2 == 200 and d.status == "ok", d

@@ -159,7 +159,7 @@ describe("deploy/package", function()
       assert.falsy(packaged:find("/usr/local", 1, true), name)
       for l in H.read_file(H.root .. "/deploy/systemd/" .. name):gmatch("[^\n]+") do
         if not l:match("^#") and not l:find("/usr/local", 1, true) then
-          assert.truthy(packaged:find("\n" .. l .. "\n", 1, true) or packaged:find("^" .. l .. "\n"),
+          assert.truthy(("\n" .. packaged):find("\n" .. l .. "\n", 1, true),
             name .. " lacks: " .. l)
         end
       end
@@ -222,6 +222,15 @@ describe("deploy/package", function()
     -- It is a stripped release build, not the spec run's (perhaps sanitized) build.
     local file = H.sh("file -L " .. shq(bin) .. " 2>/dev/null || true")
     if file:find("ELF", 1, true) then assert.truthy(file:find("stripped", 1, true), file) end
+    -- The same without file(1): no symbol table (objdump -h never lists .symtab, -t reads
+    -- it) and no debug sections.
+    local syms, scode = H.sh("objdump -t " .. shq(bin) .. " 2>&1")
+    assert.equal(0, scode, syms)
+    assert.truthy(syms:find("SYMBOL TABLE:\nno symbols", 1, true), syms)
+    local sections, hcode2 = H.sh("objdump -h " .. shq(bin) .. " 2>&1")
+    assert.equal(0, hcode2, sections)
+    assert.truthy(sections:find(" .text ", 1, true), sections)
+    assert.falsy(sections:find(" .debug_", 1, true), sections)
     local asan = H.sh("objdump -p " .. shq(bin) .. " | grep -c 'NEEDED.*asan' || true")
     assert.equal("0", trim(asan))
   end)

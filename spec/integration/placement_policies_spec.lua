@@ -172,8 +172,8 @@ describe("zones policy in a server (4 volumes in 2 zones, replicas 2)", function
     local st, _, body = H.http("PUT", m.url .. "/handoff/no-zone", { body = "x" })
     assert.equal(503, st, body)
     assert.equal(0, #holders(vols, "/handoff/no-zone"))
-    vols[1] = H.start_volume({ port = down.port, root = down.root, state = down.state })
-    vols[3] = H.start_volume({ port = vols[3].port, root = vols[3].root, state = vols[3].state })
+    vols[1] = H.restart_volume(down)
+    vols[3] = H.restart_volume(vols[3])
   end)
 
   it("refuses to start with one zone only: exit 2, one line naming policies/zones.lua and the zone count",

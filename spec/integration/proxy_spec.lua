@@ -380,7 +380,7 @@ describe("reads through the proxy when a volume fails", function()
   it("a volume killed while GETs run: every GET started after the kill gets the right bytes", function()
     -- The volume of the previous test is back as a real volume.
     local v1 = c.volumes[1]
-    c.volumes[1] = H.start_volume({ port = v1.port, root = v1.root, state = v1.state })
+    c.volumes[1] = H.restart_volume(v1)
     local dir = H.tmpdir("killrun")
     local keys, md5s = {}, {}
     local n = 30

@@ -151,7 +151,7 @@ describe("read_check none with volumes failing", function()
         assert.truthy(H.now() - t0 < 1 * H.slow, "a read waited")
       end
     end
-    c.vols[1] = H.start_volume({ port = dead.port, root = dead.root, state = dead.state, index = dead.index })
+    c.vols[1] = H.restart_volume(dead)
     H.eventually(function() return state_of(c, dead.addr) == "up" end, 10 * H.slow, "up again")
   end)
 

@@ -54,7 +54,7 @@ describe("PUT with a volume down, write_quorum all (the Go original's)", functio
     assert_not_live(c, key)
     -- the volume comes back: once the prober has seen it (within its probe interval,
     -- backed off while it was down), the same key can be written
-    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    local v = H.restart_volume(down)
     c.volumes[3] = v
     H.eventually(function()
       local st = H.http("PUT", c.url .. key, { body = "second try" })
@@ -158,7 +158,7 @@ describe("PUT with a volume down, write_quorum majority (the default)", function
       assert.equal("value " .. i, got)
     end
     -- The volume returns: the background repair restores the third copy of each key.
-    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    local v = H.restart_volume(down)
     c.volumes[3] = v
     H.eventually(function()
       for _, key in ipairs(keys) do
@@ -210,7 +210,7 @@ describe("PUT with a volume down or hung, 4 volumes for 3 replicas: handoff", fu
     end
     assert.equal(40, n)
     -- back: every key where placement wants it, and the handoff copies gone
-    local v = H.start_volume({ port = down.port, root = down.root, state = down.state })
+    local v = H.restart_volume(down)
     c.volumes[1] = v
     H.eventually(function()
       for i = 1, 40 do
@@ -336,8 +336,8 @@ describe("PUT bodies that go wrong", function()
     -- nothing is half-stored anywhere under the volume roots (the prober's write probe
     -- aside)
     for _, v in ipairs(c.volumes) do
-      local files = H.sh("find " .. H.shq(v.root) .. " -type f ! -name mkv-probe")
-      assert.equal("", files)
+      local files = H.volume_files(v)
+      assert.equal("", table.concat(files, "\n"))
     end
     assert.equal(201, (H.http("PUT", c.url .. key, { body = "whole" })))
   end)
